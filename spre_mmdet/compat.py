@@ -1,0 +1,1 @@
+"""Fixes for current torch/mmengine, applied once on import (see the foundation issue)."""
