@@ -1,0 +1,22 @@
+"""N:M sparsity core in plain PyTorch: masks, SR-STE, mask learners, SpRe, model conversion.
+
+Nothing here imports mmengine or mmdet.
+"""
+from .convert import (LayerReport, NotFinalError, format_report, initialize_masks,
+                      refresh_masks, reparameterize, sparse_layers, sparsify_layer,
+                      sparsity_report)
+from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
+from .learners import (FixedMask, MaskLearner, SRSTEMask, build_learner, register_learner)
+from .nm import (NMCheck, check_nm, check_nm_tensor, from_groups, nm_incompatibility, nm_mask,
+                 to_groups, unstructured_mask)
+from .spre import SpReBatchNorm2d, SpReConv2d, fold_batchnorm, spatial_mask
+from .srste import SRSTEFunction, srste
+
+__all__ = [
+    'LayerReport', 'NotFinalError', 'format_report', 'initialize_masks', 'refresh_masks',
+    'reparameterize', 'sparse_layers', 'sparsify_layer', 'sparsity_report', 'SparseConv2d',
+    'SparseLayerMixin', 'SparseLinear', 'FixedMask', 'MaskLearner', 'SRSTEMask',
+    'build_learner', 'register_learner', 'NMCheck', 'check_nm', 'check_nm_tensor',
+    'from_groups', 'nm_incompatibility', 'nm_mask', 'to_groups', 'unstructured_mask',
+    'SpReBatchNorm2d', 'SpReConv2d', 'fold_batchnorm', 'spatial_mask', 'SRSTEFunction', 'srste'
+]

@@ -1,0 +1,156 @@
+"""Walk a model: make layers sparse, drive their masks, report, and re-parameterize for deploy.
+
+Each sparse module knows how to become its deploy form (``to_deploy``; a SpRe conv-BN pair
+through ``SpReBatchNorm2d.fold``); the functions here only walk the model.
+"""
+import copy
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
+from .nm import check_nm, check_nm_tensor, nm_incompatibility
+from .spre import SpReBatchNorm2d, SpReConv2d
+
+
+def sparse_layers(model: nn.Module) -> Iterator[Tuple[str, SparseLayerMixin]]:
+    """``(name, layer)`` for every sparse layer of ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, SparseLayerMixin):
+            yield name, module
+
+
+@torch.no_grad()
+def refresh_masks(model: nn.Module, iteration: int) -> None:
+    """Advance every sparse layer's mask schedule to ``iteration`` (call once per iteration,
+    before the forward pass)."""
+    for _, layer in sparse_layers(model):
+        layer.refresh(iteration)
+
+
+@torch.no_grad()
+def initialize_masks(model: nn.Module) -> None:
+    """Derive every mask from the current weights (e.g. right after loading pretrained ones)."""
+    for _, layer in sparse_layers(model):
+        layer.sparsity.needs_init = True
+        if isinstance(layer, SpReConv2d):
+            layer.needs_init = True
+        layer.refresh(0)
+
+
+def sparsify_layer(parent: nn.Module, name: str, method: str, n: int, m: int,
+                   norm_name: Optional[str] = None, rep_gamma: float = 0.0,
+                   spatial_interval: int = 1, **learner_kwargs) -> Optional[str]:
+    """Replace ``parent.<name>`` (a Conv2d or Linear) by its sparse version, in place.
+
+    With ``norm_name`` (the BN right after a k x k conv) the pair becomes a SpRe block.
+
+    Returns:
+        ``None`` if the layer was made sparse, else why it cannot be N:M (it stays dense).
+    """
+    check_nm(n, m)
+    layer = getattr(parent, name)
+    if type(layer) not in (nn.Conv2d, nn.Linear):
+        raise TypeError(f'{name}: only plain nn.Conv2d / nn.Linear can be made sparse, got '
+                        f'{type(layer).__name__}.')
+    reason = nm_incompatibility(layer.weight.shape, m)
+    if reason is None and isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        reason = f'grouped conv (groups={layer.groups})'
+    if reason is not None:
+        return reason
+    if norm_name is not None:
+        norm = getattr(parent, norm_name)
+        if type(norm) is not nn.BatchNorm2d:
+            raise TypeError(f'SpRe needs {name} followed by nn.BatchNorm2d, got {norm}.')
+        setattr(parent, name, SpReConv2d.from_dense(layer, method, n, m, spatial_interval,
+                                                    **learner_kwargs))
+        setattr(parent, norm_name, SpReBatchNorm2d.from_dense(norm, name, rep_gamma))
+    elif isinstance(layer, nn.Conv2d):
+        setattr(parent, name, SparseConv2d.from_dense(layer, method, n, m, **learner_kwargs))
+    else:
+        setattr(parent, name, SparseLinear.from_dense(layer, method, n, m, **learner_kwargs))
+    return None
+
+
+class NotFinalError(RuntimeError):
+    """A mask learner is not exactly N:M yet (e.g. LBC before the end of its schedule)."""
+
+
+@torch.no_grad()
+def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The deploy model: every sparse layer replaced by a plain layer with exactly N:M weights,
+    every SpRe pair folded into one conv + BN. The result imports nothing from this package.
+
+    Raises:
+        NotFinalError: if a layer's mask is not final (its learner says how to proceed).
+        ValueError: if the model has no sparse layer at all (not from a sparse run).
+    """
+    layers = list(sparse_layers(model))
+    if not layers:
+        raise ValueError('This model has no sparse layers: it is not from a sparse run, so '
+                         'there is nothing to re-parameterize. Train with a sparse config '
+                         '(e.g. configs/mask_rcnn_r50_spre_2x4.py) first.')
+    not_final = [name for name, layer in layers if not layer.sparsity.is_final]
+    if not_final:
+        raise NotFinalError(
+            f'{len(not_final)} layers are not exactly N:M yet (e.g. {not_final[0]}: '
+            f'{layers[0][1].sparsity.method} has not finished its schedule). Export after the '
+            'schedule ends, or finish the masks by magnitude explicitly (--finish-by-magnitude).')
+    if not inplace:
+        model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SpReBatchNorm2d):
+                conv, bn = child.fold(getattr(parent, child.conv_name))
+                setattr(parent, child.conv_name, conv)
+                setattr(parent, name, bn)
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SparseLayerMixin):
+                setattr(parent, name, child.to_deploy())
+    return model
+
+
+@dataclass
+class LayerReport:
+    """One row of the sparsity report."""
+
+    name: str
+    kind: str
+    shape: Tuple[int, ...]
+    density: float
+    status: str
+    valid: bool
+
+
+def sparsity_report(model: nn.Module, n: int, m: int) -> List[LayerReport]:
+    """Every conv/linear of ``model``: how it is sparsified and whether its (deploy) weight is
+    exactly N:M, or why not."""
+    rows = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        if isinstance(module, SparseLayerMixin):
+            weight = module.deploy_weight() if module.sparsity.is_final else \
+                module.weight * module.sparsity.mask
+            kind = module.sparsity.method + ('+spre' if isinstance(module, SpReConv2d) else '')
+        else:
+            weight, kind = module.weight.detach(), 'dense'
+        check = check_nm_tensor(weight, n, m)
+        status = check.explain()
+        if kind == 'dense' and check.reason is None and not check.ok:
+            status = f'dense (not selected); {status}'
+        rows.append(LayerReport(name, kind, tuple(module.weight.shape),
+                                float((weight != 0).float().mean()), status, check.ok))
+    return rows
+
+
+def format_report(rows: List[LayerReport]) -> str:
+    """The report as an aligned text table."""
+    header = ('layer', 'method', 'shape', 'density', 'N:M')
+    lines = [(r.name, r.kind, 'x'.join(map(str, r.shape)), f'{r.density:.3f}', r.status)
+             for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)] if lines else []
+    fmt = '  '.join('{:<%d}' % w for w in widths[:-1]) + '  {}'
+    return '\n'.join(fmt.format(*row) for row in [header, *lines])

@@ -1,0 +1,147 @@
+"""Mask learners: who decides a layer's N:M mask, and how the masked weight is formed.
+
+A learner is a small ``nn.Module`` owned by a sparse layer (``layer.sparsity``). It keeps the
+current mask as a buffer, builds the weight used in forward from the dense latent weight, and
+changes its mask only in :meth:`MaskLearner.refresh`, which the training loop calls once per
+iteration (the mmengine ``SparsityHook`` does; plain PyTorch users call
+:func:`spre_mmdet.sparsity.refresh_masks`). Keeping all mask changes in one call keeps
+distributed ranks and resumed runs identical.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .nm import check_nm, nm_mask
+from .srste import srste
+
+
+class DerivedStateMixin:
+    """Tolerate the absence of derived state (masks) when loading a dense checkpoint.
+
+    ``derived_state`` names buffers that a dense checkpoint does not have: they are then not
+    reported as missing, and ``needs_init`` tells that they must be derived from the loaded
+    weights (at the next refresh).
+    """
+
+    derived_state = ()
+    needs_init = True
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        derived = {prefix + name for name in self.derived_state}
+        from_sparse_run = any(key in state_dict for key in derived)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if not from_sparse_run:
+            missing_keys[:] = [key for key in missing_keys if key not in derived]
+        self.needs_init = not from_sparse_run
+
+
+class MaskLearner(DerivedStateMixin, nn.Module):
+    """Base class: an N:M mask over a weight of fixed shape.
+
+    Args:
+        weight_shape: shape of the weight it masks.
+        n, m: the N:M pattern.
+    """
+
+    #: name used in configs and reports
+    method: str = ''
+    derived_state = ('mask',)
+
+    def __init__(self, weight_shape: torch.Size, n: int, m: int):
+        super().__init__()
+        self.n, self.m = check_nm(n, m)
+        self.register_buffer('mask', torch.ones(weight_shape, dtype=torch.bool))
+        # True until the mask was computed from real weights or loaded from a sparse checkpoint.
+        self.needs_init = True
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight used in forward."""
+        raise NotImplementedError
+
+    def initialize(self, weight: torch.Tensor) -> None:
+        """Compute the mask from the current (e.g. just loaded) weights."""
+        self.mask.copy_(nm_mask(weight, self.n, self.m))
+        self.needs_init = False
+
+    def refresh(self, weight: torch.Tensor, iteration: int) -> None:
+        """Advance the mask schedule to ``iteration`` (0-based)."""
+        if self.needs_init:
+            self.initialize(weight)
+
+    @property
+    def is_final(self) -> bool:
+        """Whether :attr:`mask` is exactly N:M now (LBC is not until its schedule ends)."""
+        return True
+
+    def deploy_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        """The exact N:M mask to deploy with."""
+        return self.mask
+
+    def extra_repr(self) -> str:
+        return f'{self.method} {self.n}:{self.m}'
+
+class SRSTEMask(MaskLearner):
+    """SR-STE (SPEC section 2): magnitude N:M mask of the dense latent weight, recomputed every
+    ``interval`` iterations, with the sparse-refined backward.
+
+    Args:
+        decay: ``lambda_w`` of the sparse-refined term (2e-4 in the reference).
+        interval: recompute the mask every this many iterations.
+    """
+
+    method = 'srste'
+
+    def __init__(self, weight_shape, n, m, decay: float = 2e-4, interval: int = 1):
+        super().__init__(weight_shape, n, m)
+        if interval < 1:
+            raise ValueError(f'interval must be >= 1, got {interval}')
+        self.decay = float(decay)
+        self.interval = int(interval)
+
+    def forward(self, weight):
+        return srste(weight, self.mask, self.decay)
+
+    def refresh(self, weight, iteration):
+        if self.needs_init or iteration % self.interval == 0:
+            self.initialize(weight)
+
+    def extra_repr(self):
+        return f'{super().extra_repr()}, decay={self.decay}, interval={self.interval}'
+
+
+class FixedMask(MaskLearner):
+    """ASP baseline (SPEC section 3): a one-shot magnitude mask of the loaded weights, then fixed.
+
+    The pruned weights are zeroed when the mask is computed; their gradient is zero from then on,
+    so momentum and weight decay keep them at zero.
+    """
+
+    method = 'asp'
+
+    def forward(self, weight):
+        return weight * self.mask
+
+    def initialize(self, weight):
+        super().initialize(weight)
+        with torch.no_grad():
+            weight.mul_(self.mask)
+
+
+LEARNERS = {cls.method: cls for cls in (SRSTEMask, FixedMask)}
+
+
+def register_learner(cls):
+    """Make a :class:`MaskLearner` subclass available by its ``method`` name."""
+    LEARNERS[cls.method] = cls
+    return cls
+
+
+def build_learner(method: str, weight_shape: torch.Size, n: int, m: int,
+                  **kwargs) -> MaskLearner:
+    """Build the learner named ``method`` (``'srste'``, ``'asp'``, ``'lbc'``, ...)."""
+    if method not in LEARNERS:
+        raise ValueError(f'Unknown mask learner {method!r}; choose one of {sorted(LEARNERS)}.')
+    return LEARNERS[method](weight_shape, n, m, **kwargs)

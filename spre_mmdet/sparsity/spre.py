@@ -1,0 +1,148 @@
+"""SpRe: spatial re-parameterization for N:M sparse convolutions (SPEC section 4).
+
+Training-time block for a k x k conv followed by BatchNorm::
+
+    y = BN_main(conv(x, W * B)) + BN_rep(conv(x, W_rep * B * S))
+
+It is built from two drop-in modules that replace the conv and its norm in place, so the main
+branch keeps the dense layer's state-dict keys:
+
+* :class:`SpReConv2d` (replaces the conv) runs both branches as ONE conv with ``2 * O`` output
+  channels, ``[main | rep]``: stacking the two weights costs one kernel launch instead of two.
+* :class:`SpReBatchNorm2d` (replaces the norm) normalizes each half with its own BN and sums.
+
+After training, :meth:`SpReBatchNorm2d.fold` merges the pair into a plain conv whose weight is
+exactly N:M (its support lies inside ``B``) and a BN that only adds the folded bias.
+"""
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from .layers import SparseConv2d
+from .learners import DerivedStateMixin
+from .nm import unstructured_mask
+
+
+def spatial_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """The layer-wide ``kh x kw`` mask ``S`` of SpRe (SPEC section 4, steps 1-4).
+
+    An unstructured magnitude mask at density ``n/m`` is taken over the whole layer; a kernel
+    position gets ``S = 1`` where unstructured pruning removes *less* than ``p = 1 - n/m`` there.
+    """
+    density = n / m
+    kept = unstructured_mask(weight, density).float()
+    pruned_fraction = 1.0 - kept.mean(dim=(0, 1))
+    return (pruned_fraction < 1.0 - density).to(weight.dtype)
+
+
+def fold_batchnorm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BN into the preceding bias-free conv: ``(K, c)``."""
+    std = torch.sqrt(bn.running_var + bn.eps)
+    gamma = bn.weight if bn.affine else torch.ones_like(std)
+    beta = bn.bias if bn.affine else torch.zeros_like(std)
+    scale = gamma / std
+    return weight * scale.reshape(-1, 1, 1, 1), beta - bn.running_mean * scale
+
+
+class SpReConv2d(DerivedStateMixin, SparseConv2d):
+    """Main N:M conv plus SpRe's extra branch; outputs ``[main | rep]`` (``2 * O`` channels).
+
+    Attributes:
+        weight_rep: the extra branch's full ``k x k`` weight (kaiming normal, fan_in).
+        spatial: the ``kh x kw`` mask ``S``, all ones until its first refresh.
+        spatial_interval: refresh ``S`` every this many iterations.
+    """
+
+    derived_state = ('spatial',)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, method: str, n: int, m: int, spatial_interval: int = 1,
+                   **learner_kwargs):
+        if conv.bias is not None or conv.groups != 1:
+            raise ValueError('SpRe needs a bias-free, ungrouped conv followed by BatchNorm; got '
+                             f'{conv}.')
+        if spatial_interval < 1:
+            raise ValueError(f'spatial_interval must be >= 1, got {spatial_interval}')
+        layer = super().from_dense(conv, method, n, m, **learner_kwargs)
+        layer.spatial_interval = int(spatial_interval)
+        layer.weight_rep = nn.Parameter(torch.empty_like(conv.weight))
+        nn.init.kaiming_normal_(layer.weight_rep, mode='fan_in')
+        layer.register_buffer('spatial', torch.ones(conv.kernel_size, dtype=conv.weight.dtype,
+                                                    device=conv.weight.device))
+        return layer
+
+    def refresh(self, iteration: int) -> None:
+        super().refresh(iteration)
+        if self.needs_init or iteration % self.spatial_interval == 0:
+            self.spatial.copy_(spatial_mask(self.weight.detach(), self.sparsity.n,
+                                            self.sparsity.m))
+            self.needs_init = False
+
+    def rep_weight(self) -> torch.Tensor:
+        """``W_rep * B * S``; ``B`` and ``S`` are constants (no gradient flows through them)."""
+        return self.weight_rep * (self.sparsity.mask * self.spatial)
+
+    def forward(self, x):
+        weight = torch.cat([self.sparsity(self.weight), self.rep_weight()])
+        return self._conv_forward(x, weight, None)
+
+    def to_deploy(self):
+        raise RuntimeError('A SpReConv2d is deployed together with its SpReBatchNorm2d: use '
+                           'SpReBatchNorm2d.fold (reparameterize() does).')
+
+
+class SpReBatchNorm2d(nn.BatchNorm2d):
+    """The main branch's BN (same parameters and keys as the dense BN) plus ``rep_bn``.
+
+    Args:
+        num_features: channels of each branch.
+        conv_name: attribute name of the paired :class:`SpReConv2d` in the same parent module.
+        rep_gamma: initial ``gamma`` of ``rep_bn``. ``0`` makes the block start exactly as the
+            main branch (the right default when fine-tuning a pretrained dense network).
+    """
+
+    def __init__(self, num_features: int, conv_name: str, eps: float = 1e-5,
+                 momentum: float = 0.1, rep_gamma: float = 0.0, **kwargs):
+        super().__init__(num_features, eps, momentum, **kwargs)
+        self.conv_name = conv_name
+        self.rep_bn = nn.BatchNorm2d(num_features, eps, momentum, **kwargs)
+        nn.init.constant_(self.rep_bn.weight, rep_gamma)
+
+    @classmethod
+    def from_dense(cls, bn: nn.BatchNorm2d, conv_name: str, rep_gamma: float = 0.0):
+        norm = cls(bn.num_features, conv_name, bn.eps, bn.momentum, rep_gamma,
+                   affine=bn.affine, track_running_stats=bn.track_running_stats,
+                   device=bn.running_mean.device, dtype=bn.running_mean.dtype)
+        norm.load_state_dict(bn.state_dict(), strict=False)
+        if bn.affine:  # share the parameters, as the sparse conv does
+            norm.weight, norm.bias = bn.weight, bn.bias
+        norm.train(bn.training)
+        return norm
+
+    def forward(self, x):
+        main, rep = x.chunk(2, dim=1)
+        return super().forward(main) + self.rep_bn(rep)
+
+    @torch.no_grad()
+    def fold(self, conv: SpReConv2d) -> Tuple[nn.Conv2d, nn.BatchNorm2d]:
+        """Merge both branches into one plain conv + a BN that adds the folded bias.
+
+        ``K = K_main + K_rep``, ``c = c_main + c_rep``. The BN is an identity plus bias
+        (``gamma=1, beta=c, mean=0, var=1-eps``) so the result is an ordinary conv-BN pair.
+        """
+        mask = conv.sparsity.deploy_mask(conv.weight)
+        k_main, c_main = fold_batchnorm(conv.weight * mask, self)
+        k_rep, c_rep = fold_batchnorm(conv.weight_rep * (mask * conv.spatial), self.rep_bn)
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                          conv.padding, conv.dilation, bias=False, device=conv.weight.device,
+                          dtype=conv.weight.dtype)
+        plain.weight.copy_((k_main + k_rep) * mask)  # * mask: exact zeros off the N:M support
+        bn = nn.BatchNorm2d(self.num_features, self.eps, device=conv.weight.device,
+                            dtype=conv.weight.dtype)
+        bn.weight.fill_(1.0)
+        bn.bias.copy_(c_main + c_rep)
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - self.eps)
+        bn.eval()
+        return plain, bn
