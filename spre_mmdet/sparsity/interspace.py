@@ -1,0 +1,330 @@
+"""Interspace pruning (IP) with N:M coefficients (SPEC section 6; Wimmer et al., CVPR 2022,
+arXiv 2203.07808).
+
+A ``k x k`` conv is represented through a per-layer adaptive filter basis ``F`` of ``k*k``
+filters ``(k*k, kh, kw)`` and coefficients ``L`` of shape ``(O, C, k*k)``::
+
+    W[o, c] = sum_b L[o, c, b] * F[b]
+
+``F`` and ``L`` are trained jointly; pruning zeroes coefficients ``L``. The merged ``W`` is not
+N:M in general; what is hardware-valid is N:M on ``L`` along input channels ``c`` for every
+basis index ``b`` (:func:`~spre_mmdet.sparsity.nm.to_groups` on the 3-D ``L`` groups exactly so).
+The layer then deploys as a per-channel conv with the ``k*k`` basis filters followed by a
+1x1 conv (a GEMM) with the N:M weight ``L`` reshaped to ``(O, k*k*C)``, basis-index major.
+
+:class:`InterspaceConv2d` follows the :class:`~spre_mmdet.sparsity.layers.SparseLayerMixin`
+protocol, so ``refresh_masks``, ``initialize_masks``, ``reparameterize`` and
+``sparsity_report`` handle it. Its ``weight`` parameter IS the coefficient tensor ``L``
+(3-D, ``(O, C, k*k)``): the tensor whose N:M-ness matters, the one the mask learner masks and
+the one the report checks. A dense checkpoint's 4-D ``weight`` loads into it (pixel basis).
+"""
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from .layers import SparseLayerMixin
+from .learners import MaskLearner, build_learner
+from .nm import check_nm, nm_incompatibility, unstructured_mask
+from .srste import srste
+
+
+def pixel_basis(kernel_size, dtype=None, device=None) -> torch.Tensor:
+    """The pixel basis ``(kh*kw, kh, kw)``: ``F[b]`` is one at position ``divmod(b, kw)``."""
+    kh, kw = kernel_size
+    return torch.eye(kh * kw, dtype=dtype, device=device).reshape(kh * kw, kh, kw)
+
+
+class UnstructuredMask(MaskLearner):
+    """Unstructured magnitude mask of the coefficients at a given density (the paper's setting).
+
+    NOT hardware-valid N:M: the sparsity report flags such layers as not N:M. ``n`` and ``m``
+    only set the default density ``n / m`` (same overall rate as the N:M runs).
+
+    Args:
+        density: fraction of coefficients kept, over the whole layer.
+        interval: ``0`` (default): one-shot mask of the loaded coefficients, then fixed, pruned
+            coefficients zeroed (ASP-like). ``> 0``: recompute the mask every ``interval``
+            iterations from the dense latent coefficients, with the SR-STE backward.
+        decay: SR-STE ``lambda_w`` when ``interval > 0``.
+    """
+
+    method = 'unstructured'
+
+    def __init__(self, weight_shape, n, m, density: Optional[float] = None, interval: int = 0,
+                 decay: float = 2e-4):
+        super().__init__(weight_shape, n, m)
+        self.density = self.n / self.m if density is None else float(density)
+        if not 0.0 < self.density <= 1.0:
+            raise ValueError(f'density must be in (0, 1], got {self.density}')
+        if interval < 0:
+            raise ValueError(f'interval must be >= 0, got {interval}')
+        self.interval = int(interval)
+        self.decay = float(decay)
+
+    def forward(self, weight):
+        if self.interval:
+            return srste(weight, self.mask, self.decay)
+        return weight * self.mask
+
+    def initialize(self, weight):
+        self.mask.copy_(unstructured_mask(weight, self.density))
+        self.needs_init = False
+        if not self.interval:
+            with torch.no_grad():
+                weight.mul_(self.mask)
+
+    def refresh(self, weight, iteration):
+        if self.needs_init or (self.interval and iteration % self.interval == 0):
+            self.initialize(weight)
+
+    def extra_repr(self):
+        return (f'unstructured density={self.density:.4g} (not N:M), interval={self.interval}'
+                + (f', decay={self.decay}' if self.interval else ''))
+
+
+PRUNING_MODES = ('nm', 'unstructured')
+
+
+class InterspaceConv2d(SparseLayerMixin, nn.Conv2d):
+    """``k x k`` conv as ``W = sum_b L[:, :, b] * F[b]`` with pruned coefficients ``L``.
+
+    Parameters (state-dict keys):
+        weight: the coefficients ``L``, ``(O, C, kh*kw)``. Basis index ``b`` is row-major over
+            the kernel (``b = i * kw + j``), so with the pixel basis ``L = W.reshape(O, C, -1)``.
+        basis: the filter basis ``F``, ``(kh*kw, kh, kw)``; pixel basis at construction.
+        bias: as in ``nn.Conv2d``.
+
+    ``sparsity`` (a :class:`MaskLearner` over ``L``'s shape) gives the masked coefficients.
+    Training computes the merged weight (a ``(O*C, k*k) x (k*k, k*k)`` matmul) and runs one
+    ordinary conv, so the training cost is that of the dense conv. Only ``groups=1``.
+
+    Build it with :meth:`from_dense`; deploy with :meth:`to_deploy` (basis conv + N:M 1x1)
+    or :meth:`to_dense_conv` (one merged dense conv).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode='zeros', device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device=device, dtype=dtype)
+        if groups != 1:
+            raise ValueError(f'InterspaceConv2d supports groups=1 only, got groups={groups}.')
+        kh, kw = self.kernel_size
+        # Same values as nn.Conv2d's init (fan_in = C*kh*kw either way), viewed as coefficients
+        # of the pixel basis.
+        self.weight = nn.Parameter(
+            self.weight.detach().reshape(out_channels, in_channels, kh * kw).clone())
+        self.basis = nn.Parameter(pixel_basis(self.kernel_size, self.weight.dtype,
+                                              self.weight.device))
+        self.pruning = 'nm'
+
+    def reset_parameters(self) -> None:
+        """``nn.Conv2d``'s init for ``L`` and the bias (same fan-in as the 4-D weight), pixel
+        basis for ``F``."""
+        super().reset_parameters()
+        if hasattr(self, 'basis'):
+            with torch.no_grad():
+                self.basis.copy_(pixel_basis(self.kernel_size, self.basis.dtype,
+                                             self.basis.device))
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, method: str, n: int, m: int, pruning: str = 'nm',
+                   **learner_kwargs) -> 'InterspaceConv2d':
+        """Interspace version of ``conv`` computing exactly the same function (pixel basis,
+        ``L = W``) until its mask is first refreshed.
+
+        Args:
+            method: mask learner. ``pruning='nm'``: any :func:`build_learner` name (``'srste'``,
+                ``'asp'``, ``'lbc'``, ...), applied to ``L`` of shape ``(O, C, k*k)``, i.e.
+                N:M along input channels for every (out channel, basis index).
+                ``pruning='unstructured'``: ``'asp'`` (one-shot, fixed) or ``'srste'``
+                (mask recomputed every ``interval`` iterations, default 1).
+            pruning: ``'nm'`` (hardware-valid) or ``'unstructured'`` (the paper's setting,
+                NOT hardware-valid; kwargs ``density`` (default ``n/m``), ``interval``,
+                ``decay``).
+        """
+        n, m = check_nm(n, m)
+        if type(conv) is not nn.Conv2d:
+            raise TypeError(f'Expected a plain nn.Conv2d, got {type(conv).__name__}.')
+        reason = interspace_incompatibility(conv, m, pruning)
+        if reason is not None:
+            raise ValueError(f'Cannot make this conv an interspace layer: {reason}.')
+        weight = conv.weight
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                    conv.padding_mode, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(weight.detach().reshape(layer.weight.shape))
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias.detach())
+        layer.pruning = pruning
+        layer.sparsity = _build_coefficient_learner(method, layer.weight.shape, n, m, pruning,
+                                                    **learner_kwargs)
+        layer.sparsity.to(weight.device)
+        layer.train(conv.training)
+        return layer
+
+    # -- the three views of the layer --------------------------------------------------------
+
+    @property
+    def coefficients(self) -> nn.Parameter:
+        """The coefficient tensor ``L`` (the same Parameter as :attr:`weight`)."""
+        return self.weight
+
+    def merge(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """``W[o, c] = sum_b coefficients[o, c, b] * basis[b]``, shape ``(O, C, kh, kw)``."""
+        o, c, kk = coefficients.shape
+        merged = coefficients.reshape(o * c, kk) @ self.basis.reshape(kk, -1)
+        return merged.reshape(o, c, *self.kernel_size)
+
+    def merged_weight(self) -> torch.Tensor:
+        """The k x k weight used in forward: the basis applied to the masked coefficients."""
+        return self.merge(self.sparsity(self.weight))
+
+    def forward(self, x):
+        return self._conv_forward(x, self.merged_weight(), self.bias)
+
+    # -- deploy -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def to_deploy(self) -> nn.Sequential:
+        """The factored deploy form, plain torch modules only::
+
+            Sequential(
+              0: Conv2d(C, C*k*k, k x k, stride, padding, dilation, groups=C)  # basis conv
+              1: ChannelShuffle(C)    # channel c*k*k + b  ->  b*C + c  (basis-index major)
+              2: Conv2d(C*k*k, O, 1, bias)   # weight[o, b*C + c] = masked L[o, c, b]
+            )
+
+        A grouped conv emits its outputs channel-major (``c*k*k + b``); the shuffle (a pure
+        reshape/transpose) makes them basis-major so that any M consecutive inputs of the 1x1
+        conv are channels ``c..c+M-1`` at the same basis index: the 1x1 weight then has
+        exactly the N:M groups of ``L`` (``check_nm_tensor`` passes for ``pruning='nm'``).
+        With the pixel basis, modules 0-1 are exactly im2col.
+        """
+        o, c, kk = self.weight.shape
+        kw = dict(device=self.weight.device, dtype=self.weight.dtype)
+        basis_conv = nn.Conv2d(c, c * kk, self.kernel_size, self.stride, self.padding,
+                               self.dilation, groups=c, bias=False,
+                               padding_mode=self.padding_mode, **kw)
+        # Output channel c*kk + b of group c holds basis filter b.
+        basis_conv.weight.copy_(self.basis.detach().unsqueeze(0).expand(c, -1, -1, -1)
+                                .reshape(c * kk, 1, *self.kernel_size))
+        gemm = nn.Conv2d(c * kk, o, 1, bias=self.bias is not None, **kw)
+        gemm.weight.copy_(self.deploy_weight().permute(0, 2, 1).reshape(o, kk * c, 1, 1))
+        if self.bias is not None:
+            gemm.bias.copy_(self.bias.detach())
+        return nn.Sequential(basis_conv, nn.ChannelShuffle(c), gemm)
+
+    @torch.no_grad()
+    def to_dense_conv(self) -> nn.Conv2d:
+        """One plain ``k x k`` conv with the merged weight ``sum_b (masked L)[:, :, b] F[b]``
+        (dense in general: for users without sparse hardware, or stock checkpoints)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                         self.padding, self.dilation, 1, self.bias is not None,
+                         self.padding_mode, device=self.weight.device, dtype=self.weight.dtype)
+        conv.weight.copy_(self.merge(self.deploy_weight()))
+        if self.bias is not None:
+            conv.bias.copy_(self.bias.detach())
+        return conv
+
+    def deploy_flops(self, out_hw) -> Dict[str, int]:
+        """Multiply-accumulates per image at output size ``out_hw = (H', W')``: the dense conv,
+        the basis conv, the dense and the N:M-sparse GEMM (``N/M`` of it, ideal)."""
+        o, c, kk = self.weight.shape
+        pixels = int(out_hw[0]) * int(out_hw[1])
+        dense = pixels * o * c * kk
+        density = self.sparsity.n / self.sparsity.m
+        return dict(dense_conv=dense, basis_conv=pixels * c * kk * kk, gemm=dense,
+                    sparse_gemm=int(round(dense * density)))
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """Load an interspace checkpoint as is, or a dense conv's 4-D ``weight`` as ``L = W``
+        with the pixel basis (``basis`` is then not reported missing)."""
+        key, basis_key = prefix + 'weight', prefix + 'basis'
+        dense = state_dict.get(key)
+        from_dense = (dense is not None and dense.dim() == 4
+                      and dense.shape[:2] == self.weight.shape[:2]
+                      and tuple(dense.shape[2:]) == tuple(self.kernel_size))
+        if from_dense:
+            if basis_key in state_dict:
+                error_msgs.append(f'{prefix[:-1]}: a 4-D (dense) weight together with an '
+                                  f'interspace basis is ambiguous; the 4-D weight is the dense '
+                                  f'kernel, so the pixel basis is used.')
+            state_dict = dict(state_dict)  # never modify the caller's dict
+            state_dict[key] = dense.reshape(self.weight.shape)
+            state_dict[basis_key] = pixel_basis(self.kernel_size, self.basis.dtype,
+                                                self.basis.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self):
+        return super().extra_repr() + f', interspace ({self.pruning} coefficients)'
+
+
+def _build_coefficient_learner(method, shape, n, m, pruning, **kwargs) -> MaskLearner:
+    if pruning == 'nm':
+        return build_learner(method, shape, n, m, **kwargs)
+    if pruning == 'unstructured':
+        if method == 'asp':
+            kwargs.setdefault('interval', 0)
+        elif method == 'srste':
+            kwargs.setdefault('interval', 1)
+            if kwargs['interval'] < 1:
+                raise ValueError("pruning='unstructured' with method='srste' needs interval>=1")
+        else:
+            raise ValueError(f"pruning='unstructured' supports method 'asp' (one-shot) or "
+                             f"'srste' (recomputed), got {method!r}.")
+        return UnstructuredMask(shape, n, m, **kwargs)
+    raise ValueError(f'Unknown pruning {pruning!r}; choose one of {PRUNING_MODES}.')
+
+
+def interspace_incompatibility(conv: nn.Module, m: int, pruning: str = 'nm') -> Optional[str]:
+    """Why ``conv`` cannot become an :class:`InterspaceConv2d`, or ``None`` if it can."""
+    if not isinstance(conv, nn.Conv2d):
+        return f'not a Conv2d ({type(conv).__name__})'
+    if tuple(conv.kernel_size) == (1, 1):
+        return '1x1 conv: interspace applies to k x k convs (k > 1) only'
+    if conv.groups != 1:
+        return f'grouped conv (groups={conv.groups})'
+    if pruning == 'nm':
+        return nm_incompatibility(conv.weight.shape, m)
+    return None
+
+
+def interspace_layer(parent: nn.Module, name: str, method: str, n: int, m: int,
+                     pruning: str = 'nm', **learner_kwargs) -> Optional[str]:
+    """Replace ``parent.<name>`` (a plain ``k x k`` Conv2d) by its interspace version, in place.
+
+    Returns:
+        ``None`` if replaced, else why not (1x1, grouped, ``C % M != 0``): the layer is left
+        untouched, and the caller may make it sparse otherwise (e.g. ``sparsify_layer``).
+    """
+    check_nm(n, m)
+    conv = getattr(parent, name)
+    if type(conv) is not nn.Conv2d:
+        return f'not a plain nn.Conv2d ({type(conv).__name__})'
+    reason = interspace_incompatibility(conv, m, pruning)
+    if reason is None:
+        setattr(parent, name, InterspaceConv2d.from_dense(conv, method, n, m, pruning,
+                                                          **learner_kwargs))
+    return reason
+
+
+@torch.no_grad()
+def merge_interspace(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Replace every :class:`InterspaceConv2d` by its merged dense conv (:meth:`to_dense_conv`),
+    keeping the module names, so the result has a stock architecture (e.g. a plain ResNet)."""
+    if not inplace:
+        import copy
+        model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, InterspaceConv2d):
+                setattr(parent, name, child.to_dense_conv())
+    return model
