@@ -45,7 +45,7 @@ def fold_batchnorm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> Tuple[torch.Tens
     return weight * scale.reshape(-1, 1, 1, 1), beta - bn.running_mean * scale
 
 
-class SpReConv2d(DerivedStateMixin, SparseConv2d):
+class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
     """Main N:M conv plus SpRe's extra branch; outputs ``[main | rep]`` (``2 * O`` channels).
 
     Attributes:
@@ -55,6 +55,8 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d):
     """
 
     derived_state = ('spatial',)
+    # nn.Conv2d is listed among the direct bases so that mmengine's init_cfg (layer='Conv2d'),
+    # which matches direct base names only, initializes the main weight like a dense conv.
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, method: str, n: int, m: int, spatial_interval: int = 1,

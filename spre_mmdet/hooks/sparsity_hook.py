@@ -1,0 +1,76 @@
+"""Drives every sparse layer's mask schedule, logs sparsity and writes the per-layer report."""
+import json
+import os.path as osp
+from collections import defaultdict
+from typing import Optional
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmdet.registry import HOOKS
+
+from ..sparsity import format_report, refresh_masks, sparse_layers, sparsity_report
+
+
+@HOOKS.register_module()
+class SparsityHook(Hook):
+    """Advance masks after every optimizer step; log sparsity; report at the end of training.
+
+    Masks are refreshed right after each optimizer step, to the iteration that comes next, so
+    that between iterations the masks always belong to the current weights: validation,
+    checkpoints, export and resume all see the same consistent state (and a resumed run
+    continues exactly like an uninterrupted one).
+
+    Args:
+        log_interval: log overall and per-stage density every this many iterations.
+    """
+
+    priority = 'ABOVE_NORMAL'  # before CheckpointHook saves in after_train_iter
+
+    def __init__(self, log_interval: int = 50):
+        self.log_interval = log_interval
+
+    @staticmethod
+    def _model(runner):
+        model = runner.model
+        return model.module if is_model_wrapper(model) else model
+
+    def before_train(self, runner) -> None:
+        model = self._model(runner)
+        if not any(True for _ in sparse_layers(model)):
+            raise RuntimeError('SparsityHook is configured but the model has no sparse layers: '
+                               'use a sparse backbone (e.g. type="SparseResNet") or drop the '
+                               'hook.')
+        # derives masks from weights loaded after init (load_from a dense checkpoint)
+        refresh_masks(model, runner.iter)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        model = self._model(runner)
+        refresh_masks(model, runner.iter + 1)
+        if self.every_n_train_iters(runner, self.log_interval):
+            for key, value in self.densities(model).items():
+                runner.message_hub.update_scalar(f'train/density/{key}', value)
+
+    @staticmethod
+    @torch.no_grad()
+    def densities(model) -> dict:
+        """Fraction of non-zero mask entries, overall and per top-level stage (e.g. layer1)."""
+        kept, total = defaultdict(int), defaultdict(int)
+        for name, layer in sparse_layers(model):
+            stage = name.split('.')[1] if name.startswith('backbone.') else name.split('.')[0]
+            for key in ('all', stage):
+                kept[key] += int(layer.sparsity.mask.sum())
+                total[key] += layer.sparsity.mask.numel()
+        return {key: kept[key] / total[key] for key in total}
+
+    def after_train(self, runner) -> None:
+        model = self._model(runner)
+        n, m = next(((l.sparsity.n, l.sparsity.m) for _, l in sparse_layers(model)))
+        rows = sparsity_report(model, n, m)
+        table = format_report(rows)
+        runner.logger.info(f'Sparsity report ({n}:{m}):\n{table}')
+        if runner.rank == 0:
+            with open(osp.join(runner.work_dir, 'sparsity_report.txt'), 'w') as f:
+                f.write(table + '\n')
+            with open(osp.join(runner.work_dir, 'sparsity_report.json'), 'w') as f:
+                json.dump([row.__dict__ for row in rows], f, indent=1)

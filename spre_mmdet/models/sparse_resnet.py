@@ -1,0 +1,119 @@
+"""mmdet's ResNet made N:M sparse from config alone."""
+import copy
+from typing import Optional, Sequence
+
+from mmdet.models.backbones import ResNet
+from mmdet.registry import MODELS
+from mmengine.logging import print_log
+
+from ..sparsity import (SpReBatchNorm2d, check_nm, initialize_masks, sparse_layers,
+                        sparsify_layer)
+
+DEFAULT_SPARSITY = dict(
+    n=2,
+    m=4,
+    # who learns the main N:M mask: 'srste' | 'asp' | 'lbc' (+ its keyword arguments)
+    learner=dict(type='srste'),
+    # SpRe's extra branch on every k x k conv (k > 1); None: plain N:M
+    spre=None,
+    # which of layer1..layer4 are made sparse (the stem can never be: 3 input channels)
+    stages=(True, True, True, True),
+)
+
+
+@MODELS.register_module()
+class SparseResNet(ResNet):
+    """mmdet ``ResNet`` (any depth; ``deep_stem=True, avg_down=True`` is ResNet-V1d) whose
+    layer1-4 convs are N:M sparse (SPEC section 7).
+
+    The module tree and state-dict keys of the dense ResNet are kept (sparse layers only add
+    their own buffers/parameters), so dense pretrained checkpoints load unchanged; masks are
+    then derived from the loaded weights.
+
+    Args:
+        sparsity (dict): ``n``, ``m``; ``learner``: dict(type='srste'|'asp'|'lbc', **kwargs);
+            ``spre``: None or dict(rep_gamma=0.0, spatial_interval=1) to add SpRe's branch to
+            every k x k conv; ``stages``: 4 bools. See ``DEFAULT_SPARSITY``.
+        All other arguments are those of :class:`mmdet.models.backbones.ResNet`.
+
+    Frozen stages (``frozen_stages >= i``) never update: their N:M mask is the one-shot
+    magnitude mask of the loaded weights, and SpRe's branch is not added there (it could not
+    learn). This is logged, not silent.
+    """
+
+    def __init__(self, *args, sparsity: Optional[dict] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.dcn is not None:
+            raise ValueError('SparseResNet does not support dcn: deformable convs have no N:M '
+                             'kernel. Remove `dcn` or use a dense ResNet.')
+        cfg = copy.deepcopy(DEFAULT_SPARSITY)
+        cfg.update(sparsity or {})
+        unknown = set(cfg) - set(DEFAULT_SPARSITY)
+        if unknown:
+            raise ValueError(f'Unknown sparsity options {sorted(unknown)}; valid ones are '
+                             f'{sorted(DEFAULT_SPARSITY)}.')
+        self.n, self.m = check_nm(cfg['n'], cfg['m'])
+        self.sparsity_cfg = cfg
+        self._sparsify(cfg)
+
+    def _sparsify(self, cfg: dict) -> None:
+        learner = dict(cfg['learner'])
+        method = learner.pop('type')
+        spre = cfg['spre']
+        stages: Sequence[bool] = cfg['stages']
+        if len(stages) != self.num_stages:
+            raise ValueError(f'sparsity.stages needs {self.num_stages} entries, got {stages}.')
+        dense = {}
+        for stage, layer_name in enumerate(self.res_layers, start=1):
+            if not stages[stage - 1]:
+                continue
+            frozen = stage <= self.frozen_stages
+            if frozen:
+                print_log(
+                    f'{layer_name} is frozen (frozen_stages={self.frozen_stages}): its '
+                    f'{self.n}:{self.m} masks are one-shot magnitude masks of the loaded '
+                    'weights' + (' and SpRe\'s branch is not added there' if spre else '') +
+                    '. Set frozen_stages=0 to train them.', logger='current')
+            for block_index, block in enumerate(getattr(self, layer_name)):
+                prefix = f'{layer_name}.{block_index}'
+                for conv_name, norm_name in self._conv_norm_pairs(block):
+                    conv = getattr(block, conv_name)
+                    use_spre = spre is not None and not frozen and conv.kernel_size != (1, 1)
+                    reason = sparsify_layer(block, conv_name, method, self.n, self.m,
+                                            norm_name=norm_name if use_spre else None,
+                                            **(spre if use_spre else {}), **learner)
+                    if reason:
+                        dense[f'{prefix}.{conv_name}'] = reason
+                downsample = block.downsample
+                if downsample is not None:
+                    for name, module in downsample.named_children():
+                        if hasattr(module, 'kernel_size') and hasattr(module, 'weight'):
+                            reason = sparsify_layer(downsample, name, method, self.n, self.m,
+                                                    **learner)
+                            if reason:
+                                dense[f'{prefix}.downsample.{name}'] = reason
+        for name, reason in dense.items():
+            print_log(f'{name} stays dense: {reason}', logger='current')
+
+    @staticmethod
+    def _conv_norm_pairs(block):
+        index = 1
+        while hasattr(block, f'conv{index}'):
+            yield f'conv{index}', getattr(block, f'norm{index}_name')
+            index += 1
+
+    def init_weights(self):
+        super().init_weights()
+        from_scratch = not (isinstance(self.init_cfg, dict) and
+                            self.init_cfg.get('type') == 'Pretrained')
+        if from_scratch and self.sparsity_cfg['spre'] is not None:
+            # the generic BN init sets every BN's gamma to 1, rep_bn included: restore SpRe's
+            rep_gamma = self.sparsity_cfg['spre'].get('rep_gamma', 0.0)
+            for module in self.modules():
+                if isinstance(module, SpReBatchNorm2d):
+                    module.rep_bn.weight.data.fill_(rep_gamma)
+        initialize_masks(self)
+        print_log(f'SparseResNet: {len(list(sparse_layers(self)))} layers are '
+                  f'{self.n}:{self.m} sparse ({self.sparsity_cfg["learner"]["type"]}'
+                  f'{", SpRe" if self.sparsity_cfg["spre"] is not None else ""})',
+                  logger='current')
