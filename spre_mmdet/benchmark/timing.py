@@ -1,0 +1,108 @@
+"""GPU timing (CUDA events, median and IQR) and the environment a timing was taken in."""
+import shutil
+import statistics
+import subprocess
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+NEEDS_GPU = ('the 2:4 sparse tensor-core path needs an NVIDIA Ampere or newer GPU (compute '
+             'capability >= 8.0, e.g. A100, RTX 30xx/40xx, H100) and a CUDA build of PyTorch')
+
+
+def sparse_support(device: str) -> Tuple[bool, Optional[str]]:
+    """Can ``device`` run semi-structured sparse kernels? ``(ok, reason if not)``."""
+    if not str(device).startswith('cuda'):
+        return False, f'device is {device}: {NEEDS_GPU}'
+    if not torch.cuda.is_available():
+        return False, f'CUDA is not available ({torch.__version__}): {NEEDS_GPU}'
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    if major < 8:
+        name = torch.cuda.get_device_name(torch.device(device))
+        return False, f'{name} has compute capability {major}.{minor}: {NEEDS_GPU}'
+    return True, None
+
+
+def _nvidia_smi() -> Optional[dict]:
+    exe = shutil.which('nvidia-smi')
+    if exe is None:
+        return None
+    fields = ('name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,'
+              'power.limit,temperature.gpu,persistence_mode')
+    try:
+        out = subprocess.run([exe, f'--query-gpu={fields}', '--format=csv,noheader'],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = out.strip().splitlines()[0] if out.strip() else ''
+    return dict(zip(fields.split(','), (v.strip() for v in first.split(','))))
+
+
+def environment_info(device: str) -> Dict[str, object]:
+    """Library versions, device, clocks (``nvidia-smi`` if present)."""
+    import mmengine
+    info = dict(torch=torch.__version__, cuda=torch.version.cuda, device=str(device),
+                mmengine=mmengine.__version__)
+    try:
+        import mmdet
+        info['mmdet'] = mmdet.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info['cudnn'] = torch.backends.cudnn.version()
+        cslt = getattr(torch.backends, 'cusparselt', None)
+        info['cusparselt_available'] = bool(cslt is not None and cslt.is_available())
+        info['cusparselt'] = cslt.version() if info['cusparselt_available'] else None
+        if str(device).startswith('cuda'):
+            dev = torch.device(device)
+            info['device_name'] = torch.cuda.get_device_name(dev)
+            info['compute_capability'] = '%d.%d' % torch.cuda.get_device_capability(dev)
+        info['nvidia_smi'] = _nvidia_smi()
+    else:
+        info['device_name'] = 'cpu'
+    return info
+
+
+def summarize(samples_ms) -> Dict[str, float]:
+    """Median, quartiles and IQR of per-repeat times in ms."""
+    s = sorted(samples_ms)
+    if len(s) >= 2:
+        q1, _, q3 = statistics.quantiles(s, n=4, method='inclusive')
+    else:
+        q1 = q3 = s[0]
+    return dict(median_ms=statistics.median(s), q1_ms=q1, q3_ms=q3, iqr_ms=q3 - q1,
+                min_ms=s[0], repeats=len(s))
+
+
+@torch.no_grad()
+def cuda_time(fn: Callable[[], object], warmup: int = 10, repeats: int = 50,
+              min_repeat_ms: float = 0.5) -> Dict[str, float]:
+    """Time ``fn`` on the current CUDA stream.
+
+    ``warmup`` untimed calls (cuDNN autotuning, cuSPARSELt plan, allocator), then ``repeats``
+    samples. Each sample brackets ``inner`` back-to-back calls with a pair of CUDA events and
+    divides, ``inner`` chosen so a sample lasts at least ``min_repeat_ms`` (so event and
+    launch overhead do not dominate tiny kernels). Returns :func:`summarize` of the samples
+    plus ``inner``.
+    """
+    for _ in range(max(warmup, 1)):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    one = max(start.elapsed_time(end), 1e-3)
+    inner = max(1, min(1000, int(min_repeat_ms / one + 0.999)))
+    samples = []
+    for _ in range(repeats):
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / inner)
+    out = summarize(samples)
+    out['inner'] = inner
+    return out
