@@ -1,0 +1,265 @@
+"""LBC: learning best combination for N:M masks (Zhang et al., NeurIPS 2022, arXiv 2206.06662).
+
+SPEC section 5. Every group ``g`` of ``M`` weights (the hardware layout of :mod:`.nm`) has
+``K = C(M, N)`` candidate subsets of ``N`` weights, each with a learnable score
+``alpha[g, k]``. A fixed 0/1 matrix ``P`` (``K x M``, subsets in ``itertools.combinations``
+order) gives the score mass per weight::
+
+    soft[g, :] = (alpha[g, :] * alive[g, :]) @ P
+    mask       = 1[soft != 0]           forward; straight-through in backward
+    W~         = W * mask
+
+    dL/dalpha[g, k] = sum_{j in subset k} dL/dW~_j * W_j        (alive subsets; 0 for dead)
+    dL/dW           = dL/dW~ * mask
+
+Subsets are removed hard along a cubic schedule (:meth:`LBCMask.survivors`): the lowest-scored
+alive subsets go first; an explicit ``alive`` buffer keeps them out for good (momentum, weight
+decay or a resume cannot bring them back). At ``t_f`` one subset per group is left and the layer
+is exactly N:M; the scores are then frozen (``requires_grad=False``, ``grad=None``), which makes
+torch optimizers skip them (no momentum or weight-decay drift).
+
+The forward mask is the :attr:`mask` buffer, i.e. the union of the alive subsets
+(``(alive @ P) != 0``). That equals ``soft != 0`` as long as no alive score is exactly zero,
+and it changes only in :meth:`LBCMask.refresh`, like every other learner's mask.
+
+Plain PyTorch: nothing here imports mmengine or mmdet.
+"""
+import itertools
+import math
+from fractions import Fraction
+
+import torch
+from torch import nn
+
+from .learners import MaskLearner, register_learner
+from .nm import from_groups, to_groups
+
+
+def subset_matrix(n: int, m: int) -> torch.Tensor:
+    """``P`` (``C(m, n) x m``, float 0/1): row ``k`` marks the ``k``-th subset of ``n`` out of
+    ``m`` positions, in ``itertools.combinations`` (lexicographic) order."""
+    combos = list(itertools.combinations(range(m), n))
+    matrix = torch.zeros(len(combos), m)
+    for k, combo in enumerate(combos):
+        matrix[k, list(combo)] = 1.0
+    return matrix
+
+
+def cubic_survivors(iteration: int, num_subsets: int, t_i: int, t_f: int) -> int:
+    """SPEC section 5 schedule, computed exactly (rational arithmetic, no float rounding)::
+
+        survivors(t) = 1 + ceil((K - 1) * (1 - (t - t_i) / (t_f - t_i)) ** 3)
+
+    ``K`` before ``t_i``, ``1`` from ``t_f`` on.
+    """
+    if iteration <= t_i:
+        return num_subsets
+    if iteration >= t_f:
+        return 1
+    remaining = Fraction(t_f - iteration, t_f - t_i)
+    return 1 + math.ceil((num_subsets - 1) * remaining ** 3)
+
+
+class LBCFunction(torch.autograd.Function):
+    """``W * mask`` with the LBC straight-through backward to the subset scores."""
+
+    @staticmethod
+    def forward(ctx, weight, scores, mask, alive, subsets, m):
+        ctx.save_for_backward(weight, mask, alive, subsets)
+        ctx.m = m
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        weight, mask, alive, subsets = ctx.saved_tensors
+        grad_weight = grad_scores = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = grad_output * mask
+        if ctx.needs_input_grad[1]:
+            # dL/dsoft_j = dL/dW~_j * W_j (straight through the indicator), then through P.
+            grad_soft = to_groups(grad_output * weight, ctx.m).to(subsets.dtype)
+            grad_scores = (grad_soft @ subsets.t()) * alive
+        return grad_weight, grad_scores, None, None, None, None
+
+
+@register_learner
+class LBCMask(MaskLearner):
+    """LBC mask learner (SPEC section 5), method name ``'lbc'``.
+
+    Args:
+        weight_shape, n, m: as :class:`MaskLearner`.
+        t_i: iteration at which subset removal starts (0-based, inclusive; ``K`` survive there).
+        t_f: iteration at which one subset per group is left and the mask is exactly N:M.
+            The training loop must call :meth:`refresh` with an iteration ``>= t_f`` before
+            training ends (e.g. ``t_f`` at 1/3 .. 3/4 of the run so the final mask is
+            fine-tuned). The mmengine hook converts epochs to iterations.
+
+    State (all in the state dict): ``scores`` (parameter, ``(groups, K)``), ``alive`` (bool,
+    ``(groups, K)``) and ``mask``. ``P`` is the non-persistent buffer ``subsets``. Loading a dense
+    checkpoint (no ``scores``/``alive``/``mask``) is fine: they start from the initial state.
+
+    Ranking (removal and :meth:`finish_by_magnitude`): higher score first; equal scores keep the
+    subset with the larger ``sum |W_j|``; then the lower subset index. So a layer whose scores get
+    no gradient (e.g. a frozen stage) ends with the magnitude N:M mask.
+    """
+
+    method = 'lbc'
+    derived_state = ('mask', 'scores', 'alive')
+
+    def __init__(self, weight_shape, n, m, t_i: int = 0, t_f: int = 1000):
+        super().__init__(weight_shape, n, m)
+        self.t_i, self.t_f = self._check_schedule(t_i, t_f)
+        weight_shape = torch.Size(weight_shape)
+        numel = weight_shape.numel()
+        # validates the layout (C % M == 0) with a clear message
+        to_groups(torch.empty(weight_shape, device='meta'), self.m)
+        self.num_groups = numel // self.m
+        self.num_subsets = math.comb(self.m, self.n)
+        self.weight_shape = weight_shape
+        self.register_buffer('subsets', subset_matrix(self.n, self.m), persistent=False)
+        self.scores = nn.Parameter(torch.full((self.num_groups, self.num_subsets),
+                                              self.initial_score))
+        self.register_buffer('alive', torch.ones(self.num_groups, self.num_subsets,
+                                                 dtype=torch.bool))
+        # scores frozen by this learner (so a stage frozen by someone else is never unfrozen)
+        self._frozen_by_schedule = False
+        # survivors per group now (all groups share it); a Python int, so refresh needs no sync
+        self._survivors = self.num_subsets
+
+    # ----------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _check_schedule(t_i, t_f):
+        for name, value in (('t_i', t_i), ('t_f', t_f)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    int(value) != value:
+                raise ValueError(
+                    f'LBC {name} must be a whole number of iterations, got {value!r}. Convert '
+                    'epochs to iterations first (epoch * iterations_per_epoch).')
+        t_i, t_f = int(t_i), int(t_f)
+        if t_i < 0:
+            raise ValueError(f'LBC t_i must be >= 0 (iterations are 0-based), got {t_i}. '
+                             'Use t_i=0 to start removing subsets at the first iteration.')
+        if t_f <= t_i:
+            raise ValueError(
+                f'LBC needs t_f > t_i, got t_i={t_i}, t_f={t_f}: subsets are removed between '
+                f'them. Use e.g. t_i={t_i}, t_f={t_i + 1000}, with t_f before the end of '
+                'training so the final N:M mask is fine-tuned.')
+        return t_i, t_f
+
+    @property
+    def initial_score(self) -> float:
+        """``1 / C(M-1, N-1)``: each weight lies in ``C(M-1, N-1)`` subsets, so its soft value
+        starts at 1."""
+        return 1.0 / math.comb(self.m - 1, self.n - 1)
+
+    def survivors(self, iteration: int) -> int:
+        """Subsets per group the schedule keeps at ``iteration``."""
+        return cubic_survivors(iteration, self.num_subsets, self.t_i, self.t_f)
+
+    def soft(self) -> torch.Tensor:
+        """Score mass per weight, ``(scores * alive) @ P``, in the weight's shape."""
+        soft = (self.scores * self.alive) @ self.subsets
+        return from_groups(soft, self.weight_shape)
+
+    @property
+    def is_final(self) -> bool:
+        """Exactly one alive subset per group (derived from ``alive``, so it survives a resume)."""
+        return self._survivors == 1
+
+    def _sync_from_alive(self) -> None:
+        """Recompute ``mask``, the survivor count and the frozen state from ``alive``."""
+        counts = self.alive.sum(dim=1)
+        self._survivors = int(counts.max()) if counts.numel() else 1
+        if counts.numel() and int(counts.min()) < 1:
+            raise ValueError('LBC state has a group with no alive subset; the checkpoint is '
+                             'corrupt or from another N:M pattern.')
+        union = (self.alive.to(self.subsets.dtype) @ self.subsets) != 0
+        self.mask.copy_(from_groups(union, self.weight_shape))
+        if self.is_final:
+            self._freeze()
+        elif self._frozen_by_schedule:
+            self.scores.requires_grad_(True)
+            self._frozen_by_schedule = False
+
+    def _freeze(self) -> None:
+        if self.scores.requires_grad:
+            self.scores.requires_grad_(False)
+            self._frozen_by_schedule = True
+        self.scores.grad = None
+
+    def _subset_magnitude(self, weight: torch.Tensor) -> torch.Tensor:
+        groups = to_groups(weight.detach().abs(), self.m).to(self.subsets.dtype)
+        return groups @ self.subsets.t()
+
+    @torch.no_grad()
+    def _keep_best(self, weight: torch.Tensor, count: int) -> None:
+        """Keep the ``count`` best alive subsets per group (ranking in the class docstring)."""
+        if count >= self._survivors:
+            return
+        magnitude = self._subset_magnitude(weight)
+        by_magnitude = torch.argsort(magnitude, dim=1, descending=True, stable=True)
+        scores = self.scores.detach().float().masked_fill(~self.alive, float('-inf'))
+        scores = torch.nan_to_num(scores, nan=float('-inf'))
+        by_score = torch.argsort(scores.gather(1, by_magnitude), dim=1, descending=True,
+                                 stable=True)
+        order = by_magnitude.gather(1, by_score)
+        keep = torch.zeros_like(self.alive)
+        keep.scatter_(1, order[:, :count], True)
+        self.alive.logical_and_(keep)
+        # dead scores are out of the forward/backward already (through alive); zero them too
+        self.scores.masked_fill_(~self.alive, 0.0)
+        self._sync_from_alive()
+
+    # ------------------------------------------------------------------ MaskLearner interface
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.scores.requires_grad and torch.is_grad_enabled():
+            return LBCFunction.apply(weight, self.scores, self.mask, self.alive, self.subsets,
+                                     self.m)
+        return weight * self.mask
+
+    @torch.no_grad()
+    def initialize(self, weight: torch.Tensor) -> None:
+        """Start of the schedule: every subset alive, every score ``1 / C(M-1, N-1)``, dense
+        mask. (LBC's mask does not depend on the weights before ``t_i``.)"""
+        self.scores.fill_(self.initial_score)
+        self.alive.fill_(True)
+        self._sync_from_alive()
+        self.needs_init = False
+
+    @torch.no_grad()
+    def refresh(self, weight: torch.Tensor, iteration: int) -> None:
+        """Remove the lowest-ranked subsets until :meth:`survivors` remain per group."""
+        if self.needs_init:
+            self.initialize(weight)
+        self._keep_best(weight, self.survivors(iteration))
+
+    @torch.no_grad()
+    def finish_by_magnitude(self, weight: torch.Tensor) -> None:
+        """End the schedule now: keep, per group, the best alive subset (highest score; equal
+        scores -> larger ``sum |W_j|``; then lower index). The mask is then exactly N:M and the
+        scores are frozen. For an explicit export flag (``--finish-by-magnitude``) only."""
+        if self.needs_init:
+            self.initialize(weight)
+        self._keep_best(weight, 1)
+
+    def deploy_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.is_final:
+            from .convert import NotFinalError
+            raise NotFinalError(
+                f'LBC mask is not N:M yet: {self._survivors} of {self.num_subsets} subsets per '
+                f'group are still alive (the schedule ends at iteration t_f={self.t_f}). Export '
+                'after t_f, or call finish_by_magnitude(weight) (export flag '
+                '--finish-by-magnitude).')
+        return self.mask
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if not self.needs_init:  # loaded from a sparse (LBC) checkpoint
+            with torch.no_grad():
+                self._sync_from_alive()
+
+    def extra_repr(self) -> str:
+        return (f'{super().extra_repr()}, K={self.num_subsets}, t_i={self.t_i}, t_f={self.t_f}, '
+                f'survivors={self._survivors}')
