@@ -43,8 +43,7 @@ def format_layer_table(layers: Sequence[Dict[str, object]]) -> str:
         calls = layer.get('calls') or []
         mnk = ', '.join(f'{c["M"]}x{c["N"]}x{c["K"]}' for c in calls[:2]) + (
             f' (+{len(calls) - 2})' if len(calls) > 2 else '')
-        numerics = '-' if r['numerics_ok'] is None else (
-            f'{"ok" if r["numerics_ok"] else "FAIL"} {r["rel_err"]:.1e}')
+        numerics = _numerics(layer.get('numerics'))
         lines.append((layer['name'], layer.get('kind', ''), mnk, _fmt(layer.get('dense_ms')),
                       _fmt(layer.get('sparse_ms')), _fmt(layer.get('im2col_ms')),
                       _fmt(layer.get('speedup'), 2), _fmt(layer.get('gemm_speedup'), 2),
@@ -54,13 +53,21 @@ def format_layer_table(layers: Sequence[Dict[str, object]]) -> str:
 
 def format_e2e_table(e2e: Dict[str, Dict[str, object]]) -> str:
     header = ('scope', 'dense ms', 'dispatch ms', 'all-sparse ms', 'dispatch speedup',
-              'all-sparse speedup', 'sparse layers (dispatch/all)', 'note')
+              'all-sparse speedup', 'sparse layers (dispatch/all)', 'numerics (all-sparse)',
+              'note')
     lines = [(scope, _fmt(r.get('dense_ms')), _fmt(r.get('dispatch_ms')),
               _fmt(r.get('all_sparse_ms')), _fmt(r.get('dispatch_speedup'), 2),
               _fmt(r.get('all_sparse_speedup'), 2),
               f'{r.get("num_sparse_dispatch", "-")}/{r.get("num_sparse_all", "-")}',
-              r.get('note') or '') for scope, r in e2e.items()]
+              _numerics(r.get('numerics_all_sparse')), r.get('note') or '')
+             for scope, r in e2e.items()]
     return _table(header, lines)
+
+
+def _numerics(num) -> str:
+    if not num or num.get('ok') is None:
+        return '-'
+    return f'{"ok" if num["ok"] else "FAIL"} {num["rel_err"]:.1e}'
 
 
 def _table(header, lines) -> str:
@@ -90,7 +97,7 @@ def build_report(meta: dict, validity: list, layers: list, end_to_end: dict, tol
         num_valid_in_scope=sum(1 for v in validity if v['valid'] and v['in_scope']),
         num_benchmarked=len(layers),
         num_numerics_ok=sum(1 for lay in layers if (lay.get('numerics') or {}).get('ok')),
-        num_faster_sparse=sum(1 for lay in timed if lay['speedup'] > 1.0),
+        num_faster_sparse=sum(1 for lay in timed if lay['speedup'] > 1.0) if timed else None,
         sum_dense_ms=sum(lay['dense_ms'] for lay in timed) if timed else None,
         sum_sparse_ms=sum(lay['sparse_ms'] for lay in timed) if timed else None)
     return _clean(dict(meta=meta, timings_available=timing_reason is None,
