@@ -1,0 +1,247 @@
+"""SpRe: the spatial mask S, the training-time block and its fold (SPEC section 4)."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from helpers import assert_nm_pattern, reference_nm_mask, reference_spatial_mask
+from spre_mmdet.sparsity import (SpReBatchNorm2d, SpReConv2d, refresh_masks, reparameterize,
+                                 spatial_mask, sparsify_layer)
+
+PLUS = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+CROSS = [(0, 1), (1, 0), (1, 2), (2, 1)]
+CORNERS = [(0, 0), (0, 2), (2, 0), (2, 2)]
+
+
+def _plus_weight(out_c=2, in_c=4, seed=0):
+    """2:4 case with a known S: the centre holds the largest weights, the cross the next ones
+    (the few cross weights unstructured pruning removes are spread over the four positions),
+    the corners tiny ones. Keep 50%: centre + 7/8 of each cross position."""
+    gen = torch.Generator().manual_seed(seed)
+    per_pos = out_c * in_c
+    weight = torch.empty(out_c, in_c, 3, 3)
+    ramp = torch.arange(per_pos, dtype=torch.float32).reshape(out_c, in_c)
+    weight[:, :, 1, 1] = 10 + 0.01 * ramp
+    for p, (i, j) in enumerate(CROSS):
+        weight[:, :, i, j] = 5 + 0.001 * p + 0.1 * ramp
+    for p, (i, j) in enumerate(CORNERS):
+        weight[:, :, i, j] = 0.1 + 0.001 * p + 0.0001 * ramp
+    signs = torch.randint(0, 2, weight.shape, generator=gen) * 2 - 1
+    return weight * signs
+
+
+def _corner_weight(out_c=2, in_c=4, seed=1):
+    """The transpose situation: corners and centre large, cross tiny."""
+    weight = _plus_weight(out_c, in_c, seed)
+    cross = weight[:, :, [0, 1, 1, 2], [1, 0, 2, 1]].clone()
+    corners = weight[:, :, [0, 0, 2, 2], [0, 2, 0, 2]].clone()
+    weight[:, :, [0, 1, 1, 2], [1, 0, 2, 1]] = corners
+    weight[:, :, [0, 0, 2, 2], [0, 2, 0, 2]] = cross
+    return weight
+
+
+def test_spatial_mask_plus_shape():
+    """2:4 with large centre/cross weights: S is 1 exactly at the centre and cross."""
+    weight = _plus_weight()
+    assert torch.equal(spatial_mask(weight, 2, 4), PLUS)
+    np.testing.assert_array_equal(reference_spatial_mask(weight, 2, 4), PLUS.numpy())
+    corners = 1 - PLUS
+    corners[1, 1] = 1
+    assert torch.equal(spatial_mask(_corner_weight(), 2, 4), corners)
+
+
+def test_spatial_mask_pruned_fraction_equal_to_p_is_not_kept():
+    """S uses a strict s_ij < p: a position pruned exactly at rate p gets S = 0 (1:3 case)."""
+    weight = torch.full((1, 3, 3, 3), 0.01)
+    weight[0, :, 1, 1] = 9.0                      # 3/3 kept: s = 0
+    for (i, j) in CROSS:
+        weight[0, 0, i, j] = 5.0                  # 1/3 kept: s = 2/3 == p
+    weight[0, :2, 0, 0] = 3.0                     # 2/3 kept: s = 1/3
+    weight = weight + torch.arange(27.0).reshape(weight.shape) * 1e-4  # no ties
+    expected = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(reference_spatial_mask(weight, 1, 3), expected.numpy())
+    assert torch.equal(spatial_mask(weight, 1, 3), expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 8).flatmap(lambda m: st.tuples(st.integers(1, m - 1), st.just(m))),
+       st.integers(1, 4), st.integers(1, 3), st.sampled_from([(3, 3), (1, 3), (5, 5)]),
+       st.integers(0, 2 ** 16))
+def test_spatial_mask_matches_exact_reference(nm, out_c, groups, kernel, seed):
+    """spatial_mask equals an exact-arithmetic numpy implementation of SPEC steps 1-4."""
+    n, m = nm
+    weight = torch.randn(out_c, groups * m, *kernel, generator=torch.Generator().manual_seed(seed))
+    np.testing.assert_array_equal(spatial_mask(weight, n, m).numpy(),
+                                  reference_spatial_mask(weight, n, m))
+
+
+class Block(nn.Module):
+    """conv3x3 (no bias) + BN, the pair SpRe replaces."""
+
+    def __init__(self, in_c=8, out_c=8, stride=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_c, out_c, 3, stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_c)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def _spre_block(seed=0, rep_gamma=0.0, **kwargs):
+    torch.manual_seed(seed)
+    block = Block()
+    assert sparsify_layer(block, 'conv', 'srste', 2, 4, norm_name='bn', rep_gamma=rep_gamma,
+                          **kwargs) is None
+    assert isinstance(block.conv, SpReConv2d) and isinstance(block.bn, SpReBatchNorm2d)
+    return block
+
+
+def test_spatial_all_ones_before_first_refresh():
+    """S is all ones until the first refresh, then the SPEC mask of the latent weight."""
+    block = _spre_block()
+    assert torch.equal(block.conv.spatial, torch.ones(3, 3))
+    with torch.no_grad():
+        block.conv.weight.copy_(_plus_weight(8, 8))
+    block.conv.refresh(0)
+    assert torch.equal(block.conv.spatial, PLUS)
+
+
+def test_rep_weight_lies_inside_main_mask():
+    """W_rep * B * S is zero wherever B (or S) is zero, so it is N:M itself."""
+    block = _spre_block()
+    with torch.no_grad():
+        block.conv.weight.copy_(_plus_weight(8, 8))
+    block.conv.refresh(0)
+    rep = block.conv.rep_weight().detach()
+    mask = block.conv.sparsity.mask
+    assert torch.equal(mask, torch.from_numpy(reference_nm_mask(block.conv.weight, 2, 4)))
+    assert (rep[~mask] == 0).all()
+    assert (rep[:, :, PLUS == 0] == 0).all()
+    assert torch.equal(rep, block.conv.weight_rep.detach() * mask * PLUS)
+    assert_nm_pattern(rep, 2, 4)
+
+
+def test_no_gradient_through_b_and_s():
+    """B and S are constants: the main weight gets no gradient from the rep branch, and the rep
+    weight's gradient is zero off B * S."""
+    block = _spre_block(rep_gamma=1.0, decay=0.0)
+    block.conv.refresh(0)
+    with torch.no_grad():
+        block.bn.weight.zero_()  # the main branch contributes a constant: loss from rep only
+    x = torch.randn(4, 8, 6, 6)
+    (block(x) * torch.randn(4, 8, 6, 6)).sum().backward()
+    assert block.conv.sparsity.mask.grad is None and block.conv.spatial.grad is None
+    assert torch.equal(block.conv.weight.grad, torch.zeros_like(block.conv.weight))
+    support = block.conv.sparsity.mask * block.conv.spatial
+    grad = block.conv.weight_rep.grad
+    assert (grad[support == 0] == 0).all() and (grad[support != 0] != 0).any()
+
+
+def test_zero_rep_gamma_equals_main_branch():
+    """rep_gamma=0: the SpRe block equals a plain SR-STE conv + BN (train and eval, grads too)."""
+    torch.manual_seed(3)
+    dense = Block()
+    spre, plain = Block(), Block()
+    spre.load_state_dict(dense.state_dict())
+    plain.load_state_dict(dense.state_dict())
+    sparsify_layer(spre, 'conv', 'srste', 2, 4, norm_name='bn', rep_gamma=0.0)
+    sparsify_layer(plain, 'conv', 'srste', 2, 4)
+    refresh_masks(spre, 0)
+    refresh_masks(plain, 0)
+    x = torch.randn(4, 8, 6, 6) * 2 + 1
+    y_spre, y_plain = spre(x), plain(x)
+    torch.testing.assert_close(y_spre, y_plain)
+    torch.testing.assert_close(spre.bn.running_mean, plain.bn.running_mean)
+    torch.testing.assert_close(spre.bn.running_var, plain.bn.running_var)
+    target = torch.randn_like(y_spre)  # (not sum(y**2): through train-mode BN that is constant)
+    (y_spre * target).sum().backward()
+    (y_plain * target).sum().backward()
+    torch.testing.assert_close(spre.conv.weight.grad, plain.conv.weight.grad)
+    spre.eval(), plain.eval()
+    torch.testing.assert_close(spre(x), plain(x))
+
+
+def _train_spre(block, steps=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(block.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    block.train()
+    for it in range(steps):
+        refresh_masks(block, it)
+        x = torch.randn(8, 8, 7, 7, generator=gen) * 3 + 0.5
+        opt.zero_grad()
+        block(x).sub(1.0).pow(2).mean().backward()
+        opt.step()
+    block.eval()
+
+
+def test_fold_equals_training_block_in_eval():
+    """After training with train-mode BN, deploy conv+BN == training block (eval) on the same
+    input; the folded weight is N:M; the deploy BN is identity plus bias."""
+    block = _spre_block(rep_gamma=0.7)
+    _train_spre(block)
+    assert not torch.allclose(block.bn.rep_bn.running_var, torch.ones(8))  # non-trivial stats
+    assert not torch.allclose(block.bn.running_mean, torch.zeros(8))
+    x = torch.randn(3, 8, 9, 9) * 2
+    with torch.no_grad():
+        y_train = block(x)
+        deployed = reparameterize(block)
+        y_deploy = deployed(x)
+    rel_err = float((y_train - y_deploy).abs().max() / y_train.abs().max())
+    assert rel_err < 1e-5, rel_err  # measured ~1e-7 (float32)
+    conv, bn = deployed.conv, deployed.bn
+    assert type(conv) is nn.Conv2d and conv.bias is None and type(bn) is nn.BatchNorm2d
+    assert_nm_pattern(conv.weight, 2, 4)
+    assert ((conv.weight != 0) <= block.conv.sparsity.mask).all()
+    assert torch.equal(bn.weight.detach(), torch.ones(8))
+    assert torch.equal(bn.running_mean, torch.zeros(8))
+    torch.testing.assert_close(bn.running_var + bn.eps, torch.ones(8), rtol=0, atol=1e-7)
+    z = torch.randn(2, 8, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(bn(z), z + bn.bias.reshape(1, -1, 1, 1))
+
+
+def test_spatial_interval_respected():
+    """S is recomputed only at iterations that are multiples of spatial_interval."""
+    block = _spre_block(spatial_interval=3)
+    plus, corner = _plus_weight(8, 8), _corner_weight(8, 8)
+    corner_s = spatial_mask(corner, 2, 4)
+    assert not torch.equal(corner_s, PLUS)
+    with torch.no_grad():
+        block.conv.weight.copy_(plus)
+    block.conv.refresh(0)
+    assert torch.equal(block.conv.spatial, PLUS)
+    with torch.no_grad():
+        block.conv.weight.copy_(corner)
+    for it in (1, 2):
+        block.conv.refresh(it)
+        assert torch.equal(block.conv.spatial, PLUS), it
+    block.conv.refresh(3)
+    assert torch.equal(block.conv.spatial, corner_s)
+
+
+def test_spre_dense_checkpoint_rederives_spatial():
+    """Loading a dense conv-BN checkpoint does not report S or B missing; S is derived later."""
+    block = _spre_block()
+    block.conv.refresh(0)
+    dense = Block()
+    with torch.no_grad():
+        dense.conv.weight.copy_(_plus_weight(8, 8))
+    result = block.load_state_dict(dense.state_dict(), strict=False)
+    assert 'conv.spatial' not in result.missing_keys
+    assert 'conv.sparsity.mask' not in result.missing_keys
+    assert set(result.missing_keys) <= {'conv.weight_rep', 'bn.rep_bn.weight', 'bn.rep_bn.bias',
+                                        'bn.rep_bn.running_mean', 'bn.rep_bn.running_var',
+                                        'bn.rep_bn.num_batches_tracked'}
+    block.conv.refresh(5)  # off-interval is fine: derived state is due
+    assert torch.equal(block.conv.spatial, PLUS)
+
+
+def test_spre_argument_errors():
+    """SpRe refuses a biased conv, spatial_interval < 1, and direct to_deploy."""
+    with pytest.raises(ValueError, match='bias-free'):
+        SpReConv2d.from_dense(nn.Conv2d(8, 8, 3, bias=True), 'srste', 2, 4)
+    with pytest.raises(ValueError, match='spatial_interval'):
+        SpReConv2d.from_dense(nn.Conv2d(8, 8, 3, bias=False), 'srste', 2, 4, spatial_interval=0)
+    with pytest.raises(RuntimeError, match='fold'):
+        _spre_block().conv.to_deploy()
