@@ -30,10 +30,10 @@ def spatial_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     An unstructured magnitude mask at density ``n/m`` is taken over the whole layer; a kernel
     position gets ``S = 1`` where unstructured pruning removes *less* than ``p = 1 - n/m`` there.
     """
-    density = n / m
-    kept = unstructured_mask(weight, density).float()
-    pruned_fraction = 1.0 - kept.mean(dim=(0, 1))
-    return (pruned_fraction < 1.0 - density).to(weight.dtype)
+    kept = unstructured_mask(weight, n / m).sum(dim=(0, 1))
+    total = weight.shape[0] * weight.shape[1]
+    # pruned / total < (m - n) / m, in integers: float32 means misjudge the equality case
+    return ((total - kept) * m < (m - n) * total).to(weight.dtype)
 
 
 def fold_batchnorm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
