@@ -64,9 +64,10 @@ class LBCFunction(torch.autograd.Function):
     """``W * mask`` with the LBC straight-through backward to the subset scores."""
 
     @staticmethod
-    def forward(ctx, weight, scores, mask, alive, subsets, m):
+    def forward(ctx, weight, scores, mask, alive, subsets, m, zero_scores_grad=False):
         ctx.save_for_backward(weight, mask, alive, subsets)
         ctx.m = m
+        ctx.zero_scores_grad = zero_scores_grad
         return weight * mask
 
     @staticmethod
@@ -75,11 +76,13 @@ class LBCFunction(torch.autograd.Function):
         grad_weight = grad_scores = None
         if ctx.needs_input_grad[0]:
             grad_weight = grad_output * mask
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and ctx.zero_scores_grad:
+            grad_scores = torch.zeros(alive.shape, dtype=subsets.dtype, device=alive.device)
+        elif ctx.needs_input_grad[1]:
             # dL/dsoft_j = dL/dW~_j * W_j (straight through the indicator), then through P.
             grad_soft = to_groups(grad_output * weight, ctx.m).to(subsets.dtype)
             grad_scores = (grad_soft @ subsets.t()) * alive
-        return grad_weight, grad_scores, None, None, None, None
+        return grad_weight, grad_scores, None, None, None, None, None
 
 
 @register_learner
@@ -92,7 +95,14 @@ class LBCMask(MaskLearner):
         t_f: iteration at which one subset per group is left and the mask is exactly N:M.
             The training loop must call :meth:`refresh` with an iteration ``>= t_f`` before
             training ends (e.g. ``t_f`` at 1/3 .. 3/4 of the run so the final mask is
-            fine-tuned). The mmengine hook converts epochs to iterations.
+            fine-tuned). The mmengine hook converts epochs to iterations
+            (:meth:`set_schedule`).
+        freeze_scores: at the end of the schedule set ``scores.requires_grad = False`` and
+            ``grad = None`` (default), so optimizers skip them: no momentum or weight-decay
+            drift. Under ``DistributedDataParallel`` a parameter that stops receiving gradients
+            needs ``find_unused_parameters=True``; with ``freeze_scores=False`` the scores keep
+            ``requires_grad`` and get an exact zero gradient after ``t_f`` instead (DDP-safe
+            without it). Either way the mask is fixed by ``alive`` and cannot change.
 
     State (all in the state dict): ``scores`` (parameter, ``(groups, K)``), ``alive`` (bool,
     ``(groups, K)``) and ``mask``. ``P`` is the non-persistent buffer ``subsets``. Loading a dense
@@ -106,9 +116,11 @@ class LBCMask(MaskLearner):
     method = 'lbc'
     derived_state = ('mask', 'scores', 'alive')
 
-    def __init__(self, weight_shape, n, m, t_i: int = 0, t_f: int = 1000):
+    def __init__(self, weight_shape, n, m, t_i: int = 0, t_f: int = 1000,
+                 freeze_scores: bool = True):
         super().__init__(weight_shape, n, m)
         self.t_i, self.t_f = self._check_schedule(t_i, t_f)
+        self.freeze_scores = bool(freeze_scores)
         weight_shape = torch.Size(weight_shape)
         numel = weight_shape.numel()
         # validates the layout (C % M == 0) with a clear message
@@ -146,6 +158,11 @@ class LBCMask(MaskLearner):
                 'training so the final N:M mask is fine-tuned.')
         return t_i, t_f
 
+    def set_schedule(self, t_i: int, t_f: int) -> None:
+        """Set the removal schedule (in iterations), e.g. from epochs once the number of
+        iterations per epoch is known. Subsets already removed stay removed."""
+        self.t_i, self.t_f = self._check_schedule(t_i, t_f)
+
     @property
     def initial_score(self) -> float:
         """``1 / C(M-1, N-1)``: each weight lies in ``C(M-1, N-1)`` subsets, so its soft value
@@ -182,6 +199,8 @@ class LBCMask(MaskLearner):
             self._frozen_by_schedule = False
 
     def _freeze(self) -> None:
+        if not self.freeze_scores:
+            return
         if self.scores.requires_grad:
             self.scores.requires_grad_(False)
             self._frozen_by_schedule = True
@@ -214,7 +233,7 @@ class LBCMask(MaskLearner):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.scores.requires_grad and torch.is_grad_enabled():
             return LBCFunction.apply(weight, self.scores, self.mask, self.alive, self.subsets,
-                                     self.m)
+                                     self.m, self.is_final)
         return weight * self.mask
 
     @torch.no_grad()
@@ -262,4 +281,4 @@ class LBCMask(MaskLearner):
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, K={self.num_subsets}, t_i={self.t_i}, t_f={self.t_f}, '
-                f'survivors={self._survivors}')
+                f'survivors={self._survivors}, freeze_scores={self.freeze_scores}')

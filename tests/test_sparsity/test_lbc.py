@@ -339,3 +339,28 @@ def test_spre_block_with_lbc_main_branch():
     assert check_nm_tensor(deployed.conv.weight, 2, 4).ok
     x = torch.randn(2, 8, 6, 6)
     assert torch.allclose(deployed.bn(deployed.conv(x)), block.bn(block.conv(x)), atol=1e-5)
+
+
+def test_unfrozen_final_scores_get_zero_gradient():
+    """freeze_scores=False: after t_f the scores keep requires_grad and get an exact zero grad."""
+    layer = make_conv(t_i=0, t_f=2, freeze_scores=False)
+    for it in range(3):
+        layer.refresh(it)
+    assert layer.sparsity.is_final and layer.sparsity.scores.requires_grad
+    layer(torch.randn(1, 8, 4, 4)).sum().backward()
+    assert layer.sparsity.scores.grad is not None
+    assert (layer.sparsity.scores.grad == 0).all()
+
+
+def test_set_schedule_validates_and_keeps_removed_subsets():
+    """set_schedule changes t_i/t_f (validated) without reviving removed subsets."""
+    layer = make_conv(t_i=0, t_f=10)
+    layer.refresh(5)
+    alive = layer.sparsity.alive.clone()
+    with pytest.raises(ValueError, match='t_f > t_i'):
+        layer.sparsity.set_schedule(50, 20)
+    layer.sparsity.set_schedule(100, 200)
+    layer.refresh(6)
+    assert torch.equal(layer.sparsity.alive, alive)
+    layer.refresh(200)
+    assert layer.sparsity.is_final

@@ -1,0 +1,102 @@
+"""Memory of LBC's subset scores for ResNet-50's N:M-able convs (SPEC section 5).
+
+Counts the convs of mmdet's ``ResNet(depth=50)`` layers 1-4 whose in-channels divide by M
+(1x1, 3x3 and downsample; the stem stays dense) and prints, per N:M pattern, the fp32 memory
+of the weights, of LBC's scores (``groups x C(M, N)``), of the ``alive`` (bool) and ``mask``
+(bool) buffers, and of the optimizer state the scores add.
+
+    python tools/lbc_memory.py                 # 2:4 and 4:8
+    python tools/lbc_memory.py --nm 1:4 2:8    # other patterns
+    python tools/lbc_memory.py --time          # also time LBC vs SR-STE on one 3x3 conv (CPU)
+"""
+import argparse
+import math
+import time
+
+import torch
+from torch import nn
+
+MB = 2 ** 20
+
+
+def nm_convs(m):
+    """``(name, weight shape)`` of ResNet-50 layers 1-4 convs that can be N:M with this M."""
+    from mmdet.models.backbones import ResNet
+    backbone = ResNet(depth=50)
+    return [(name, module.weight.shape) for name, module in backbone.named_modules()
+            if isinstance(module, nn.Conv2d) and name.startswith('layer')
+            and module.in_channels % m == 0 and module.groups == 1]
+
+
+def memory_rows(patterns):
+    rows = []
+    for n, m in patterns:
+        convs = nm_convs(m)
+        weights = sum(shape.numel() for _, shape in convs)
+        k = math.comb(m, n)
+        groups = weights // m
+        scores = groups * k
+        rows.append(dict(pattern=f'{n}:{m}', k=k, convs=len(convs), weights=weights,
+                         weight_mb=weights * 4 / MB, score_mb=scores * 4 / MB,
+                         ratio=scores / weights, alive_mb=scores / MB, mask_mb=weights / MB,
+                         sgd_mb=scores * 4 / MB, adamw_mb=2 * scores * 4 / MB))
+    return rows
+
+
+def print_table(rows):
+    header = ('N:M', 'K', 'convs', 'weights', 'weights MB', 'scores MB', 'scores/weights',
+              'alive MB', 'mask MB', '+SGD mom. MB', '+AdamW MB')
+    lines = [(r['pattern'], r['k'], r['convs'], f"{r['weights'] / 1e6:.2f}M",
+              f"{r['weight_mb']:.1f}", f"{r['score_mb']:.1f}", f"{r['ratio']:.2f}x",
+              f"{r['alive_mb']:.1f}", f"{r['mask_mb']:.1f}", f"{r['sgd_mb']:.1f}",
+              f"{r['adamw_mb']:.1f}") for r in rows]
+    print('| ' + ' | '.join(header) + ' |')
+    print('|' + '---|' * len(header))
+    for line in lines:
+        print('| ' + ' | '.join(map(str, line)) + ' |')
+
+
+def time_layer(n, m, repeats=5):
+    """Forward+backward time of one ResNet-50 layer3 3x3 conv (256->256) with LBC vs SR-STE,
+    and the time of one LBC refresh that removes subsets (CPU, fp32)."""
+    from spre_mmdet.sparsity import SparseConv2d
+    import spre_mmdet.sparsity.lbc  # noqa: F401  (registers 'lbc')
+    torch.manual_seed(0)
+    x = torch.randn(2, 256, 32, 32)
+    results = {}
+    for method, kwargs in (('srste', {}), ('lbc', dict(t_i=0, t_f=100))):
+        conv = nn.Conv2d(256, 256, 3, padding=1, bias=False)
+        layer = SparseConv2d.from_dense(conv, method, n, m, **kwargs)
+        layer.refresh(0)
+        layer(x).sum().backward()  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            layer.zero_grad()
+            layer(x).sum().backward()
+        results[method] = (time.perf_counter() - start) / repeats * 1e3
+        if method == 'lbc':
+            start = time.perf_counter()
+            layer.refresh(30)  # a removal step
+            results['lbc refresh (removal)'] = (time.perf_counter() - start) * 1e3
+            start = time.perf_counter()
+            layer.refresh(30)  # no removal: the common case
+            results['lbc refresh (no removal)'] = (time.perf_counter() - start) * 1e3
+    for name, ms in results.items():
+        print(f'{n}:{m} {name:<26} {ms:8.2f} ms')
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--nm', nargs='+', default=['2:4', '4:8'], help='patterns, e.g. 2:4')
+    parser.add_argument('--time', action='store_true', help='also time one layer on CPU')
+    args = parser.parse_args()
+    patterns = [tuple(int(v) for v in p.split(':')) for p in args.nm]
+    print('LBC score memory, ResNet-50 layers 1-4 (fp32 scores, bool alive/mask):')
+    print_table(memory_rows(patterns))
+    if args.time:
+        for n, m in patterns:
+            time_layer(n, m)
+
+
+if __name__ == '__main__':
+    main()
