@@ -188,7 +188,7 @@ def test_fold_equals_training_block_in_eval():
         deployed = reparameterize(block)
         y_deploy = deployed(x)
     rel_err = float((y_train - y_deploy).abs().max() / y_train.abs().max())
-    assert rel_err < 1e-5, rel_err  # measured ~1e-7 (float32)
+    assert rel_err < 1e-5, rel_err  # measured 2-3e-7 (float32, 5 seeds)
     conv, bn = deployed.conv, deployed.bn
     assert type(conv) is nn.Conv2d and conv.bias is None and type(bn) is nn.BatchNorm2d
     assert_nm_pattern(conv.weight, 2, 4)
