@@ -92,11 +92,11 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
         raise ValueError('This model has no sparse layers: it is not from a sparse run, so '
                          'there is nothing to re-parameterize. Train with a sparse config '
                          '(e.g. configs/mask_rcnn_r50_spre_2x4.py) first.')
-    not_final = [name for name, layer in layers if not layer.sparsity.is_final]
+    not_final = [(name, layer) for name, layer in layers if not layer.sparsity.is_final]
     if not_final:
         raise NotFinalError(
-            f'{len(not_final)} layers are not exactly N:M yet (e.g. {not_final[0]}: '
-            f'{layers[0][1].sparsity.method} has not finished its schedule). Export after the '
+            f'{len(not_final)} layers are not exactly N:M yet (e.g. {not_final[0][0]}: '
+            f'{not_final[0][1].sparsity.method} has not finished its schedule). Export after the '
             'schedule ends, or finish the masks by magnitude explicitly (--finish-by-magnitude).')
     if not inplace:
         model = copy.deepcopy(model)
