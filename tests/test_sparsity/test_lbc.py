@@ -1,5 +1,6 @@
 """LBC mask learner (SPEC section 5): gradient, schedule, permanence, resume, export."""
 import copy
+import itertools
 import math
 
 import pytest
@@ -70,7 +71,7 @@ def test_score_gradient_matches_spec_formula():
     weight_used.retain_grad()
     F.conv2d(x, weight_used, padding=1).square().sum().backward()
     grad_tilde, weight = weight_used.grad, layer.weight.detach()
-    combos = [list(c) for c in __import__('itertools').combinations(range(4), 2)]
+    combos = [list(c) for c in itertools.combinations(range(4), 2)]
     expected = torch.zeros_like(learner.scores)
     shape = weight.shape
     for o in range(shape[0]):
