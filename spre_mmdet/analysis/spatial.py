@@ -44,6 +44,10 @@ SPATIAL_SUFFIX = '.spatial'
 REP_SUFFIX = '.weight_rep'
 
 
+#: Layers whose per-position deviation stays below this many sigmas are flagged as noise.
+NOISE_Z = 4.0
+
+
 class AnalysisError(ValueError):
     """A user-facing problem with the input (reported without a traceback by the tool)."""
 
@@ -135,6 +139,17 @@ class LayerAnalysis:
         (re-parameterized) conv is still exactly N:M, i.e. ``n/m`` everywhere.
         """
         return self.main_density + self.rep_density
+
+    @property
+    def noise_z(self) -> float:
+        """Largest ``|unstructured - p|`` over positions, in standard deviations of a random mask.
+
+        A mask keeping a random ``n/m`` of the ``O * C`` weights at each position has a per-position
+        sparsity with standard deviation ``sqrt(p (1 - p) / (O C))``; values below ~4 mean the
+        per-position differences (and so ``S``) are indistinguishable from noise.
+        """
+        sigma = math.sqrt(self.rate * (1.0 - self.rate) / (self.shape[0] * self.shape[1]))
+        return float(np.abs(self.unstructured - self.rate).max() / sigma)
 
     @property
     def spatial_agrees(self) -> bool:
@@ -354,6 +369,12 @@ def format_table(layers: Sequence[LayerAnalysis], skipped: Sequence[SkippedLayer
         lines.append('  fraction of layers with S = 1 per position:')
         for i in range(kh):
             lines.append('    ' + ' '.join(f'{v:.3f}' for v in summary.spatial_frequency[i]))
+    noisy = [la for la in layers if la.noise_z < NOISE_Z]
+    if noisy:
+        lines.append(f'note: in {len(noisy)}/{len(layers)} layers the per-position differences are '
+                     f'within random noise (< {NOISE_Z:g} sigma of a random mask), so S is '
+                     'decided by chance there (untrained or random weights?). Trained convs '
+                     'usually keep the centre and the cross clearly denser.')
     if any(not la.spatial_agrees for la in layers):
         lines.append('* stored S differs from spatial_mask of the stored weight (S is refreshed '
                      'every spatial_interval iterations; the stored S is used).')
@@ -430,6 +451,11 @@ def _sparsity_norm(p: float, arrays: Iterable[np.ndarray]):
     return TwoSlopeNorm(vcenter=p, vmin=vmin, vmax=vmax)
 
 
+def _fmt_for(norm, p: float) -> str:
+    """Three decimals when all values lie close to ``p`` (else 0.499 would read as 0.50)."""
+    return '{:.3f}' if max(norm.vmax - p, p - norm.vmin) <= 0.05 + 1e-9 else '{:.2f}'
+
+
 def _heatmap(ax, values: np.ndarray, cmap, norm, fmt: str = '{:.2f}', fontsize: float = 11,
              outline: Optional[np.ndarray] = None):
     """Draw ``values`` with an annotation per cell; outline cells where ``outline`` is true."""
@@ -469,12 +495,13 @@ def plot_overview(layers: Sequence[LayerAnalysis], path: str, title: str = '') -
     fig = Figure(figsize=(17, 4.4 * rows + 0.8), layout='constrained')
     axes = fig.subplots(rows, 4, squeeze=False)
     norm = _sparsity_norm(p, [a for s in summaries for a in (s.unstructured, s.nm)])
+    fmt = _fmt_for(norm, p)
     for row, s in zip(axes, summaries):
         size = _annotation_size(s.kernel)
         suffix = f'\n{s.kernel[0]}x{s.kernel[1]}, mean over {s.num_layers} layers'
-        im = _heatmap(row[0], s.unstructured, 'RdBu_r', norm, fontsize=size)
+        im = _heatmap(row[0], s.unstructured, 'RdBu_r', norm, fmt=fmt, fontsize=size)
         row[0].set_title(f'(a) unstructured magnitude, rate {p:.2f}{suffix}', fontsize=10)
-        _heatmap(row[1], s.nm, 'RdBu_r', norm, fontsize=size)
+        _heatmap(row[1], s.nm, 'RdBu_r', norm, fmt=fmt, fontsize=size)
         row[1].set_title(f'(b) {n}:{m} (= {p:.2f} at every position){suffix}', fontsize=10)
         bar = fig.colorbar(im, ax=row[:2].tolist(), shrink=0.85, pad=0.02)
         bar.set_label(f'sparsity (pruned fraction); centre = {p:.2f}\n'
@@ -517,17 +544,18 @@ def plot_layers(layers: Sequence[LayerAnalysis], path: str, prefix: str = '',
     n, m = layers[0].n, layers[0].m
     p = 1.0 - n / m
     norm = _sparsity_norm(p, [la.unstructured for la in layers])
+    fmt = _fmt_for(norm, p)
     pages = [layers[i:i + max_per_page] for i in range(0, len(layers), max_per_page)]
     stem, ext = os.path.splitext(path)
     paths = []
     for index, page in enumerate(pages):
         cols = math.ceil(len(page) / math.ceil(len(page) / ncols))  # balanced rows
         rows = math.ceil(len(page) / cols)
-        fig = Figure(figsize=(2.9 * cols + 1.6, 3.0 * rows + 1.2), layout='constrained')
+        fig = Figure(figsize=(2.9 * cols + 1.6, 3.2 * rows + 1.2), layout='constrained')
         axes = fig.subplots(rows, cols, squeeze=False)
         image = None
         for ax, la in zip(axes.flat, page):
-            image = _heatmap(ax, la.unstructured, 'RdBu_r', norm,
+            image = _heatmap(ax, la.unstructured, 'RdBu_r', norm, fmt=fmt,
                              fontsize=_annotation_size(la.kernel, 10), outline=la.spatial > 0)
             name = la.name[len(prefix):] if prefix and la.name.startswith(prefix) else la.name
             ax.set_title(_wrap(name, 30) + f'\n{la.shape[0]}x{la.shape[1]}x{la.kernel[0]}x'

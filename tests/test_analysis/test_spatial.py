@@ -136,3 +136,13 @@ def test_cli_errors_clearly(tmp_path):
         tool.main([str(tmp_path / 'missing.pth')])
     with pytest.raises(SystemExit):
         tool.parse_args([str(ckpt), '--n', '4', '--m', '4'])
+
+
+def test_random_weights_are_flagged_as_noise():
+    """Random weights get the 'S decided by chance' note; centre/cross-heavy ones do not."""
+    gen = torch.Generator().manual_seed(0)
+    random = sp.analyze_layer('rand', torch.randn(64, 64, 3, 3, generator=gen), 2, 4)
+    structured = sp.analyze_layer('cross', sp.synthetic_weight(64, 64, 3), 2, 4)
+    assert random.noise_z < sp.NOISE_Z < structured.noise_z
+    assert 'by chance' in sp.format_table([random])
+    assert 'by chance' not in sp.format_table([structured])
