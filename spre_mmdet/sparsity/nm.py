@@ -60,14 +60,19 @@ def from_groups(groups: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Boolean N:M mask keeping the ``n`` largest ``|w|`` of each group of ``m`` input channels.
 
-    Ties keep the lower channel index (stable sort), so the mask is deterministic.
+    Ties keep the lower channel index (as a stable sort would), so the mask is deterministic.
     """
     n, m = check_nm(n, m)
-    groups = to_groups(weight.detach().abs(), m)
-    order = torch.argsort(groups, dim=1, descending=True, stable=True)
-    keep = torch.zeros_like(groups, dtype=torch.bool)
-    keep.scatter_(1, order[:, :n], True)
-    return from_groups(keep, weight.shape)
+    groups = torch.nan_to_num_(to_groups(weight.detach().abs(), m), nan=float('inf'))
+    # rank of each weight in its group = how many others beat it (larger, or equal and earlier);
+    # m elementwise passes are ~2x faster than a stable argsort of many tiny rows.
+    rank = torch.zeros(groups.shape, dtype=torch.uint8, device=groups.device)
+    for k in range(m):
+        column = groups[:, k:k + 1]
+        beats = column > groups
+        beats[:, k + 1:] |= column == groups[:, k + 1:]
+        rank += beats
+    return from_groups(rank < n, weight.shape)
 
 
 def unstructured_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
