@@ -256,3 +256,12 @@ def test_sparsity_core_imports_without_mmdet():
     result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_nan_weights_still_give_exactly_n():
+    """A NaN counts as the largest |w| (lower index first among NaNs); groups keep exactly N."""
+    nan = float('nan')
+    weight = torch.tensor([[nan, 1.0, 2.0, 3.0], [1.0, nan, nan, 0.0], [nan] * 4])
+    assert nm_mask(weight, 2, 4).tolist() == [[True, False, False, True],
+                                              [False, True, True, False],
+                                              [True, True, False, False]]
