@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import spre_mmdet  # noqa: E402,F401  (registers modules, applies compat fixes)
-from spre_mmdet.benchmark import (DTYPES, GemmLayer, NEEDS_GPU, bench_end_to_end,  # noqa: E402
+from spre_mmdet.benchmark import (DTYPES, GemmLayer, bench_end_to_end,  # noqa: E402
                                   bench_layer_cuda, build_report, capture_input_shapes,
                                   check_layer_cpu, check_layers, compare_outputs,
                                   dispatch_decisions, environment_info, format_checks,

@@ -3,7 +3,7 @@ import csv
 import json
 import math
 import os.path as osp
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 CSV_COLUMNS = ('name', 'kind', 'weight_shape', 'calls', 'M', 'N', 'K', 'valid', 'dense_ms',
                'dense_iqr_ms', 'sparse_ms', 'sparse_iqr_ms', 'im2col_ms', 'sparse_gemm_ms',
