@@ -36,8 +36,7 @@ def _files(root):
 
 
 def _load(path):
-    coco = COCO(path)
-    return coco
+    return COCO(path)
 
 
 def test_layout(datasets):
@@ -137,8 +136,7 @@ def test_class_and_size_variety(datasets):
     assert len(set(per_img.values())) >= 2
     sides = np.sqrt([x['area'] for x in anns])
     assert sides.max() / sides.min() > 2.0
-    # some objects are partially occluded (visible area clearly below the bbox fill of
-    # the unoccluded shape is hard to pin down; multiple polygons or overlaps of bboxes suffice)
+    # objects are not all isolated: at least one pair of boxes overlaps (occlusion happens)
     overlaps = 0
     by_img = {}
     for x in anns:
