@@ -6,8 +6,8 @@ from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
-from ..sparsity import (SpReBatchNorm2d, check_nm, initialize_masks, sparse_layers,
-                        sparsify_layer)
+from ..sparsity import (SpReBatchNorm2d, check_nm, initialize_masks, interspace_layer,
+                        sparse_layers, sparsify_layer)
 
 DEFAULT_SPARSITY = dict(
     n=2,
@@ -16,6 +16,8 @@ DEFAULT_SPARSITY = dict(
     learner=dict(type='srste'),
     # SpRe's extra branch on every k x k conv (k > 1); None: plain N:M
     spre=None,
+    # interspace pruning on every k x k conv: None or dict(pruning='nm'|'unstructured', ...)
+    interspace=None,
     # which of layer1..layer4 are made sparse (the stem can never be: 3 input channels)
     stages=(True, True, True, True),
 )
@@ -33,7 +35,9 @@ class SparseResNet(ResNet):
     Args:
         sparsity (dict): ``n``, ``m``; ``learner``: dict(type='srste'|'asp'|'lbc', **kwargs);
             ``spre``: None or dict(rep_gamma=0.0, spatial_interval=1) to add SpRe's branch to
-            every k x k conv; ``stages``: 4 bools. See ``DEFAULT_SPARSITY``.
+            every k x k conv; ``interspace``: None or dict(pruning='nm', ...) to make every
+            k x k conv an interspace (filter-basis) conv with N:M coefficients (not together
+            with ``spre``); ``stages``: 4 bools. See ``DEFAULT_SPARSITY``.
         All other arguments are those of :class:`mmdet.models.backbones.ResNet`.
 
     Frozen stages (``frozen_stages >= i``) never update: their N:M mask is the one-shot
@@ -59,7 +63,10 @@ class SparseResNet(ResNet):
     def _sparsify(self, cfg: dict) -> None:
         learner = dict(cfg['learner'])
         method = learner.pop('type')
-        spre = cfg['spre']
+        spre, interspace = cfg['spre'], cfg['interspace']
+        if spre is not None and interspace is not None:
+            raise ValueError('sparsity.spre and sparsity.interspace are alternative structures '
+                             'for the k x k convs: set one of them to None.')
         stages: Sequence[bool] = cfg['stages']
         if len(stages) != self.num_stages:
             raise ValueError(f'sparsity.stages needs {self.num_stages} entries, got {stages}.')
@@ -78,7 +85,11 @@ class SparseResNet(ResNet):
                 prefix = f'{layer_name}.{block_index}'
                 for conv_name, norm_name in self._conv_norm_pairs(block):
                     conv = getattr(block, conv_name)
-                    use_spre = spre is not None and not frozen and conv.kernel_size != (1, 1)
+                    spatial = conv.kernel_size != (1, 1)
+                    if interspace is not None and spatial and not interspace_layer(
+                            block, conv_name, method, self.n, self.m, **interspace, **learner):
+                        continue
+                    use_spre = spre is not None and not frozen and spatial
                     reason = sparsify_layer(block, conv_name, method, self.n, self.m,
                                             norm_name=norm_name if use_spre else None,
                                             **(spre if use_spre else {}), **learner)
@@ -113,7 +124,8 @@ class SparseResNet(ResNet):
                 if isinstance(module, SpReBatchNorm2d):
                     module.rep_bn.weight.data.fill_(rep_gamma)
         initialize_masks(self)
+        structure = [name for name in ('spre', 'interspace')
+                     if self.sparsity_cfg[name] is not None]
         print_log(f'SparseResNet: {len(list(sparse_layers(self)))} layers are '
                   f'{self.n}:{self.m} sparse ({self.sparsity_cfg["learner"]["type"]}'
-                  f'{", SpRe" if self.sparsity_cfg["spre"] is not None else ""})',
-                  logger='current')
+                  f'{"".join("+" + name for name in structure)})', logger='current')

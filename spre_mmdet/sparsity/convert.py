@@ -134,13 +134,13 @@ def sparsity_report(model: nn.Module, n: int, m: int) -> List[LayerReport]:
         if isinstance(module, SparseLayerMixin):
             weight = module.deploy_weight() if module.sparsity.is_final else \
                 module.weight * module.sparsity.mask
-            kind = module.sparsity.method + ('+spre' if isinstance(module, SpReConv2d) else '')
+            kind = module.sparsity.method + module.report_suffix
         else:
             weight, kind = module.weight.detach(), 'dense'
         check = check_nm_tensor(weight, n, m)
         status = check.explain()
-        if kind == 'dense' and check.reason is None and not check.ok:
-            status = f'dense (not selected); {status}'
+        if kind == 'dense':
+            status = f'dense: {check.reason}' if check.reason else 'dense (not selected)'
         rows.append(LayerReport(name, kind, tuple(module.weight.shape),
                                 float((weight != 0).float().mean()), status, check.ok))
     return rows

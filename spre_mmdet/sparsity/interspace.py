@@ -103,6 +103,8 @@ class InterspaceConv2d(SparseLayerMixin, nn.Conv2d):
     or :meth:`to_dense_conv` (one merged dense conv).
     """
 
+    report_suffix = '+ip'
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode='zeros', device=None, dtype=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,

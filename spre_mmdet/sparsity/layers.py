@@ -13,6 +13,8 @@ class SparseLayerMixin:
     """What every sparse layer offers: its learner, a mask refresh and a deploy form."""
 
     sparsity: MaskLearner
+    #: appended to the learner's name in reports (e.g. '+spre')
+    report_suffix = ''
 
     def refresh(self, iteration: int) -> None:
         """Advance the mask schedule (called once per training iteration)."""

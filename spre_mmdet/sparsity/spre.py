@@ -55,6 +55,7 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
     """
 
     derived_state = ('spatial',)
+    report_suffix = '+spre'
     # nn.Conv2d is listed among the direct bases so that mmengine's init_cfg (layer='Conv2d'),
     # which matches direct base names only, initializes the main weight like a dense conv.
 
