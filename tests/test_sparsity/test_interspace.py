@@ -210,7 +210,7 @@ def test_unstructured_is_reported_not_nm():
                                                       'unstructured', density=0.3))
     refresh_masks(model, 0)
     (row,) = sparsity_report(model, 2, 4)
-    assert row.kind == 'unstructured' and not row.valid
+    assert row.kind == 'unstructured+ip' and not row.valid
     assert row.density == pytest.approx(0.3, abs=1e-3)
 
 
