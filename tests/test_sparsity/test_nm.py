@@ -237,10 +237,6 @@ def test_unstructured_mask_ties_and_invalid_density():
             unstructured_mask(torch.ones(4), density)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'spre_mmdet/__init__.py eagerly imports compat (mmengine), hooks and models (mmdet), so the '
-    'parent package of spre_mmdet.sparsity cannot load without them. Remove this marker once '
-    'those imports are lazy or optional.'))
 def test_sparsity_core_imports_without_mmdet():
     """`import spre_mmdet.sparsity` works when mmdet, mmengine and mmcv cannot be imported."""
     code = textwrap.dedent('''
