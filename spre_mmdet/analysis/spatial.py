@@ -480,7 +480,7 @@ def _heatmap(ax, values: np.ndarray, cmap, norm, fmt: str = '{:.2f}', fontsize: 
 
 
 def _annotation_size(kernel: Tuple[int, int], base: float = 11) -> float:
-    return max(5.0, base * 3.0 / max(kernel))
+    return max(6.0, base * (3.0 / max(kernel)) ** 0.6)
 
 
 def plot_overview(layers: Sequence[LayerAnalysis], path: str, title: str = '') -> str:
@@ -498,7 +498,8 @@ def plot_overview(layers: Sequence[LayerAnalysis], path: str, title: str = '') -
     fmt = _fmt_for(norm, p)
     for row, s in zip(axes, summaries):
         size = _annotation_size(s.kernel)
-        suffix = f'\n{s.kernel[0]}x{s.kernel[1]}, mean over {s.num_layers} layers'
+        suffix = (f'\n{s.kernel[0]}x{s.kernel[1]}, mean over {s.num_layers} '
+                  f'layer{"s" if s.num_layers != 1 else ""}')
         im = _heatmap(row[0], s.unstructured, 'RdBu_r', norm, fmt=fmt, fontsize=size)
         row[0].set_title(f'(a) unstructured magnitude, rate {p:.2f}{suffix}', fontsize=10)
         _heatmap(row[1], s.nm, 'RdBu_r', norm, fmt=fmt, fontsize=size)
@@ -627,7 +628,7 @@ def synthetic_state_dict(num_layers: int = 8, n: int = 2, m: int = 4, prefix: st
     state[prefix + 'conv1.weight'] = torch.randn(16, 3, 7, 7, generator=gen)
     for k in range(num_layers):
         name = f'{prefix}layer{k // 2 + 1}.{k % 2}.conv2'
-        channels = 16 * 2 ** (k // 4)
+        channels = 16 * 2 ** min(k // 4, 3)
         centre, cross = 2.0 + 0.25 * k, 1.4 + 0.1 * k
         weight = synthetic_weight(channels, channels, 3, centre, cross, seed + k)
         state[name + '.weight'] = weight
