@@ -64,7 +64,7 @@ def position_sparsity(mask: torch.Tensor) -> np.ndarray:
 
 
 def unstructured_position_sparsity(weight: torch.Tensor, n: int, m: int) -> np.ndarray:
-    """Per-position sparsity of unstructured magnitude pruning at rate ``1 - n/m`` over the layer."""
+    """Per-position sparsity of unstructured magnitude pruning at ``1 - n/m`` over the layer."""
     n, m = check_nm(n, m)
     return position_sparsity(unstructured_mask(weight.detach().float(), n / m))
 
@@ -168,7 +168,7 @@ class SkippedLayer:
 def analyze_layer(name: str, weight: torch.Tensor, n: int, m: int,
                   mask: Optional[torch.Tensor] = None, spatial: Optional[torch.Tensor] = None,
                   weight_rep: Optional[torch.Tensor] = None) -> LayerAnalysis:
-    """Analyse one conv weight ``(O, C, kh, kw)``; ``mask`` (B) and ``spatial`` (S) are used if given.
+    """Analyse one conv weight ``(O, C, kh, kw)``, using ``mask`` (B) and ``spatial`` (S) if given.
 
     Raises:
         AnalysisError: if the weight cannot be N:M (input channels not divisible by ``m``).

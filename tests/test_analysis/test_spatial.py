@@ -1,4 +1,4 @@
-"""Per-kernel-position sparsity analysis (spre_mmdet.analysis.spatial, tools/analyze_sparsity.py)."""
+"""Per-kernel-position sparsity analysis: spre_mmdet.analysis.spatial, analyze_sparsity."""
 import csv
 import importlib.util
 import json
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spre_mmdet.analysis import spatial as sp
-from spre_mmdet.sparsity import nm_mask, spatial_mask
+from spre_mmdet.sparsity import spatial_mask
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 TOOL = osp.join(ROOT, 'tools', 'analyze_sparsity.py')
