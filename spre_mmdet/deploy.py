@@ -1,7 +1,9 @@
 """Export a trained sparse detector as a plain mmdet detector (checkpoint + config).
 
 The deploy model is what :func:`spre_mmdet.sparsity.reparameterize` returns: every sparse layer
-folded into a plain layer with exactly N:M weights. Its config uses stock ``ResNet`` and does not
+folded into a plain layer with exactly N:M weights. Interspace convs are written in their merged
+dense k x k form here, since stock mmdet's ResNet has no slot for their basis-conv + N:M 1x1 form
+(that form is what ``reparameterize`` itself returns, for use from Python). Its config uses stock ``ResNet`` and does not
 import this package, so stock mmdet (and mmdeploy) load it.
 """
 import copy
@@ -15,8 +17,8 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
-from .sparsity import check_nm_tensor, format_report, reparameterize, sparse_layers, \
-    sparsity_report
+from .sparsity import (InterspaceConv2d, check_nm_tensor, format_report, merge_interspace,
+                       reparameterize, sparse_layers, sparsity_report)
 
 SPARSE_BACKBONES = {'SparseResNet': 'ResNet'}
 OUR_HOOKS = {'SparsityHook', 'ReparameterizeHook'}
@@ -56,6 +58,8 @@ def verify_deploy(train_model: nn.Module, deploy_model: nn.Module) -> None:
     deployed = dict(deploy_model.named_modules())
     problems = []
     for name, layer in sparse_layers(train_model):
+        if isinstance(layer, InterspaceConv2d):
+            continue  # exported merged and dense; the report says so
         check = check_nm_tensor(deployed[name].weight, layer.sparsity.n, layer.sparsity.m)
         if not check.ok:
             problems.append(f'{name}: {check.explain()}')
@@ -94,10 +98,15 @@ def export_deploy(model: nn.Module, cfg: Config, out_dir: str, force: bool = Fal
     n, m = layers[0][1].sparsity.n, layers[0][1].sparsity.m
     was_training = model.training
     model.eval()
-    deploy_model = reparameterize(model)
+    merged = [name for name, layer in layers if isinstance(layer, InterspaceConv2d)]
+    deploy_model = reparameterize(merge_interspace(model) if merged else model)
     model.train(was_training)
     verify_deploy(model, deploy_model)
     report = format_report(sparsity_report(deploy_model, n, m))
+    if merged:
+        report += (f'\n{len(merged)} interspace convs are exported merged into dense k x k convs '
+                   '(stock ResNet); their N:M form is basis conv + N:M 1x1 conv '
+                   '(spre_mmdet.sparsity.reparameterize).')
 
     parent = osp.dirname(osp.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)

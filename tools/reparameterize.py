@@ -1,0 +1,79 @@
+"""Re-parameterize a sparse training checkpoint into a plain N:M mmdet detector.
+
+    python tools/reparameterize.py CONFIG CHECKPOINT --out DIR [--force] [--finish-by-magnitude]
+
+Writes DIR/deploy.pth (weights exactly N:M, SpRe branches folded), DIR/deploy_config.py (stock
+mmdet ResNet; does not import spre_mmdet) and DIR/sparsity_report.txt. Then evaluate it with
+stock mmdet: python tools/test.py DIR/deploy_config.py DIR/deploy.pth
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+
+import spre_mmdet  # noqa: E402,F401  (must come first: safe checkpoint loading)
+from spre_mmdet.compat import run_tool  # noqa: E402
+from spre_mmdet.deploy import ExportError, export_deploy  # noqa: E402
+from spre_mmdet.sparsity import NotFinalError, sparse_layers  # noqa: E402
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.runner import load_checkpoint  # noqa: E402
+from mmdet.registry import MODELS  # noqa: E402
+from mmdet.utils import register_all_modules  # noqa: E402
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Re-parameterize a sparse detector to deploy')
+    parser.add_argument('config', help='the training config of the sparse run')
+    parser.add_argument('checkpoint', help='a checkpoint written by that run')
+    parser.add_argument('--out', required=True, help='output directory (must be empty)')
+    parser.add_argument('--force', action='store_true', help='replace a non-empty --out')
+    parser.add_argument('--finish-by-magnitude', action='store_true',
+                        help='end unfinished mask schedules (LBC before t_f) now, keeping the '
+                        'best subset of each group, instead of refusing to export')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, as in tools/train.py')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if not osp.isfile(args.checkpoint):
+        raise ExportError(f'Checkpoint {args.checkpoint} does not exist.')
+    register_all_modules()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if cfg.model.backbone.get('init_cfg'):
+        cfg.model.backbone.init_cfg = None  # the checkpoint provides all weights
+    model = MODELS.build(cfg.model)
+    checkpoint = load_checkpoint(model, args.checkpoint, map_location='cpu', strict=False,
+                                 logger='silent')
+    if args.finish_by_magnitude:
+        for name, layer in sparse_layers(model):
+            if not layer.sparsity.is_final:
+                layer.sparsity.finish_by_magnitude(layer.weight)
+                print(f'{name}: schedule ended early, mask finished by magnitude')
+    meta = dict(source_checkpoint=osp.basename(args.checkpoint),
+                iter=checkpoint.get('meta', {}).get('iter'))
+    paths = export_deploy(model, cfg, args.out, force=args.force, meta=meta)
+    with open(paths['sparsity_report.txt']) as f:
+        print(f.read())
+    print('Deploy model written:')
+    for path in paths.values():
+        print(f'  {path}')
+    print(f'Evaluate with stock mmdet: python tools/test.py {paths["deploy_config.py"]} '
+          f'{paths["deploy.pth"]}')
+
+
+def _main():
+    try:
+        main()
+    except (ExportError, NotFinalError) as e:
+        print(f'ERROR: {e}', file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    run_tool(_main)
