@@ -195,6 +195,10 @@ def analyze_layer(name: str, weight: torch.Tensor, n: int, m: int,
                 notes.append(f'stored mask is {check.explain()} (trained with another N:M? '
                              'pass --n/--m to match)')
             nm_source = 'checkpoint'
+    elif weight.ne(0).float().mean().item() <= n / m + 1e-9 and check_nm_tensor(weight, n, m).ok:
+        notes.append(f'the weight itself is already {n}:{m} (a deployed / re-parameterized '
+                     'checkpoint?): per-position differences of the dense latent weight are gone; '
+                     'analyse a training checkpoint instead')
     nm = nm_position_sparsity(weight, n, m, mask=mask)
 
     computed = spatial_mask(weight, n, m).cpu().numpy().astype(np.float64)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spre_mmdet.analysis import spatial as sp
-from spre_mmdet.sparsity import spatial_mask
+from spre_mmdet.sparsity import nm_mask, spatial_mask
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 TOOL = osp.join(ROOT, 'tools', 'analyze_sparsity.py')
@@ -146,3 +146,11 @@ def test_random_weights_are_flagged_as_noise():
     assert random.noise_z < sp.NOISE_Z < structured.noise_z
     assert 'by chance' in sp.format_table([random])
     assert 'by chance' not in sp.format_table([structured])
+
+
+def test_deployed_nm_weight_is_noted():
+    """A weight that is already exactly N:M (deployed checkpoint) gets an explanatory note."""
+    w = sp.synthetic_weight(8, 8, 3)
+    deployed = sp.analyze_layer('conv', w * nm_mask(w, 2, 4), 2, 4)
+    assert deployed.notes and 'already 2:4' in deployed.notes[0]
+    assert not sp.analyze_layer('conv', w, 2, 4).notes
