@@ -1,0 +1,9 @@
+# LBC 2:4 Mask R-CNN R-18 on the toy set: subsets removed between iterations 100 and 600 of the
+# 1200 (12 epochs x 100 iterations at batch 4), exactly 2:4 for the second half of training.
+_base_ = './mask_rcnn_r18_spre_2x4_toy.py'
+
+model = dict(
+    backbone=dict(
+        sparsity=dict(learner=dict(_delete_=True, type='lbc', t_i=100, t_f=600), spre=None)))
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'.sparsity.scores': dict(decay_mult=0.0)}))
+find_unused_parameters = True
