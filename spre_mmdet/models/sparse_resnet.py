@@ -103,6 +103,11 @@ class SparseResNet(ResNet):
                                                     **learner)
                             if reason:
                                 dense[f'{prefix}.downsample.{name}'] = reason
+        if not any(True for _ in sparse_layers(self)):
+            raise ValueError(
+                f'M={self.m} divides the input channels of no selected layer, so nothing can be '
+                f'{self.n}:{self.m} sparse (e.g. {next(iter(dense.values()), "no stage selected")}'
+                '). Use M=4 or 8 (ResNet widths are multiples of 64) or select more stages.')
         for name, reason in dense.items():
             print_log(f'{name} stays dense: {reason}', logger='current')
 

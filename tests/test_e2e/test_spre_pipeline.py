@@ -1,0 +1,246 @@
+"""SpRe 2:4 Mask R-CNN end to end through the user tools, on a tiny synthetic COCO set:
+train -> resume -> re-parameterize -> stock mmdet loads and evaluates the deploy model.
+
+The training runs are shared by the tests of this module (module-scoped fixtures) to keep the
+suite fast; each test asserts one property.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from spre_mmdet.datasets.synthetic_coco import generate_synthetic_coco
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+SPRE_TOY = REPO / 'configs' / 'toy' / 'mask_rcnn_r18_spre_2x4_toy.py'
+
+CONFIG = '''
+_base_ = {base!r}
+custom_imports = dict(imports=['spre_mmdet', 'epoch_seed_hook', 'rank_dump_hook'],
+                      allow_failed_imports=False)
+data_root = {root!r}
+train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root))
+val_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+test_evaluator = val_evaluator
+train_cfg = dict(max_epochs=2, val_interval=100)
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4)]
+default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=3),
+                     logger=dict(interval=1))
+custom_hooks = [
+    dict(type='EpochSeedHook'),
+    dict(type='SparsityHook', log_interval=1),
+    dict(type='ReparameterizeHook', out_dir='deploy'),
+    dict(type='RankDumpHook'),
+]
+'''
+
+
+def run(args, env, cwd=REPO, timeout=900):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+def check(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    """Tiny dataset, test config and environment shared by this module."""
+    root = tmp_path_factory.mktemp('e2e')
+    data = root / 'toy_coco'
+    generate_synthetic_coco(str(data), num_train=8, num_val=4, seed=3)
+    config = root / 'spre_toy_tiny.py'
+    config.write_text(CONFIG.format(base=str(SPRE_TOY), root=str(data) + '/'))
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join([str(REPO), str(HERE), env.get('PYTHONPATH', '')])
+    env['OMP_NUM_THREADS'] = '1'
+    env.pop('SPRE_MMDET_TRUST_CHECKPOINTS', None)
+    return dict(root=root, data=data, config=config, env=env)
+
+
+@pytest.fixture(scope='module')
+def trained(world):
+    """An uninterrupted 2-epoch run, and a 1-epoch run resumed to 2 epochs."""
+    full, part = world['root'] / 'full', world['root'] / 'part'
+    check(run(['tools/train.py', world['config'], '--work-dir', full], world['env']))
+    check(run(['tools/train.py', world['config'], '--work-dir', part,
+               '--cfg-options', 'train_cfg.max_epochs=1'], world['env']))
+    check(run(['tools/train.py', world['config'], '--work-dir', part, '--resume'],
+              world['env']))
+    return dict(full=full, part=part)
+
+
+def load_state(path):
+    return torch.load(path, map_location='cpu', weights_only=True)['state_dict']
+
+
+def test_resume_equals_uninterrupted(trained):
+    """Resuming at epoch 1 ends with the same weights, masks and S as an uninterrupted run."""
+    full = load_state(trained['full'] / 'epoch_2.pth')
+    resumed = load_state(trained['part'] / 'epoch_2.pth')
+    assert full.keys() == resumed.keys()
+    masks = [k for k in full if k.endswith(('.sparsity.mask', '.spatial'))]
+    assert len(masks) > 30
+    for key in masks:
+        assert torch.equal(full[key], resumed[key]), key
+    for key, value in full.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_training_writes_report_and_exactly_nm_deploy(trained):
+    """The run ends with a per-layer report and a deploy checkpoint whose backbone is 2:4."""
+    from spre_mmdet.sparsity import check_nm_tensor
+    report = (trained['full'] / 'sparsity_report.txt').read_text()
+    assert 'backbone.conv1' in report and 'not divisible by M=4' in report
+    rows = json.loads((trained['full'] / 'sparsity_report.json').read_text())
+    sparse = [r for r in rows if r['kind'] != 'dense']
+    assert sparse and all(r['valid'] for r in sparse)
+    assert any(r['kind'] == 'srste+spre' for r in sparse)
+    deploy = load_state(trained['full'] / 'deploy' / 'deploy.pth')
+    assert not any('sparsity' in k or 'rep' in k or 'spatial' in k for k in deploy)
+    convs = [k for k in deploy if k.startswith('backbone.layer') and k.endswith('weight')
+             and deploy[k].dim() == 4]
+    assert len(convs) == len(sparse)
+    for key in convs:
+        assert check_nm_tensor(deploy[key], 2, 4).ok, key
+
+
+@pytest.fixture(scope='module')
+def exported(world, trained):
+    out = world['root'] / 'exported'
+    check(run(['tools/reparameterize.py', world['config'], trained['full'] / 'epoch_2.pth',
+               '--out', out], world['env']))
+    return out
+
+
+def test_deploy_equals_training_model(world, trained, exported):
+    """Deploy detector (stock ResNet) == training-time SpRe detector on the same batch:
+    FPN features within 1e-4 relative, identical detections within 1e-3 px."""
+    from mmengine.config import Config
+    from mmengine.runner import load_checkpoint
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+
+    def build(config, ckpt):
+        cfg = Config.fromfile(str(config))
+        cfg.model.backbone.init_cfg = None
+        model = MODELS.build(cfg.model)
+        load_checkpoint(model, str(ckpt), map_location='cpu', strict=True, logger='silent')
+        return model.eval()
+
+    train_model = build(world['config'], trained['full'] / 'epoch_2.pth')
+    deploy_model = build(exported / 'deploy_config.py', exported / 'deploy.pth')
+    assert type(deploy_model.backbone).__name__ == 'ResNet'
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 128, 128) * 255
+    with torch.no_grad():
+        batch = train_model.data_preprocessor(dict(inputs=list(images)), False)['inputs']
+        feats_train = train_model.extract_feat(batch)
+        feats_deploy = deploy_model.extract_feat(batch)
+        for a, b in zip(feats_train, feats_deploy):
+            assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+        from mmdet.structures import DetDataSample
+        samples = [DetDataSample(metainfo=dict(img_shape=(128, 128), ori_shape=(128, 128),
+                                               scale_factor=(1.0, 1.0))) for _ in range(2)]
+        preds_train = train_model.predict(batch, samples)
+        preds_deploy = deploy_model.predict(batch, [s.clone() for s in samples])
+    for a, b in zip(preds_train, preds_deploy):
+        torch.testing.assert_close(b.pred_instances.bboxes, a.pred_instances.bboxes,
+                                   rtol=0, atol=1e-3)
+        assert torch.equal(a.pred_instances.labels, b.pred_instances.labels)
+
+
+STOCK_TEST = '''
+import sys
+class NoSpre:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'spre_mmdet':
+            raise ImportError('stock mmdet only: ' + name)
+sys.meta_path.insert(0, NoSpre())
+from mmengine.config import Config
+from mmengine.runner import Runner
+cfg = Config.fromfile(sys.argv[1])
+cfg.load_from = sys.argv[2]
+cfg.work_dir = sys.argv[3]
+print('METRICS', Runner.from_cfg(cfg).test())
+'''
+
+
+def parse_metrics(stdout):
+    line = [l for l in stdout.splitlines() if l.startswith('METRICS')][-1]
+    return eval(line[len('METRICS '):], {})  # a dict of floats printed by this test
+
+
+def test_stock_mmdet_evaluates_deploy_with_same_map(world, trained, exported):
+    """Stock mmdet (spre_mmdet import blocked) loads the deploy checkpoint; its COCO bbox/segm
+    mAP equals tools/test.py's on the training-time sparse checkpoint."""
+    stock = check(run(['-c', STOCK_TEST, exported / 'deploy_config.py',
+                       exported / 'deploy.pth', world['root'] / 'stock_test'], world['env']))
+    ours = check(run(['tools/test.py', world['config'], trained['full'] / 'epoch_2.pth',
+                      '--work-dir', world['root'] / 'sparse_test'], world['env']))
+    stock_map = parse_metrics(stock.stdout)
+    assert 'coco/bbox_mAP' in stock_map and 'coco/segm_mAP' in stock_map
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP_50'):
+        printed = [l for l in (ours.stdout + ours.stderr).splitlines() if f'{key}:' in l]
+        assert printed, key
+        value = float(printed[-1].split(f'{key}:')[1].split()[0])
+        assert abs(value - stock_map[key]) < 1e-3, (key, value, stock_map[key])
+
+
+def test_reparameterize_refuses_bad_input(world, trained, exported, tmp_path):
+    """Non-empty target without --force, a dense checkpoint and a missing file are refused
+    with a message naming the fix, and nothing is written."""
+    before = sorted(p.name for p in exported.iterdir())
+    result = run(['tools/reparameterize.py', world['config'], trained['full'] / 'epoch_2.pth',
+                  '--out', exported], world['env'])
+    assert result.returncode != 0 and '--force' in result.stderr
+    assert 'Traceback' not in result.stderr
+    assert sorted(p.name for p in exported.iterdir()) == before
+
+    dense = {k: v for k, v in load_state(trained['full'] / 'epoch_2.pth').items()
+             if not k.endswith(('.sparsity.mask', '.spatial'))}
+    torch.save({'state_dict': dense}, tmp_path / 'dense.pth')
+    out = tmp_path / 'out'
+    result = run(['tools/reparameterize.py', world['config'], tmp_path / 'dense.pth',
+                  '--out', out], world['env'])
+    assert result.returncode != 0 and 'not from a sparse training run' in result.stderr
+    assert 'Traceback' not in result.stderr and not out.exists()
+
+    result = run(['tools/reparameterize.py', world['config'], tmp_path / 'missing.pth',
+                  '--out', out], world['env'])
+    assert result.returncode != 0 and 'does not exist' in result.stderr
+
+
+def test_distributed_training_keeps_masks_and_s_identical_on_ranks(world, free_port):
+    """2-process CPU (gloo) SpRe training via tools/dist_train.sh: every rank ends with the same
+    N:M masks and spatial masks S, and they are the ones in the saved checkpoint."""
+    work = world['root'] / 'dist'
+    env = dict(world['env'], PORT=str(free_port), PYTHON=sys.executable)
+    result = subprocess.run(
+        ['bash', 'tools/dist_train.sh', str(world['config']), '2', '--work-dir', str(work),
+         '--cfg-options', 'train_cfg.max_epochs=1'],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rank0 = torch.load(work / 'sparsity_rank0.pth', weights_only=True)
+    rank1 = torch.load(work / 'sparsity_rank1.pth', weights_only=True)
+    spatial = [k for k in rank0 if k.endswith('.spatial')]
+    assert len(spatial) >= 8 and rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    saved = load_state(work / 'epoch_1.pth')
+    for key in rank0:
+        assert torch.equal(saved['model.' + key if 'model.' + key in saved else key],
+                           rank0[key]), key
