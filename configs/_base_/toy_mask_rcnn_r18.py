@@ -13,9 +13,10 @@ model = dict(
     backbone=dict(
         depth=18,  # BasicBlock stages -> out channels 64/128/256/512
         # From scratch (no pretrained weights): train every stage and keep BN in train mode.
-        # BN over 4 images x 32x32..4x4 feature maps still gives usable batch statistics and
-        # learned noticeably faster than GN in our CPU runs; frozen/eval-mode BN would freeze
-        # the random-init statistics and does not train.
+        # BN over 4 images x 32x32..4x4 feature maps still gives usable batch statistics (the
+        # measured baseline, docs/synthetic_coco.md, uses it; GN was not needed) and is what the
+        # sparse backbones fold at deploy time. Eval-mode BN would keep the random-init
+        # statistics (mean 0 / var 1) forever, which is wrong for a net trained from scratch.
         frozen_stages=-1,
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
@@ -46,8 +47,9 @@ model = dict(
 # 400 train images / batch 4 = 100 iters per epoch.
 max_epochs = 6
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
-# SGD lr 0.02 (mmdet's value for batch 16) diverged at batch 2 from scratch; AdamW with
-# warmup + clipping is stable from random init and converges much faster here.
+# SGD lr 0.02 (mmdet's value for batch 16) diverged to NaN at batch 2 from scratch; AdamW with
+# warmup + clipping is stable from random init (grad norm 5-12 throughout) and reaches
+# bbox/segm mAP 0.54/0.58 in these 600 iterations (docs/synthetic_coco.md).
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
