@@ -11,7 +11,6 @@ Use ``--force`` to regenerate anyway.
 """
 import argparse
 import json
-import os
 import os.path as osp
 import shutil
 import sys
