@@ -3,8 +3,8 @@
 The deploy model is what :func:`spre_mmdet.sparsity.reparameterize` returns: every sparse layer
 folded into a plain layer with exactly N:M weights. Interspace convs are written in their merged
 dense k x k form here, since stock mmdet's ResNet has no slot for their basis-conv + N:M 1x1 form
-(that form is what ``reparameterize`` itself returns, for use from Python). Its config uses stock ``ResNet`` and does not
-import this package, so stock mmdet (and mmdeploy) load it.
+(that form is what ``reparameterize`` itself returns, for use from Python). The deploy config
+uses stock mmdet types and does not import this package, so stock mmdet (and mmdeploy) load it.
 """
 import copy
 import os
@@ -20,7 +20,9 @@ from torch import nn
 from .sparsity import (InterspaceConv2d, check_nm_tensor, format_report, merge_interspace,
                        reparameterize, sparse_layers, sparsity_report)
 
-SPARSE_BACKBONES = {'SparseResNet': 'ResNet'}
+#: sparse module types of this package -> the stock mmdet types their deploy form fits
+STOCK_TYPES = {'SparseResNet': 'ResNet', 'NMShared2FCBBoxHead': 'Shared2FCBBoxHead'}
+SPARSE_CONV = 'NMConv2d'
 OUR_HOOKS = {'SparsityHook', 'ReparameterizeHook'}
 
 
@@ -28,17 +30,36 @@ class ExportError(RuntimeError):
     """The model or target cannot be exported; the message says how to fix it."""
 
 
+def _to_stock(node) -> int:
+    """Rewrite sparse module configs in place into stock ones; return how many were found."""
+    found = 0
+    if isinstance(node, dict):
+        if node.get('type') in STOCK_TYPES:
+            node['type'] = STOCK_TYPES[node['type']]
+            node.pop('sparsity', None)
+            found += 1
+        conv_cfg = node.get('conv_cfg')
+        if isinstance(conv_cfg, dict) and conv_cfg.get('type') == SPARSE_CONV:
+            node['conv_cfg'] = None
+            found += 1
+        for value in node.values():
+            found += _to_stock(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            found += _to_stock(value)
+    return found
+
+
 def deploy_config(cfg: Config) -> Config:
-    """The training config rewritten for the deploy model: stock ResNet, no pretrained weights,
-    no import of this package, none of its hooks."""
+    """The training config rewritten for the deploy model: stock mmdet module types, no
+    pretrained weights, no import of this package, none of its hooks."""
     cfg = Config(copy.deepcopy(cfg.to_dict()))
-    backbone = cfg.model.backbone
-    if backbone.type not in SPARSE_BACKBONES:
-        raise ExportError(f'The config\'s backbone is {backbone.type!r}, not a sparse backbone '
-                          f'({sorted(SPARSE_BACKBONES)}): it is not a sparse training config.')
-    backbone.type = SPARSE_BACKBONES[backbone.type]
-    backbone.pop('sparsity', None)
-    backbone.init_cfg = None
+    if not _to_stock(cfg.model):
+        raise ExportError('The config has no sparse module of this package '
+                          f'({sorted(STOCK_TYPES)} or conv_cfg type {SPARSE_CONV!r}): it is not '
+                          'a sparse training config.')
+    if cfg.model.get('backbone') is not None:
+        cfg.model.backbone.init_cfg = None  # the deploy checkpoint holds every weight
     imports = cfg.get('custom_imports', {}).get('imports', [])
     imports = [i for i in ([imports] if isinstance(imports, str) else imports)
                if i.split('.')[0] != 'spre_mmdet']
