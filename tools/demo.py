@@ -26,23 +26,6 @@ REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 CONFIG = 'configs/toy/mask_rcnn_r18_spre_2x4_toy.py'
 DATA = 'data/toy_coco'
 
-# Evaluation with stock mmdet: any import of spre_mmdet fails in this process.
-STOCK_TEST = '''
-import sys
-class NoSpreMmdet:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] == 'spre_mmdet':
-            raise ImportError('stock mmdet only: ' + name)
-sys.meta_path.insert(0, NoSpreMmdet())
-from mmengine.config import Config
-from mmengine.runner import Runner
-cfg = Config.fromfile(sys.argv[1])
-cfg.load_from, cfg.work_dir = sys.argv[2], sys.argv[3]
-metrics = Runner.from_cfg(cfg).test()
-print('STOCK_MMDET_METRICS', {k: float(v) for k, v in metrics.items()})
-'''
-
-
 def step(title):
     print(f'\n=== {title} ' + '=' * max(0, 70 - len(title)), flush=True)
 
@@ -50,8 +33,7 @@ def step(title):
 def run(args, capture=False):
     """Run a tool with this interpreter; stream its output (or capture it) and fail loudly."""
     cmd = [sys.executable, *map(str, args)]
-    print('$ ' + ' '.join(cmd[1:]) if cmd[1] != '-c' else '$ python -c <stock mmdet test>',
-          flush=True)
+    print('$ python ' + ' '.join(cmd[1:]), flush=True)
     result = subprocess.run(cmd, cwd=REPO, text=True,
                             stdout=subprocess.PIPE if capture else None,
                             stderr=subprocess.STDOUT if capture else None)
@@ -88,8 +70,8 @@ def main():
     deploy = osp.join(work, 'deploy')
 
     step('3/6 evaluate the deploy checkpoint with stock mmdet (spre_mmdet not importable)')
-    out = run(['-c', STOCK_TEST, osp.join(deploy, 'deploy_config.py'),
-               osp.join(deploy, 'deploy.pth'), osp.join(args.work_dir, 'stock_test')],
+    out = run(['tools/test_stock_mmdet.py', osp.join(deploy, 'deploy_config.py'),
+               osp.join(deploy, 'deploy.pth'), '--work-dir', osp.join(args.work_dir, 'stock_test')],
               capture=True)
     line = [l for l in out.splitlines() if l.startswith('STOCK_MMDET_METRICS')][-1]
     metrics = ast.literal_eval(line.split(' ', 1)[1])

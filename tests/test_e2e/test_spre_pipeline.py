@@ -4,6 +4,7 @@ train -> resume -> re-parameterize -> stock mmdet loads and evaluates the deploy
 The training runs are shared by the tests of this module (module-scoped fixtures) to keep the
 suite fast; each test asserts one property.
 """
+import ast
 import json
 import os
 import subprocess
@@ -163,32 +164,17 @@ def test_deploy_equals_training_model(world, trained, exported):
         assert torch.equal(a.pred_instances.labels, b.pred_instances.labels)
 
 
-STOCK_TEST = '''
-import sys
-class NoSpre:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] == 'spre_mmdet':
-            raise ImportError('stock mmdet only: ' + name)
-sys.meta_path.insert(0, NoSpre())
-from mmengine.config import Config
-from mmengine.runner import Runner
-cfg = Config.fromfile(sys.argv[1])
-cfg.load_from = sys.argv[2]
-cfg.work_dir = sys.argv[3]
-print('METRICS', Runner.from_cfg(cfg).test())
-'''
-
-
 def parse_metrics(stdout):
-    line = [l for l in stdout.splitlines() if l.startswith('METRICS')][-1]
-    return eval(line[len('METRICS '):], {})  # a dict of floats printed by this test
+    line = [l for l in stdout.splitlines() if l.startswith('STOCK_MMDET_METRICS')][-1]
+    return ast.literal_eval(line.split(' ', 1)[1])
 
 
 def test_stock_mmdet_evaluates_deploy_with_same_map(world, trained, exported):
     """Stock mmdet (spre_mmdet import blocked) loads the deploy checkpoint; its COCO bbox/segm
     mAP equals tools/test.py's on the training-time sparse checkpoint."""
-    stock = check(run(['-c', STOCK_TEST, exported / 'deploy_config.py',
-                       exported / 'deploy.pth', world['root'] / 'stock_test'], world['env']))
+    stock = check(run(['tools/test_stock_mmdet.py', exported / 'deploy_config.py',
+                       exported / 'deploy.pth', '--work-dir', world['root'] / 'stock_test'],
+                      world['env']))
     ours = check(run(['tools/test.py', world['config'], trained['full'] / 'epoch_2.pth',
                       '--work-dir', world['root'] / 'sparse_test'], world['env']))
     stock_map = parse_metrics(stock.stdout)
