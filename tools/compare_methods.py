@@ -144,7 +144,7 @@ def deploy_check(state_dict, report_rows, n=2, m=4):
     for row in report_rows:
         if row.get('kind', 'dense') == 'dense':
             continue
-        if 'interspace' in row['kind']:
+        if row['kind'].endswith('+ip') or 'interspace' in row['kind']:
             merged += 1
             continue
         key = row['name'] + '.weight'
@@ -398,7 +398,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.chdir(ROOT)
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the configs' relative paths (data/, configs/) are relative to the repo
+    try:
+        run(args)
+    finally:
+        os.chdir(cwd)
+
+
+def run(args):
     if not osp.isfile(osp.join(args.data_root, 'annotations', 'instances_train.json')):
         raise SystemExit(f'No toy dataset at {args.data_root}: generate it with '
                          f'python tools/make_toy_coco.py --out {args.data_root}')
