@@ -239,6 +239,7 @@ def budget_options(method, epochs, total_iters, data_root, seed):
     root = data_root.rstrip('/') + '/'
     opts = [
         f'train_cfg.max_epochs={epochs}', f'train_cfg.val_interval={epochs}',
+        f'param_scheduler.0.end={warmup_iters(total_iters)}',
         f'param_scheduler.1.end={epochs}', f'param_scheduler.1.T_max={epochs}',
         f'randomness.seed={seed}',
         f'train_dataloader.dataset.data_root={root}',
@@ -252,6 +253,11 @@ def budget_options(method, epochs, total_iters, data_root, seed):
         opts += [f'model.backbone.sparsity.learner.t_i={t_i}',
                  f'model.backbone.sparsity.learner.t_f={t_f}']
     return opts
+
+
+def warmup_iters(total_iters):
+    """Linear warm-up length: 1/6 of the run (the toy configs: 100 of 600 iterations)."""
+    return max(1, int(round(total_iters / 6)))
 
 
 def lbc_schedule(total_iters):
