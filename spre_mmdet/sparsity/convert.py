@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
+from .learners import DerivedStateMixin
 from .nm import check_nm, check_nm_tensor, nm_incompatibility
 from .spre import SpReBatchNorm2d, SpReConv2d
 
@@ -34,9 +35,9 @@ def refresh_masks(model: nn.Module, iteration: int) -> None:
 def initialize_masks(model: nn.Module) -> None:
     """Derive every mask from the current weights (e.g. right after loading pretrained ones)."""
     for _, layer in sparse_layers(model):
-        layer.sparsity.needs_init = True
-        if isinstance(layer, SpReConv2d):
-            layer.needs_init = True
+        for module in layer.modules():
+            if isinstance(module, DerivedStateMixin):
+                module.needs_init = True
         layer.refresh(0)
 
 
