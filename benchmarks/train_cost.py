@@ -67,7 +67,12 @@ def build_model(arch, variant, interval=None):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules()
-    cfg = Config.fromfile(CONFIGS[arch][variant])
+    path = CONFIGS[arch][variant]
+    if '::' in path:  # a config of an installed package (mmdet::...)
+        from mmengine.hub import get_config
+        cfg = get_config(path)
+    else:
+        cfg = Config.fromfile(path)
     backbone = cfg.model.backbone
     backbone.init_cfg = None
     if arch == 'r50':
