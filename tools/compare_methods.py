@@ -59,6 +59,7 @@ COLUMNS = [
     ('segm_mAP_50', 'mask mAP@50'),
     ('step_time_s', 'step time (s, median)'),
     ('step_time_ratio', 'step time / dense'),
+    ('step_time_vs_srste', 'step time / SR-STE'),
     ('peak_rss_mb', 'peak RSS (MiB)'),
     ('peak_rss_ratio', 'peak RSS / dense'),
     ('deploy_nm', 'deploy 2:4 valid'),
@@ -189,12 +190,17 @@ def fmt(value, key):
 
 
 def add_ratios(rows):
-    """Fill ``step_time_ratio`` and ``peak_rss_ratio`` relative to the ``dense`` row."""
+    """Fill ``step_time_ratio`` and ``peak_rss_ratio`` relative to the ``dense`` row and
+    ``step_time_vs_srste`` relative to the ``srste`` row."""
     dense = next((r for r in rows if r['method'] == 'dense'), None)
     for row in rows:
         for key, ratio in (('step_time_s', 'step_time_ratio'), ('peak_rss_mb', 'peak_rss_ratio')):
             base = dense.get(key) if dense else None
             row[ratio] = (row[key] / base) if (base and row.get(key) is not None) else None
+    srste = next((r.get('step_time_s') for r in rows if r['method'] == 'srste'), None)
+    for row in rows:
+        step = row.get('step_time_s')
+        row['step_time_vs_srste'] = step / srste if (srste and step is not None) else None
     return rows
 
 
