@@ -1,6 +1,6 @@
 """Load an mmdet detector for benchmarking and build the forward passes of each scope."""
 import contextlib
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -74,9 +74,3 @@ def scope_runners(model: nn.Module, inputs: torch.Tensor, samples: list,
         else:
             raise ValueError(f'unknown scope {scope!r}; choose from {SCOPES}')
     return runners
-
-
-def scopes_up_to(scope: str) -> List[str]:
-    if scope not in SCOPES:
-        raise ValueError(f'unknown scope {scope!r}; choose from {SCOPES}')
-    return list(SCOPES)

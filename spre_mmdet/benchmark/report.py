@@ -39,7 +39,6 @@ def format_layer_table(layers: Sequence[Dict[str, object]]) -> str:
               'GEMM speedup', 'dispatch', 'numerics')
     lines = []
     for layer in layers:
-        r = csv_row(layer)
         calls = layer.get('calls') or []
         mnk = ', '.join(f'{c["M"]}x{c["N"]}x{c["K"]}' for c in calls[:2]) + (
             f' (+{len(calls) - 2})' if len(calls) > 2 else '')

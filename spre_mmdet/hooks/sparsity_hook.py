@@ -2,8 +2,6 @@
 import json
 import os.path as osp
 from collections import defaultdict
-from typing import Optional
-
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper

@@ -7,8 +7,6 @@ iteration (the mmengine ``SparsityHook`` does; plain PyTorch users call
 :func:`spre_mmdet.sparsity.refresh_masks`). Keeping all mask changes in one call keeps
 distributed ranks and resumed runs identical.
 """
-from typing import Optional
-
 import torch
 from torch import nn
 
