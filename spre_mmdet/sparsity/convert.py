@@ -5,11 +5,12 @@ through ``SpReBatchNorm2d.fold``); the functions here only walk the model.
 """
 import copy
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .interspace import InterspaceDeployConv2d
 from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
 from .learners import DerivedStateMixin
 from .nm import check_nm, check_nm_tensor, nm_incompatibility
@@ -125,24 +126,56 @@ class LayerReport:
     valid: bool
 
 
-def sparsity_report(model: nn.Module, n: int, m: int) -> List[LayerReport]:
+#: marks, in ``sparsity_report(trained=...)``, a layer deployed merged into a dense conv on
+#: purpose (an interspace conv for hardware without sparse support)
+MERGED = ' merged'
+
+
+def sparse_kinds(model: nn.Module) -> Dict[str, str]:
+    """``{name: method}`` of every sparse layer (e.g. ``'srste+spre'``): what the report of the
+    deployed model calls the plain layers they became."""
+    return {name: layer.sparsity.method + layer.report_suffix
+            for name, layer in sparse_layers(model)}
+
+
+def sparsity_report(model: nn.Module, n: int, m: int,
+                    trained: Optional[Dict[str, str]] = None) -> List[LayerReport]:
     """Every conv/linear of ``model``: how it is sparsified and whether its (deploy) weight is
-    exactly N:M, or why not."""
-    rows = []
+    exactly N:M, or why not.
+
+    Args:
+        model: a training-time model (sparse layers) or its deploy form.
+        n, m: the pattern to check.
+        trained: for a deploy model, :func:`sparse_kinds` of the training-time model, so the
+            plain layers that were sparse are reported under their method, not as dense. An
+            interspace deploy module is one row: its 1x1 GEMM weight is what must be N:M.
+            A kind ending in :data:`MERGED` is a layer deployed dense on purpose.
+    """
+    trained = trained or {}
+    rows, deploy_prefix = [], None  # the submodules of a deploy module are not rows
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        if deploy_prefix is not None and name.startswith(deploy_prefix):
             continue
-        if isinstance(module, SparseLayerMixin):
+        if isinstance(module, InterspaceDeployConv2d):
+            deploy_prefix = name + '.' if name else ''
+            weight = module.gemm.weight.detach()
+            kind = trained.get(name, 'ip') + ' basis+1x1'
+        elif not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        elif isinstance(module, SparseLayerMixin):
             weight = module.deploy_weight() if module.sparsity.is_final else \
                 module.weight * module.sparsity.mask
             kind = module.sparsity.method + module.report_suffix
         else:
-            weight, kind = module.weight.detach(), 'dense'
+            weight, kind = module.weight.detach(), trained.get(name, 'dense')
         check = check_nm_tensor(weight, n, m)
         status = check.explain()
-        if kind == 'dense':
+        if kind.endswith(MERGED) and not check.ok:
+            status = (f'merged into a dense conv, not {n}:{m} by design '
+                      f'({check.num_violations}/{check.num_groups} groups over {n})')
+        elif kind == 'dense':
             status = f'dense: {check.reason}' if check.reason else 'dense (not selected)'
-        rows.append(LayerReport(name, kind, tuple(module.weight.shape),
+        rows.append(LayerReport(name, kind, tuple(weight.shape),
                                 float((weight != 0).float().mean()), status, check.ok))
     return rows
 

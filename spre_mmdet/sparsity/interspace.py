@@ -22,6 +22,7 @@ from typing import Dict, Optional
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from .layers import SparseLayerMixin
 from .learners import MaskLearner, build_learner
@@ -191,34 +192,16 @@ class InterspaceConv2d(SparseLayerMixin, nn.Conv2d):
     # -- deploy -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def to_deploy(self) -> nn.Sequential:
-        """The factored deploy form, plain torch modules only::
-
-            Sequential(
-              0: Conv2d(C, C*k*k, k x k, stride, padding, dilation, groups=C)  # basis conv
-              1: ChannelShuffle(C)    # channel c*k*k + b  ->  b*C + c  (basis-index major)
-              2: Conv2d(C*k*k, O, 1, bias)   # weight[o, b*C + c] = masked L[o, c, b]
-            )
-
-        A grouped conv emits its outputs channel-major (``c*k*k + b``); the shuffle (a pure
-        reshape/transpose) makes them basis-major so that any M consecutive inputs of the 1x1
-        conv are channels ``c..c+M-1`` at the same basis index: the 1x1 weight then has
-        exactly the N:M groups of ``L`` (``check_nm_tensor`` passes for ``pruning='nm'``).
-        With the pixel basis, modules 0-1 are exactly im2col.
-        """
+    def to_deploy(self) -> 'InterspaceDeployConv2d':
+        """The factored deploy form: basis conv + 1x1 conv with the exactly N:M weight ``L``
+        (for ``pruning='nm'``); see :class:`InterspaceDeployConv2d`."""
+        deploy = InterspaceDeployConv2d.from_conv(self)
         o, c, kk = self.weight.shape
-        kw = dict(device=self.weight.device, dtype=self.weight.dtype)
-        basis_conv = nn.Conv2d(c, c * kk, self.kernel_size, self.stride, self.padding,
-                               self.dilation, groups=c, bias=False,
-                               padding_mode=self.padding_mode, **kw)
-        # Output channel c*kk + b of group c holds basis filter b.
-        basis_conv.weight.copy_(self.basis.detach().unsqueeze(0).expand(c, -1, -1, -1)
-                                .reshape(c * kk, 1, *self.kernel_size))
-        gemm = nn.Conv2d(c * kk, o, 1, bias=self.bias is not None, **kw)
-        gemm.weight.copy_(self.deploy_weight().permute(0, 2, 1).reshape(o, kk * c, 1, 1))
+        deploy.basis_conv.weight.copy_(self.basis.detach().reshape(kk, 1, 1, *self.kernel_size))
+        deploy.gemm.weight.copy_(self.deploy_weight().permute(0, 2, 1).reshape(o, kk * c, 1, 1))
         if self.bias is not None:
-            gemm.bias.copy_(self.bias.detach())
-        return nn.Sequential(basis_conv, nn.ChannelShuffle(c), gemm)
+            deploy.gemm.bias.copy_(self.bias.detach())
+        return deploy
 
     @torch.no_grad()
     def to_dense_conv(self) -> nn.Conv2d:
@@ -267,6 +250,73 @@ class InterspaceConv2d(SparseLayerMixin, nn.Conv2d):
 
     def extra_repr(self):
         return super().extra_repr() + f', interspace ({self.pruning} coefficients)'
+
+
+class InterspaceDeployConv2d(nn.Module):
+    """Deploy form of an interspace conv: a basis conv, then a 1x1 conv (a GEMM) whose weight
+    is exactly N:M in the hardware layout. Plain torch modules only::
+
+        basis_conv: Conv3d(1, k*k, (1, kh, kw), stride=(1, *stride), padding=(0, *padding),
+                           dilation=(1, *dilation), bias=False)   # weight = F, (k*k,1,1,kh,kw)
+        gemm:       Conv2d(k*k*C, O, 1, bias)   # weight[o, b*C + c] = (masked L)[o, c, b]
+
+    ``forward(x) = gemm(basis_conv(x.unsqueeze(1)).flatten(1, 2))``. The basis conv slides the
+    ``k*k`` basis filters over every input channel (the channels are the Conv3d's depth), so its
+    output ``(N, k*k, C, H', W')`` is basis-index major and flattens without a copy to the
+    ``b*C + c`` channel order: any ``M`` consecutive input channels of the 1x1 conv are then
+    channels ``c..c+M-1`` at one basis index, exactly the N:M groups of ``L``. With the pixel
+    basis the basis conv is im2col. Only standard ops (Conv3d, flatten, Conv2d), so ONNX and
+    TensorRT take it as is; the basis is stored once, not once per channel.
+
+    Build it from a trained layer with :meth:`InterspaceConv2d.to_deploy`, or as an empty shell
+    of a conv's geometry with :meth:`from_conv` (to load a deploy checkpoint into).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, bias: bool = True, padding_mode: str = 'zeros', device=None,
+                 dtype=None):
+        super().__init__()
+        kh, kw = _pair(kernel_size)
+        kw_args = dict(device=device, dtype=dtype)
+        spatial_padding = padding if isinstance(padding, str) else (0, *_pair(padding))
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.basis_conv = nn.Conv3d(1, kh * kw, (1, kh, kw), (1, *_pair(stride)),
+                                    spatial_padding, (1, *_pair(dilation)), bias=False,
+                                    padding_mode=padding_mode, **kw_args)
+        self.gemm = nn.Conv2d(kh * kw * in_channels, out_channels, 1, bias=bias, **kw_args)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> 'InterspaceDeployConv2d':
+        """The deploy form of ``conv`` in the pixel basis (``L = W``): same geometry, same
+        function. ``conv`` may be a plain ``nn.Conv2d`` or an :class:`InterspaceConv2d`."""
+        if conv.groups != 1:
+            raise ValueError(f'Interspace deploy form needs groups=1, got {conv.groups}.')
+        weight = conv.weight
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.bias is not None, conv.padding_mode,
+                    device=weight.device, dtype=weight.dtype)
+        kk = layer.basis_conv.out_channels
+        with torch.no_grad():
+            layer.basis_conv.weight.copy_(pixel_basis(conv.kernel_size, weight.dtype,
+                                                      weight.device).reshape(kk, 1, 1,
+                                                                             *conv.kernel_size))
+            dense = weight.detach().reshape(conv.out_channels, conv.in_channels, kk)
+            layer.gemm.weight.copy_(dense.permute(0, 2, 1).reshape(conv.out_channels, -1, 1, 1))
+            if conv.bias is not None:
+                layer.gemm.bias.copy_(conv.bias.detach())
+        return layer.train(conv.training)
+
+    @property
+    def coefficients(self) -> torch.Tensor:
+        """The deployed (masked) coefficients ``L``, ``(O, C, k*k)``."""
+        o, c = self.out_channels, self.in_channels
+        return self.gemm.weight.detach().reshape(o, -1, c).permute(0, 2, 1)
+
+    def forward(self, x):
+        return self.gemm(self.basis_conv(x.unsqueeze(1)).flatten(1, 2))
+
+    def extra_repr(self):
+        return f'{self.in_channels}, {self.out_channels}: basis conv + 1x1 GEMM (interspace)'
 
 
 def _build_coefficient_learner(method, shape, n, m, pruning, **kwargs) -> MaskLearner:

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spre_mmdet.sparsity import (check_nm_tensor, refresh_masks, reparameterize,
-                                 sparsity_report)
-from spre_mmdet.sparsity.interspace import (InterspaceConv2d, UnstructuredMask,
-                                            interspace_layer, merge_interspace, pixel_basis)
-from spre_mmdet.sparsity.learners import LEARNERS
+from spre_mmdet.sparsity import (check_nm_tensor, refresh_masks, reparameterize, sparse_kinds,
+                                 sparsify_layer, sparsity_report)
+from spre_mmdet.sparsity.interspace import (InterspaceConv2d, InterspaceDeployConv2d,
+                                            UnstructuredMask, interspace_layer,
+                                            merge_interspace, pixel_basis)
 
 CLOSE = dict(atol=1e-5, rtol=1e-4)
 EXACT = dict(atol=1e-6, rtol=0)
@@ -125,15 +125,65 @@ def test_deploy_gemm_weight_is_nm(n, m):
     layer = InterspaceConv2d.from_dense(make_conv(c=16, padding=1), 'srste', n, m)
     train_steps(layer, c=16)
     refresh_masks(nn.Sequential(layer), 5)
-    basis_conv, shuffle, gemm = layer.to_deploy()
+    deploy = layer.to_deploy()
+    gemm = deploy.gemm
     assert gemm.weight.shape == (12, 16 * 9, 1, 1)
     check = check_nm_tensor(gemm.weight, n, m)
     assert check.ok, check.explain()
     assert (gemm.weight != 0).sum() == 12 * 9 * 16 * n // m  # exactly N per group
-    assert basis_conv.groups == 16 and basis_conv.out_channels == 16 * 9
+    # the basis is stored once, (k*k, 1, 1, kh, kw), and is the trained F
+    torch.testing.assert_close(deploy.basis_conv.weight.reshape(9, 3, 3), layer.basis,
+                               atol=0, rtol=0)
     # b-major: input channel b*C + c of the 1x1 holds L[:, c, b]
     torch.testing.assert_close(gemm.weight[:, 3 * 16 + 5, 0, 0], layer.deploy_weight()[:, 5, 3],
                                atol=0, rtol=0)
+    torch.testing.assert_close(deploy.coefficients, layer.deploy_weight(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_deploy_shell_of_dense_conv_equals_conv(variant):
+    """InterspaceDeployConv2d.from_conv (pixel basis, L = W) computes the conv (atol 1e-5)."""
+    conv = make_conv(seed=4, **variant)
+    deploy = InterspaceDeployConv2d.from_conv(conv)
+    x = torch.randn(2, 8, 13, 13)
+    with torch.no_grad():
+        torch.testing.assert_close(deploy(x), conv(x), **CLOSE)
+
+
+def test_deploy_state_dict_loads_into_shell_of_same_geometry():
+    """A trained layer's deploy state dict loads strictly into the shell built from the dense
+    conv's geometry (what a deploy checkpoint + config do) and gives the same output."""
+    layer = InterspaceConv2d.from_dense(make_conv(stride=2, padding=1, bias=True), 'srste', 2, 4)
+    train_steps(layer)
+    layer.eval()
+    shell = InterspaceDeployConv2d.from_conv(make_conv(seed=7, stride=2, padding=1, bias=True))
+    shell.load_state_dict(layer.to_deploy().state_dict(), strict=True)
+    x = torch.randn(2, 8, 11, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(shell(x), layer(x), **CLOSE)
+
+
+def test_report_of_deploy_model_names_methods_and_checks_gemm():
+    """The deploy model's report: the interspace conv is one row checking its 1x1 weight, the
+    plain layers that were sparse keep their method, untouched layers are dense."""
+    model = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.ReLU(),
+                          nn.Conv2d(8, 12, 3, padding=1, bias=False),
+                          nn.Conv2d(12, 4, 1, bias=False))
+    interspace_layer(model, '2', 'srste', 2, 4)
+    sparsify_layer(model, '3', 'srste', 2, 4)
+    train_steps(model[2])
+    refresh_masks(model, 10)
+    deployed = reparameterize(model.eval())
+    rows = {r.name: r for r in sparsity_report(deployed, 2, 4, trained=sparse_kinds(model))}
+    assert sorted(rows) == ['0', '2', '3']  # no rows for the deploy module's parts
+    assert rows['2'].kind == 'srste+ip basis+1x1' and rows['2'].valid
+    assert rows['2'].shape == (12, 72, 1, 1) and rows['2'].density == pytest.approx(0.5)
+    assert rows['3'].kind == 'srste' and rows['3'].valid and '2:4 valid' in rows['3'].status
+    assert rows['0'].kind == 'dense'
+    with torch.no_grad():  # a violated deployed GEMM is reported, not hidden
+        deployed[2].gemm.weight.fill_(1.0)
+    row = {r.name: r for r in sparsity_report(deployed, 2, 4)}['2']
+    assert row.kind == 'ip basis+1x1' and not row.valid and 'exceed' in row.status
 
 
 def test_gradients_match_explicit_reference():
@@ -291,16 +341,12 @@ def test_deploy_flops():
     assert flops['sparse_gemm'] == flops['gemm'] // 2
 
 
-def test_lbc_learner_on_coefficients_if_available():
-    """If the LBC learner is registered, it builds on L's (O, C, k*k) shape and runs."""
-    try:
-        import spre_mmdet.sparsity.lbc  # noqa: F401  (registers 'lbc' if present)
-    except ImportError:
-        pass
-    if 'lbc' not in LEARNERS:
-        pytest.skip('LBC learner not available yet')
+def test_lbc_learner_on_coefficients():
+    """The LBC learner builds on L's (O, C, k*k) shape; basis and scores get gradients."""
     layer = InterspaceConv2d.from_dense(make_conv(padding=1), 'lbc', 2, 4)
     refresh_masks(nn.Sequential(layer), 0)
     x = torch.randn(1, 8, 7, 7)
     layer(x).sum().backward()
-    assert layer.basis.grad is not None and layer.weight.grad is not None
+    assert layer.sparsity.scores.shape[0] == 12 * 9 * 8 // 4  # one row per N:M group of L
+    for grad in (layer.basis.grad, layer.weight.grad, layer.sparsity.scores.grad):
+        assert grad is not None and grad.abs().sum() > 0
