@@ -38,7 +38,7 @@ import pickle
 import re
 import sys
 import warnings
-from typing import Any, Callable, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Iterable, List, Sequence
 
 import torch
 

@@ -1,40 +1,58 @@
-"""Export a trained sparse detector as a plain mmdet detector (checkpoint + config).
+"""Export a trained sparse detector as a deployable mmdet detector (checkpoint + config).
 
 The deploy model is what :func:`spre_mmdet.sparsity.reparameterize` returns: every sparse layer
-folded into a plain layer with exactly N:M weights. Interspace convs are written in their merged
-dense k x k form here, since stock mmdet's ResNet has no slot for their basis-conv + N:M 1x1 form
-(that form is what ``reparameterize`` itself returns, for use from Python). The deploy config
-uses stock mmdet types and does not import this package, so stock mmdet (and mmdeploy) load it.
+folded into a plain layer with exactly N:M weights. Its config uses stock mmdet types and does
+not import this package, so stock mmdet (and mmdeploy) load it.
+
+Interspace convs have two deploy forms (``interspace_form``):
+
+* ``'basis'`` (default): basis conv + exactly N:M 1x1 conv (``InterspaceDeployConv2d``), the
+  form sparse tensor cores can run. Stock ResNet has no slot for it, so the deploy config keeps
+  ``SparseResNet`` with ``sparsity.deploy=True`` (which builds that structure and nothing else)
+  and imports this package.
+* ``'merged'``: one dense k x k conv per layer (stock ResNet, no import of this package), for
+  hardware without sparse support.
 """
 import copy
 import os
 import os.path as osp
 import shutil
 import tempfile
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from mmengine.config import Config
 from torch import nn
 
-from .sparsity import (InterspaceConv2d, check_nm_tensor, format_report, merge_interspace,
-                       reparameterize, sparse_layers, sparsity_report)
+from .sparsity import (MERGED, InterspaceConv2d, InterspaceDeployConv2d, check_nm_tensor, format_report,
+                       merge_interspace, reparameterize, sparse_kinds, sparse_layers,
+                       sparsity_report)
 
 #: sparse module types of this package -> the stock mmdet types their deploy form fits
 STOCK_TYPES = {'SparseResNet': 'ResNet', 'NMShared2FCBBoxHead': 'Shared2FCBBoxHead'}
 SPARSE_CONV = 'NMConv2d'
 OUR_HOOKS = {'SparsityHook', 'ReparameterizeHook'}
+#: deploy forms of interspace convs: N:M basis conv + 1x1, or merged dense k x k
+INTERSPACE_FORMS = ('basis', 'merged')
 
 
 class ExportError(RuntimeError):
     """The model or target cannot be exported; the message says how to fix it."""
 
 
-def _to_stock(node) -> int:
-    """Rewrite sparse module configs in place into stock ones; return how many were found."""
+def _to_stock(node, interspace_form: str) -> int:
+    """Rewrite sparse module configs in place into their deploy ones; return how many were
+    found. An interspace ``SparseResNet`` kept in basis form becomes its deploy structure."""
     found = 0
     if isinstance(node, dict):
-        if node.get('type') in STOCK_TYPES:
+        sparsity = node.get('sparsity') or {}
+        if (node.get('type') == 'SparseResNet' and sparsity.get('interspace') is not None
+                and interspace_form == 'basis'):
+            node['sparsity'] = {key: value for key, value in sparsity.items()
+                                if key not in ('learner', 'spre')}
+            node['sparsity']['deploy'] = True
+            found += 1
+        elif node.get('type') in STOCK_TYPES:
             node['type'] = STOCK_TYPES[node['type']]
             node.pop('sparsity', None)
             found += 1
@@ -43,18 +61,28 @@ def _to_stock(node) -> int:
             node['conv_cfg'] = None
             found += 1
         for value in node.values():
-            found += _to_stock(value)
+            found += _to_stock(value, interspace_form)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            found += _to_stock(value)
+            found += _to_stock(value, interspace_form)
     return found
 
 
-def deploy_config(cfg: Config) -> Config:
+def check_interspace_form(interspace_form: str) -> None:
+    if interspace_form not in INTERSPACE_FORMS:
+        raise ExportError(f'Unknown interspace_form {interspace_form!r}; choose one of '
+                          f'{INTERSPACE_FORMS} (basis: N:M basis conv + 1x1, merged: dense k x k '
+                          'convs for stock mmdet).')
+
+
+def deploy_config(cfg: Config, interspace_form: str = 'basis') -> Config:
     """The training config rewritten for the deploy model: stock mmdet module types, no
-    pretrained weights, no import of this package, none of its hooks."""
+    pretrained weights, none of this package's hooks, and no import of this package unless
+    interspace convs are kept in their basis form (then ``SparseResNet(sparsity.deploy=True)``
+    builds them)."""
+    check_interspace_form(interspace_form)
     cfg = Config(copy.deepcopy(cfg.to_dict()))
-    if not _to_stock(cfg.model):
+    if not _to_stock(cfg.model, interspace_form):
         raise ExportError('The config has no sparse module of this package '
                           f'({sorted(STOCK_TYPES)} or conv_cfg type {SPARSE_CONV!r}): it is not '
                           'a sparse training config.')
@@ -63,7 +91,10 @@ def deploy_config(cfg: Config) -> Config:
     imports = cfg.get('custom_imports', {}).get('imports', [])
     imports = [i for i in ([imports] if isinstance(imports, str) else imports)
                if i.split('.')[0] != 'spre_mmdet']
-    if imports:
+    if _needs_package(cfg.model):
+        imports = ['spre_mmdet', *imports]
+        cfg.custom_imports = dict(imports=imports, allow_failed_imports=False)
+    elif imports:
         cfg.custom_imports.imports = imports
     else:
         cfg.pop('custom_imports', None)
@@ -74,14 +105,30 @@ def deploy_config(cfg: Config) -> Config:
     return cfg
 
 
+def _needs_package(model_cfg) -> bool:
+    """Whether the deploy model config still uses a type of this package."""
+    if isinstance(model_cfg, dict):
+        return (model_cfg.get('type') in STOCK_TYPES or
+                any(_needs_package(value) for value in model_cfg.values()))
+    if isinstance(model_cfg, (list, tuple)):
+        return any(_needs_package(value) for value in model_cfg)
+    return False
+
+
 def verify_deploy(train_model: nn.Module, deploy_model: nn.Module) -> None:
-    """Every layer that was sparse during training is exactly N:M in the deploy model."""
+    """Every layer that was N:M during training is exactly N:M in the deploy model (for an
+    interspace conv in basis form: its 1x1 weight; merged or unstructured ones are not N:M,
+    and the report says so)."""
     deployed = dict(deploy_model.named_modules())
     problems = []
     for name, layer in sparse_layers(train_model):
+        module = deployed[name]
         if isinstance(layer, InterspaceConv2d):
-            continue  # exported merged and dense; the report says so
-        check = check_nm_tensor(deployed[name].weight, layer.sparsity.n, layer.sparsity.m)
+            if layer.pruning != 'nm' or not isinstance(module, InterspaceDeployConv2d):
+                continue
+            module = module.gemm
+        weight = module.weight
+        check = check_nm_tensor(weight, layer.sparsity.n, layer.sparsity.m)
         if not check.ok:
             problems.append(f'{name}: {check.explain()}')
     if problems:
@@ -89,10 +136,43 @@ def verify_deploy(train_model: nn.Module, deploy_model: nn.Module) -> None:
                           '\n'.join(problems))
 
 
+def interspace_summary(model: nn.Module, interspace_form: str) -> Optional[str]:
+    """One sentence on how ``model``'s interspace convs are exported, or ``None`` if it has
+    none (for the report and the logs)."""
+    layers = [layer for _, layer in sparse_layers(model) if isinstance(layer, InterspaceConv2d)]
+    if not layers:
+        return None
+    n, m = layers[0].sparsity.n, layers[0].sparsity.m
+    if interspace_form == 'merged':
+        return (f'{len(layers)} interspace convs exported in MERGED form: dense k x k convs in a '
+                f'stock ResNet (not {n}:{m}, no sparse speed-up; deploy_config.py does not import '
+                f'spre_mmdet). For the {n}:{m} form export with interspace_form="basis".')
+    unstructured = sum(layer.pruning != 'nm' for layer in layers)
+    return (f'{len(layers)} interspace convs exported in BASIS form: basis conv (k*k filters) + '
+            f'{n}:{m} 1x1 conv, built by SparseResNet(sparsity.deploy=True), so deploy_config.py '
+            'imports spre_mmdet' +
+            (f'; {unstructured} have unstructured coefficients and are not {n}:{m}'
+             if unstructured else '') +
+            '. For a stock mmdet checkpoint (dense k x k convs) export with '
+            'interspace_form="merged".')
+
+
+def _check_loadable(cfg: Config, state: Dict[str, torch.Tensor]) -> None:
+    """The deploy config builds a model that takes the deploy state dict exactly."""
+    from mmdet.registry import MODELS
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ExportError('The deploy config does not match the deploy checkpoint (missing: '
+                          f'{result.missing_keys[:3]}, unexpected: {result.unexpected_keys[:3]}). '
+                          'This is a bug; please report it with the training config.')
+
+
 def export_deploy(model: nn.Module, cfg: Config, out_dir: str, force: bool = False,
-                  meta: dict = None) -> Dict[str, str]:
+                  meta: dict = None, interspace_form: str = 'basis') -> Dict[str, str]:
     """Re-parameterize ``model`` and write ``deploy.pth``, ``deploy_config.py`` and
-    ``sparsity_report.txt`` into ``out_dir``. Nothing is written unless all of it succeeds.
+    ``sparsity_report.txt`` into ``out_dir``. Nothing is written unless all of it succeeds,
+    including a check that the written config builds a model taking the checkpoint exactly.
 
     Args:
         model: the trained sparse detector (training-time form).
@@ -100,10 +180,12 @@ def export_deploy(model: nn.Module, cfg: Config, out_dir: str, force: bool = Fal
         out_dir: target directory; must be empty or absent unless ``force``.
         force: replace an existing non-empty ``out_dir``.
         meta: extra metadata stored in the checkpoint.
+        interspace_form: ``'basis'`` or ``'merged'``, for interspace convs (see the module doc).
 
     Returns:
         Paths of the written files.
     """
+    check_interspace_form(interspace_form)
     if osp.isdir(out_dir) and os.listdir(out_dir) and not force:
         raise ExportError(f'{out_dir} is not empty; choose another --out or pass --force to '
                           'replace it.')
@@ -117,27 +199,33 @@ def export_deploy(model: nn.Module, cfg: Config, out_dir: str, force: bool = Fal
                           'from a sparse training run. Export a checkpoint written by a sparse '
                           'config (its state dict has "...sparsity.mask" entries).')
     n, m = layers[0][1].sparsity.n, layers[0][1].sparsity.m
+    kinds = sparse_kinds(model)
+    interspace = [name for name, layer in layers if isinstance(layer, InterspaceConv2d)]
+    merge = bool(interspace) and interspace_form == 'merged'
+    for name in interspace:
+        kinds[name] += MERGED if merge else ''
     was_training = model.training
     model.eval()
-    merged = [name for name, layer in layers if isinstance(layer, InterspaceConv2d)]
-    deploy_model = reparameterize(merge_interspace(model) if merged else model)
+    deploy_model = reparameterize(merge_interspace(model) if merge else model)
     model.train(was_training)
     verify_deploy(model, deploy_model)
-    report = format_report(sparsity_report(deploy_model, n, m))
-    if merged:
-        report += (f'\n{len(merged)} interspace convs are exported merged into dense k x k convs '
-                   '(stock ResNet); their N:M form is basis conv + N:M 1x1 conv '
-                   '(spre_mmdet.sparsity.reparameterize).')
+    report = format_report(sparsity_report(deploy_model, n, m, trained=kinds))
+    summary = interspace_summary(model, interspace_form)
+    if summary:
+        report += '\n' + summary
+    state = {k: v.detach().cpu() for k, v in deploy_model.state_dict().items()}
+    config = deploy_config(cfg, interspace_form)
+    _check_loadable(config, state)
+    meta = dict(meta or {}, sparsity=f'{n}:{m}', deploy=True)
+    if interspace:
+        meta['interspace_form'] = interspace_form
 
     parent = osp.dirname(osp.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.deploy-', dir=parent)
     try:
-        state = {k: v.detach().cpu() for k, v in deploy_model.state_dict().items()}
-        torch.save({'state_dict': state,
-                    'meta': dict(meta or {}, sparsity=f'{n}:{m}', deploy=True)},
-                   osp.join(tmp, 'deploy.pth'))
-        deploy_config(cfg).dump(osp.join(tmp, 'deploy_config.py'))
+        torch.save({'state_dict': state, 'meta': meta}, osp.join(tmp, 'deploy.pth'))
+        config.dump(osp.join(tmp, 'deploy_config.py'))
         with open(osp.join(tmp, 'sparsity_report.txt'), 'w') as f:
             f.write(report + '\n')
         if osp.exists(out_dir):

@@ -5,13 +5,14 @@ For each method this script
 1. trains its toy config through ``tools/train.py`` (one subprocess at a time, same seed, same
    number of epochs; the cosine schedule's end and LBC's ``t_i``/``t_f`` follow the budget),
 2. evaluates with ``tools/test.py``: the re-parameterized deploy checkpoint on its deploy config
-   (stock mmdet ResNet) for sparse methods, the last checkpoint for dense,
+   for sparse methods (stock mmdet ResNet; for interspace, the basis form built by
+   ``SparseResNet(sparsity.deploy=True)``), the last checkpoint for dense,
 3. collects box/segm mAP, the median train-step time (mmengine's ``time`` in
    ``<work_dir>/<timestamp>/vis_data/scalars.json``, warm-up iterations skipped) and the peak
    RSS of the training process (``os.wait4`` rusage of that one child: ``ru_maxrss``), both
    also as a ratio to dense, and checks that every sparse layer of the deploy checkpoint is
-   exactly N:M (``check_nm_tensor``) and that the deploy model has the dense model's
-   parameter count,
+   exactly N:M (``check_nm_tensor``; the 1x1 weight of an interspace layer in basis form) and
+   counts the deploy model's parameters,
 
 and writes ``compare.md``, ``compare.csv`` and ``compare.json`` into the work dir.
 
@@ -138,17 +139,19 @@ def find_metrics(work_dir):
 def deploy_check(state_dict, report_rows, n=2, m=4):
     """Check the layers that were sparse in training (``report_rows``: the work dir's
     ``sparsity_report.json``) in a deploy state dict. Returns ``(valid, checked, merged,
-    problems)``; interspace layers exported merged (dense k x k) are counted in ``merged``."""
+    problems)``. An interspace layer in basis form is checked on its 1x1 weight
+    (``<name>.gemm.weight``); one exported merged (dense k x k) is counted in ``merged``."""
     from spre_mmdet.sparsity import check_nm_tensor
     valid = checked = merged = 0
     problems = []
     for row in report_rows:
         if row.get('kind', 'dense') == 'dense':
             continue
-        if row['kind'].endswith('+ip') or 'interspace' in row['kind']:
+        basis_key = row['name'] + '.gemm.weight'
+        if row['kind'].endswith('+ip') and basis_key not in state_dict:
             merged += 1
             continue
-        key = row['name'] + '.weight'
+        key = basis_key if basis_key in state_dict else row['name'] + '.weight'
         checked += 1
         if key not in state_dict:
             problems.append(f'{key}: missing from the deploy checkpoint')

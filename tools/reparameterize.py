@@ -1,10 +1,15 @@
 """Re-parameterize a sparse training checkpoint into a plain N:M mmdet detector.
 
     python tools/reparameterize.py CONFIG CHECKPOINT --out DIR [--force] [--finish-by-magnitude]
+        [--interspace-form {basis,merged}]
 
 Writes DIR/deploy.pth (weights exactly N:M, SpRe branches folded), DIR/deploy_config.py (stock
 mmdet ResNet; does not import spre_mmdet) and DIR/sparsity_report.txt. Then evaluate it with
 stock mmdet: python tools/test.py DIR/deploy_config.py DIR/deploy.pth
+
+Interspace convs are written in basis form by default (basis conv + N:M 1x1 conv; the config
+then keeps SparseResNet(sparsity.deploy=True) and imports spre_mmdet); --interspace-form merged
+writes them as dense k x k convs of a stock ResNet instead. The report says which was used.
 """
 import argparse
 import os.path as osp
@@ -14,7 +19,7 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
 import spre_mmdet  # noqa: E402,F401  (must come first: safe checkpoint loading)
 from spre_mmdet.compat import run_tool  # noqa: E402
-from spre_mmdet.deploy import ExportError, export_deploy  # noqa: E402
+from spre_mmdet.deploy import INTERSPACE_FORMS, ExportError, export_deploy  # noqa: E402
 from spre_mmdet.sparsity import NotFinalError, sparse_layers  # noqa: E402
 
 from mmengine.config import Config, DictAction  # noqa: E402
@@ -32,6 +37,9 @@ def parse_args():
     parser.add_argument('--finish-by-magnitude', action='store_true',
                         help='end unfinished mask schedules (LBC before t_f) now, keeping the '
                         'best subset of each group, instead of refusing to export')
+    parser.add_argument('--interspace-form', choices=INTERSPACE_FORMS, default='basis',
+                        help='interspace convs as basis conv + N:M 1x1 (basis, default) or as '
+                        'merged dense k x k convs of a stock ResNet (merged)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, as in tools/train.py')
     return parser.parse_args()
@@ -57,13 +65,14 @@ def main():
                 print(f'{name}: schedule ended early, mask finished by magnitude')
     meta = dict(source_checkpoint=osp.basename(args.checkpoint),
                 iter=checkpoint.get('meta', {}).get('iter'))
-    paths = export_deploy(model, cfg, args.out, force=args.force, meta=meta)
+    paths = export_deploy(model, cfg, args.out, force=args.force, meta=meta,
+                          interspace_form=args.interspace_form)
     with open(paths['sparsity_report.txt']) as f:
         print(f.read())
     print('Deploy model written:')
     for path in paths.values():
         print(f'  {path}')
-    print(f'Evaluate with stock mmdet: python tools/test.py {paths["deploy_config.py"]} '
+    print(f'Evaluate it: python tools/test.py {paths["deploy_config.py"]} '
           f'{paths["deploy.pth"]}')
 
 

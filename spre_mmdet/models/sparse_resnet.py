@@ -6,8 +6,9 @@ from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
-from ..sparsity import (SpReBatchNorm2d, check_nm, initialize_masks, interspace_layer,
-                        sparse_layers, sparsify_layer)
+from ..sparsity import (InterspaceDeployConv2d, SpReBatchNorm2d, check_nm, initialize_masks,
+                        interspace_incompatibility, interspace_layer, sparse_layers,
+                        sparsify_layer)
 
 DEFAULT_SPARSITY = dict(
     n=2,
@@ -20,6 +21,9 @@ DEFAULT_SPARSITY = dict(
     interspace=None,
     # which of layer1..layer4 are made sparse (the stem can never be: 3 input channels)
     stages=(True, True, True, True),
+    # build the re-parameterized structure instead (set by the exported deploy config): plain
+    # convs, interspace convs in their basis conv + N:M 1x1 form; no masks, no learners
+    deploy=False,
 )
 
 
@@ -37,7 +41,9 @@ class SparseResNet(ResNet):
             ``spre``: None or dict(rep_gamma=0.0, spatial_interval=1) to add SpRe's branch to
             every k x k conv; ``interspace``: None or dict(pruning='nm', ...) to make every
             k x k conv an interspace (filter-basis) conv with N:M coefficients (not together
-            with ``spre``); ``stages``: 4 bools. See ``DEFAULT_SPARSITY``.
+            with ``spre``); ``stages``: 4 bools; ``deploy``: build the re-parameterized
+            structure to load a deploy checkpoint into (what ``spre_mmdet.deploy`` writes for
+            interspace convs kept in their N:M basis form). See ``DEFAULT_SPARSITY``.
         All other arguments are those of :class:`mmdet.models.backbones.ResNet`.
 
     Frozen stages (``frozen_stages >= i``) never update: their N:M mask is the one-shot
@@ -58,7 +64,26 @@ class SparseResNet(ResNet):
                              f'{sorted(DEFAULT_SPARSITY)}.')
         self.n, self.m = check_nm(cfg['n'], cfg['m'])
         self.sparsity_cfg = cfg
-        self._sparsify(cfg)
+        if cfg['deploy']:
+            self._build_deploy(cfg)
+        else:
+            self._sparsify(cfg)
+
+    def _build_deploy(self, cfg: dict) -> None:
+        """The structure ``reparameterize`` gives: every conv plain except the interspace
+        ones, which become :class:`InterspaceDeployConv2d` shells (same layers as training)."""
+        interspace = cfg['interspace']
+        if interspace is None:
+            return  # every deployed layer is a plain conv: the stock ResNet structure
+        pruning = interspace.get('pruning', 'nm')
+        for stage, layer_name in enumerate(self.res_layers, start=1):
+            if not cfg['stages'][stage - 1]:
+                continue
+            for block in getattr(self, layer_name):
+                for conv_name, _ in self._conv_norm_pairs(block):
+                    conv = getattr(block, conv_name)
+                    if interspace_incompatibility(conv, self.m, pruning) is None:
+                        setattr(block, conv_name, InterspaceDeployConv2d.from_conv(conv))
 
     def _sparsify(self, cfg: dict) -> None:
         learner = dict(cfg['learner'])
@@ -111,6 +136,9 @@ class SparseResNet(ResNet):
         for name, reason in dense.items():
             print_log(f'{name} stays dense: {reason}', logger='current')
 
+    def _num_deploy_interspace(self) -> int:
+        return sum(isinstance(m, InterspaceDeployConv2d) for m in self.modules())
+
     @staticmethod
     def _conv_norm_pairs(block):
         index = 1
@@ -128,6 +156,11 @@ class SparseResNet(ResNet):
             for module in self.modules():
                 if isinstance(module, SpReBatchNorm2d):
                     module.rep_bn.weight.data.fill_(rep_gamma)
+        if self.sparsity_cfg['deploy']:
+            print_log(f'SparseResNet (deploy): {self._num_deploy_interspace()} interspace convs '
+                      f'in basis conv + {self.n}:{self.m} 1x1 form, all other convs plain',
+                      logger='current')
+            return
         initialize_masks(self)
         structure = [name for name in ('spre', 'interspace')
                      if self.sparsity_cfg[name] is not None]

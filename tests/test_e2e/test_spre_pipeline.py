@@ -4,37 +4,22 @@ train -> resume -> re-parameterize -> stock mmdet loads and evaluates the deploy
 The training runs are shared by the tests of this module (module-scoped fixtures) to keep the
 suite fast; each test asserts one property.
 """
-import ast
 import json
-import os
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
-from spre_mmdet.datasets.synthetic_coco import generate_synthetic_coco
+from e2e_tools import (REPO, check, load_state, logged_metric, run, stock_metrics,
+                       tiny_run_config, tool_env)
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 SPRE_TOY = REPO / 'configs' / 'toy' / 'mask_rcnn_r18_spre_2x4_toy.py'
 
-CONFIG = '''
-_base_ = {base!r}
+OVERRIDES = '''
 custom_imports = dict(imports=['spre_mmdet', 'epoch_seed_hook', 'rank_dump_hook'],
                       allow_failed_imports=False)
-data_root = {root!r}
-train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root))
-val_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
-test_evaluator = val_evaluator
 train_cfg = dict(max_epochs=2, val_interval=100)
-param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4)]
-default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=3),
-                     logger=dict(interval=1))
 custom_hooks = [
     dict(type='EpochSeedHook'),
     dict(type='SparsityHook', log_interval=1),
@@ -44,30 +29,12 @@ custom_hooks = [
 '''
 
 
-def run(args, env, cwd=REPO, timeout=900):
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=timeout)
-    return result
-
-
-def check(result):
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
     """Tiny dataset, test config and environment shared by this module."""
     root = tmp_path_factory.mktemp('e2e')
-    data = root / 'toy_coco'
-    generate_synthetic_coco(str(data), num_train=8, num_val=4, seed=3)
-    config = root / 'spre_toy_tiny.py'
-    config.write_text(CONFIG.format(base=str(SPRE_TOY), root=str(data) + '/'))
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join([str(REPO), str(HERE), env.get('PYTHONPATH', '')])
-    env['OMP_NUM_THREADS'] = '1'
-    env.pop('SPRE_MMDET_TRUST_CHECKPOINTS', None)
-    return dict(root=root, data=data, config=config, env=env)
+    config = tiny_run_config(root, SPRE_TOY, OVERRIDES, seed=3)
+    return dict(root=root, config=config, env=tool_env())
 
 
 @pytest.fixture(scope='module')
@@ -80,10 +47,6 @@ def trained(world):
     check(run(['tools/train.py', world['config'], '--work-dir', part, '--resume'],
               world['env']))
     return dict(full=full, part=part)
-
-
-def load_state(path):
-    return torch.load(path, map_location='cpu', weights_only=True)['state_dict']
 
 
 def test_resume_equals_uninterrupted(trained):
@@ -164,11 +127,6 @@ def test_deploy_equals_training_model(world, trained, exported):
         assert torch.equal(a.pred_instances.labels, b.pred_instances.labels)
 
 
-def parse_metrics(stdout):
-    line = [l for l in stdout.splitlines() if l.startswith('STOCK_MMDET_METRICS')][-1]
-    return ast.literal_eval(line.split(' ', 1)[1])
-
-
 def test_stock_mmdet_evaluates_deploy_with_same_map(world, trained, exported):
     """Stock mmdet (spre_mmdet import blocked) loads the deploy checkpoint; its COCO bbox/segm
     mAP equals tools/test.py's on the training-time sparse checkpoint."""
@@ -177,12 +135,10 @@ def test_stock_mmdet_evaluates_deploy_with_same_map(world, trained, exported):
                       world['env']))
     ours = check(run(['tools/test.py', world['config'], trained['full'] / 'epoch_2.pth',
                       '--work-dir', world['root'] / 'sparse_test'], world['env']))
-    stock_map = parse_metrics(stock.stdout)
+    stock_map = stock_metrics(stock.stdout)
     assert 'coco/bbox_mAP' in stock_map and 'coco/segm_mAP' in stock_map
     for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP_50'):
-        printed = [l for l in (ours.stdout + ours.stderr).splitlines() if f'{key}:' in l]
-        assert printed, key
-        value = float(printed[-1].split(f'{key}:')[1].split()[0])
+        value = logged_metric(ours, key)
         assert abs(value - stock_map[key]) < 1e-3, (key, value, stock_map[key])
 
 

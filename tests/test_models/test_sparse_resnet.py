@@ -4,9 +4,9 @@ import torch
 from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 
-from spre_mmdet.sparsity import (InterspaceConv2d, SparseConv2d, SpReBatchNorm2d, SpReConv2d,
-                                 check_nm_tensor, nm_mask, refresh_masks, reparameterize,
-                                 sparse_layers)
+from spre_mmdet.sparsity import (InterspaceConv2d, InterspaceDeployConv2d, SparseConv2d,
+                                 SpReBatchNorm2d, SpReConv2d, check_nm_tensor, nm_mask,
+                                 refresh_masks, reparameterize, sparse_layers)
 
 
 def build(**kwargs):
@@ -66,6 +66,48 @@ def test_resnet_v1d_and_interspace_and_stages_option():
     deployed = reparameterize(model)
     for a, b in zip(model(x), deployed(x)):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('pruning', ['nm', 'unstructured'])
+def test_deploy_structure_takes_the_interspace_basis_form(pruning):
+    """sparsity.deploy=True builds exactly the structure reparameterize gives (interspace convs
+    as InterspaceDeployConv2d in the same places, everything else plain): the deploy state dict
+    loads strictly and the output equals the training-time backbone (rtol 1e-4, atol 1e-5)."""
+    learner = dict(type='srste' if pruning == 'nm' else 'asp')
+    sparsity = dict(interspace=dict(pruning=pruning), stages=(False, True, True, True),
+                    learner=learner)
+    model = build(depth=18, frozen_stages=2, sparsity=sparsity)
+    model.init_weights()
+    with torch.no_grad():  # a trained basis, not the pixel basis
+        for layer in model.modules():
+            if isinstance(layer, InterspaceConv2d):
+                layer.basis.add_(0.1 * torch.randn_like(layer.basis))
+    model.eval()
+    deployed = reparameterize(model)
+    shell = build(depth=18, frozen_stages=2, sparsity=dict(sparsity, deploy=True))
+    shell.eval()  # mmdet's ResNet.train returns None
+    assert not any(True for _ in sparse_layers(shell))
+    kinds = {name: type(module).__name__ for name, module in deployed.named_modules()}
+    assert kinds == {name: type(module).__name__ for name, module in shell.named_modules()}
+    assert sum(k == 'InterspaceDeployConv2d' for k in kinds.values()) == 12  # layer2-4 3x3s
+    shell.load_state_dict(deployed.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model(x), shell(x)):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    if pruning == 'nm':
+        for module in shell.modules():
+            if isinstance(module, InterspaceDeployConv2d):
+                assert check_nm_tensor(module.gemm.weight, 2, 4).ok
+
+
+def test_deploy_structure_without_interspace_is_the_stock_resnet():
+    """Without interspace, sparsity.deploy=True has the stock ResNet's modules and keys."""
+    shell = build(depth=18, sparsity=dict(spre=dict(), deploy=True))
+    stock = ResNet(depth=18)
+    assert shell.state_dict().keys() == stock.state_dict().keys()
+    assert not any(isinstance(m, (InterspaceDeployConv2d, SparseConv2d, SpReBatchNorm2d))
+                   for m in shell.modules())
 
 
 @pytest.mark.parametrize('sparsity, message', [

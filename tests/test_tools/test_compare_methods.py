@@ -69,14 +69,18 @@ def test_find_metrics_reads_test_log_and_skips_broken_lines(cm, tmp_path):
 def test_deploy_check_counts_valid_invalid_and_merged(cm):
     good = torch.tensor([[1., 0., 2., 0.], [0., 3., 0., 4.]]).view(2, 4, 1, 1)
     bad = torch.ones(2, 4, 1, 1)
-    state = {'backbone.a.weight': good, 'backbone.b.weight': bad}
+    state = {'backbone.a.weight': good, 'backbone.b.weight': bad,
+             'backbone.d.weight': bad.expand(2, 4, 3, 3),  # interspace, merged
+             'backbone.e.basis_conv.weight': torch.ones(9, 1, 1, 3, 3),  # interspace, basis
+             'backbone.e.gemm.weight': good}
     report = [dict(name='backbone.stem', kind='dense'),
               dict(name='backbone.a', kind='srste'),
               dict(name='backbone.b', kind='srste+spre'),
               dict(name='backbone.c', kind='srste'),
-              dict(name='backbone.d', kind='srste+ip')]
+              dict(name='backbone.d', kind='srste+ip'),
+              dict(name='backbone.e', kind='srste+ip')]
     valid, checked, merged, problems = cm.deploy_check(state, report)
-    assert (valid, checked, merged) == (1, 3, 1)
+    assert (valid, checked, merged) == (2, 4, 1)
     assert len(problems) == 2 and 'backbone.b.weight' in problems[0]
     assert 'missing' in problems[1]
     assert cm.count_params({'w': good, 'bn.running_mean': torch.zeros(3),
