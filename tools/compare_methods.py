@@ -36,6 +36,7 @@ import time
 from fractions import Fraction
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)  # spre_mmdet from this checkout, as the other tools do
 
 CONFIGS = {
     'dense': 'configs/mask_rcnn_r18_dense_toy.py',
