@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import assert_nm_pattern
 from spre_mmdet.sparsity import (check_nm_tensor, refresh_masks, reparameterize, sparse_kinds,
                                  sparsify_layer, sparsity_report)
 from spre_mmdet.sparsity.interspace import (InterspaceConv2d, InterspaceDeployConv2d,
@@ -121,7 +122,8 @@ def test_deploy_forms_match_training_layer(method, variant):
 
 @pytest.mark.parametrize('n,m', [(2, 4), (1, 4), (2, 8), (4, 8)])
 def test_deploy_gemm_weight_is_nm(n, m):
-    """The deploy 1x1 weight (O, k*k*C, 1, 1), basis-index major, passes check_nm_tensor."""
+    """The deploy 1x1 weight (O, k*k*C, 1, 1), basis-index major, is exactly N:M by
+    check_nm_tensor and by the tests' independent group walk."""
     layer = InterspaceConv2d.from_dense(make_conv(c=16, padding=1), 'srste', n, m)
     train_steps(layer, c=16)
     refresh_masks(nn.Sequential(layer), 5)
@@ -130,7 +132,7 @@ def test_deploy_gemm_weight_is_nm(n, m):
     assert gemm.weight.shape == (12, 16 * 9, 1, 1)
     check = check_nm_tensor(gemm.weight, n, m)
     assert check.ok, check.explain()
-    assert (gemm.weight != 0).sum() == 12 * 9 * 16 * n // m  # exactly N per group
+    assert_nm_pattern(gemm.weight, n, m, exact=True)  # the tests' own loop-based check
     # the basis is stored once, (k*k, 1, 1, kh, kw), and is the trained F
     torch.testing.assert_close(deploy.basis_conv.weight.reshape(9, 3, 3), layer.basis,
                                atol=0, rtol=0)
