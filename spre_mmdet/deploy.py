@@ -24,9 +24,9 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
-from .sparsity import (MERGED, InterspaceConv2d, InterspaceDeployConv2d, check_nm_tensor, format_report,
-                       merge_interspace, reparameterize, sparse_kinds, sparse_layers,
-                       sparsity_report)
+from .sparsity import (MERGED, InterspaceConv2d, InterspaceDeployConv2d, check_nm_tensor,
+                       format_report, merge_interspace, reparameterize, sparse_kinds,
+                       sparse_layers, sparsity_report)
 
 #: sparse module types of this package -> the stock mmdet types their deploy form fits
 STOCK_TYPES = {'SparseResNet': 'ResNet', 'NMShared2FCBBoxHead': 'Shared2FCBBoxHead'}
@@ -69,6 +69,7 @@ def _to_stock(node, interspace_form: str) -> int:
 
 
 def check_interspace_form(interspace_form: str) -> None:
+    """Raise :class:`ExportError` naming the choices unless ``interspace_form`` is one."""
     if interspace_form not in INTERSPACE_FORMS:
         raise ExportError(f'Unknown interspace_form {interspace_form!r}; choose one of '
                           f'{INTERSPACE_FORMS} (basis: N:M basis conv + 1x1, merged: dense k x k '
@@ -161,10 +162,15 @@ def _check_loadable(cfg: Config, state: Dict[str, torch.Tensor]) -> None:
     """The deploy config builds a model that takes the deploy state dict exactly."""
     from mmdet.registry import MODELS
     model = MODELS.build(copy.deepcopy(cfg.model))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ExportError('The deploy config does not match the deploy checkpoint (missing: '
-                          f'{result.missing_keys[:3]}, unexpected: {result.unexpected_keys[:3]}). '
+    try:
+        result = model.load_state_dict(state, strict=False)
+        problem = (f'missing: {result.missing_keys[:3]}, unexpected: '
+                   f'{result.unexpected_keys[:3]}'
+                   if result.missing_keys or result.unexpected_keys else None)
+    except RuntimeError as e:  # shape mismatches
+        problem = str(e).splitlines()[-1].strip()
+    if problem:
+        raise ExportError(f'The deploy config does not match the deploy checkpoint ({problem}). '
                           'This is a bug; please report it with the training config.')
 
 

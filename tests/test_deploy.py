@@ -107,3 +107,14 @@ def test_non_interspace_config_ignores_the_form(repo_root):
     basis, merged = deploy_config(cfg, 'basis'), deploy_config(cfg, 'merged')
     assert basis.to_dict() == merged.to_dict()
     assert basis.model.backbone.type == 'ResNet' and 'custom_imports' not in basis
+
+
+def test_config_that_does_not_fit_the_checkpoint_is_refused(ip_detector, tmp_path):
+    """If the written config would not build the exported structure (here: the config says no
+    interspace), the export fails with ExportError before writing anything."""
+    cfg, model = ip_detector
+    wrong = Config(cfg.to_dict())
+    wrong.model.backbone.sparsity.interspace = None
+    with pytest.raises(ExportError, match='does not match the deploy checkpoint'):
+        export_deploy(model, wrong, str(tmp_path / 'out'))
+    assert not (tmp_path / 'out').exists() and list(tmp_path.iterdir()) == []

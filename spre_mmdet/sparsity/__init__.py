@@ -16,12 +16,13 @@ from .spre import SpReBatchNorm2d, SpReConv2d, fold_batchnorm, spatial_mask
 from .srste import SRSTEFunction, srste
 
 __all__ = [
-    'InterspaceConv2d', 'InterspaceDeployConv2d', 'interspace_incompatibility', 'interspace_layer', 'merge_interspace',
-    'pixel_basis', 'LBCMask', 'cubic_survivors', 'subset_matrix',
-    'MERGED', 'LayerReport', 'NotFinalError', 'format_report', 'initialize_masks', 'refresh_masks',
-    'reparameterize', 'sparse_kinds', 'sparse_layers', 'sparsify_layer', 'sparsity_report', 'SparseConv2d',
-    'SparseLayerMixin', 'SparseLinear', 'FixedMask', 'MaskLearner', 'SRSTEMask',
-    'build_learner', 'register_learner', 'NMCheck', 'check_nm', 'check_nm_tensor',
-    'from_groups', 'nm_incompatibility', 'nm_mask', 'to_groups', 'unstructured_mask',
-    'SpReBatchNorm2d', 'SpReConv2d', 'fold_batchnorm', 'spatial_mask', 'SRSTEFunction', 'srste'
+    'InterspaceConv2d', 'InterspaceDeployConv2d', 'interspace_incompatibility',
+    'interspace_layer', 'merge_interspace', 'pixel_basis', 'LBCMask', 'cubic_survivors',
+    'subset_matrix', 'MERGED', 'LayerReport', 'NotFinalError', 'format_report',
+    'initialize_masks', 'refresh_masks', 'reparameterize', 'sparse_kinds', 'sparse_layers',
+    'sparsify_layer', 'sparsity_report', 'SparseConv2d', 'SparseLayerMixin', 'SparseLinear',
+    'FixedMask', 'MaskLearner', 'SRSTEMask', 'build_learner', 'register_learner', 'NMCheck',
+    'check_nm', 'check_nm_tensor', 'from_groups', 'nm_incompatibility', 'nm_mask', 'to_groups',
+    'unstructured_mask', 'SpReBatchNorm2d', 'SpReConv2d', 'fold_batchnorm', 'spatial_mask',
+    'SRSTEFunction', 'srste'
 ]
