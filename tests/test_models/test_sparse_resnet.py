@@ -135,3 +135,32 @@ def test_m_that_divides_no_layer_is_refused():
     """An M that divides the input channels of no selected layer is an error, not a dense run."""
     with pytest.raises(ValueError, match='M=3 divides the input channels of no'):
         build(depth=18, sparsity=dict(n=1, m=3))
+
+
+def test_interspace_with_lbc_learner_finishes_and_deploys_exactly_nm():
+    """Interspace + LBC on the coefficients: after t_f every mask is final, the deployed 1x1
+    weights are exactly 2:4 and the deploy backbone equals the trained one (atol 1e-5)."""
+    torch.manual_seed(0)
+    model = build(depth=18, base_channels=16,  # a narrow R-18: LBC is costly on CPU
+                  sparsity=dict(interspace=dict(pruning='nm'),
+                                learner=dict(type='lbc', t_i=0, t_f=4)))
+    model.init_weights()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for iteration in range(6):
+        refresh_masks(model, iteration)
+        loss = sum(out.square().mean() for out in model(torch.randn(2, 3, 32, 32)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    layers = dict(sparse_layers(model))
+    assert sum(isinstance(layer, InterspaceConv2d) for layer in layers.values()) == 16
+    assert all(layer.sparsity.is_final for layer in layers.values())
+    model.eval()
+    deployed = reparameterize(model)
+    for module in deployed.modules():
+        if isinstance(module, InterspaceDeployConv2d):
+            assert check_nm_tensor(module.gemm.weight, 2, 4).ok
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(model(x), deployed(x)):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
