@@ -5,12 +5,16 @@ SR-STE recomputes every mask once per training iteration, so this is a per-itera
     python benchmarks/mask_speed.py [--n 2 --m 4 --repeats 5 --device cpu]
 """
 import argparse
+import os.path as osp
 import statistics
+import sys
 import time
 
 import torch
 
-from spre_mmdet.sparsity import nm_incompatibility, nm_mask
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this checkout
+
+from spre_mmdet.sparsity import nm_incompatibility, nm_mask  # noqa: E402
 
 
 def resnet50_conv_weights():

@@ -34,6 +34,7 @@ import time
 import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)  # spre_mmdet from this checkout
 
 CONFIGS = {
     'r50': {

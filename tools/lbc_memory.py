@@ -11,10 +11,14 @@ of the weights, of LBC's scores (``groups x C(M, N)``), of the ``alive`` (bool) 
 """
 import argparse
 import math
+import os.path as osp
+import sys
 import time
 
 import torch
 from torch import nn
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this checkout
 
 MB = 2 ** 20
 

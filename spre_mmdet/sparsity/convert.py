@@ -66,9 +66,11 @@ def sparsify_layer(parent: nn.Module, name: str, method: str, n: int, m: int,
         norm = getattr(parent, norm_name)
         if type(norm) is not nn.BatchNorm2d:
             raise TypeError(f'SpRe needs {name} followed by nn.BatchNorm2d, got {norm}.')
-        setattr(parent, name, SpReConv2d.from_dense(layer, method, n, m, spatial_interval,
-                                                    **learner_kwargs))
-        setattr(parent, norm_name, SpReBatchNorm2d.from_dense(norm, name, rep_gamma))
+        conv = SpReConv2d.from_dense(layer, method, n, m, spatial_interval, **learner_kwargs)
+        norm = SpReBatchNorm2d.from_dense(norm, name, rep_gamma)
+        conv.pair(norm)
+        setattr(parent, name, conv)
+        setattr(parent, norm_name, norm)
     elif isinstance(layer, nn.Conv2d):
         setattr(parent, name, SparseConv2d.from_dense(layer, method, n, m, **learner_kwargs))
     else:

@@ -11,6 +11,12 @@ branch keeps the dense layer's state-dict keys:
   channels, ``[main | rep]``: stacking the two weights costs one kernel launch instead of two.
 * :class:`SpReBatchNorm2d` (replaces the norm) normalizes each half with its own BN and sums.
 
+When both BNs normalize with running statistics (eval mode; in detection fine-tuning that is
+every training step, since mmdet's ResNet keeps its BNs in eval with ``norm_eval=True``), the
+block is linear after the conv. The pair then runs as one ``O``-channel conv with the weight
+``K_main + K_rep`` folded from the live parameters, and the BN adds ``c_main + c_rep``: the same
+function and the same gradients as the two branches, at the cost of the plain N:M conv.
+
 After training, :meth:`SpReBatchNorm2d.fold` merges the pair into a plain conv whose weight is
 exactly N:M (its support lies inside ``B``) and a BN that only adds the folded bias.
 """
@@ -36,13 +42,19 @@ def spatial_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return ((total - kept) * m < (m - n) * total).to(weight.dtype)
 
 
-def fold_batchnorm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fold an eval-mode BN into the preceding bias-free conv: ``(K, c)``."""
+def batchnorm_affine(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BN as ``y = x * scale + shift`` (differentiable in ``gamma``, ``beta``)."""
     std = torch.sqrt(bn.running_var + bn.eps)
     gamma = bn.weight if bn.affine else torch.ones_like(std)
     beta = bn.bias if bn.affine else torch.zeros_like(std)
     scale = gamma / std
-    return weight * scale.reshape(-1, 1, 1, 1), beta - bn.running_mean * scale
+    return scale, beta - bn.running_mean * scale
+
+
+def fold_batchnorm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BN into the preceding bias-free conv: ``(K, c)``."""
+    scale, shift = batchnorm_affine(bn)
+    return weight * scale.reshape(-1, 1, 1, 1), shift
 
 
 class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
@@ -86,9 +98,17 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
         """``W_rep * B * S``; ``B`` and ``S`` are constants (no gradient flows through them)."""
         return self.weight_rep * (self.sparsity.mask * self.spatial)
 
+    def pair(self, norm: 'SpReBatchNorm2d') -> None:
+        """Link the BN that follows this conv, so that the pair can run as one conv while that
+        BN uses running statistics. Not a submodule: no state-dict keys, no double visits."""
+        object.__setattr__(self, '_paired_norm', norm)
+
     def forward(self, x):
+        norm = self.__dict__.get('_paired_norm')
+        if norm is not None and norm.uses_running_stats:
+            return self._conv_forward(x, norm.fused_weight(self), None)  # O channels
         weight = torch.cat([self.sparsity(self.weight), self.rep_weight()])
-        return self._conv_forward(x, weight, None)
+        return self._conv_forward(x, weight, None)  # 2 * O channels: [main | rep]
 
     def to_deploy(self):
         raise RuntimeError('A SpReConv2d is deployed together with its SpReBatchNorm2d: use '
@@ -123,7 +143,32 @@ class SpReBatchNorm2d(nn.BatchNorm2d):
         norm.train(bn.training)
         return norm
 
+    @property
+    def uses_running_stats(self) -> bool:
+        """Both BNs normalize with running statistics (eval mode, statistics tracked)."""
+        return all(not bn.training and bn.running_mean is not None
+                   for bn in (self, self.rep_bn))
+
+    def _scales_and_bias(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``gamma / std`` of each BN and the summed folded bias, differentiable in the BN
+        parameters (running statistics are constants)."""
+        main_scale, main_shift = batchnorm_affine(self)
+        rep_scale, rep_shift = batchnorm_affine(self.rep_bn)
+        return main_scale, rep_scale, main_shift + rep_shift
+
+    def fused_weight(self, conv: SpReConv2d) -> torch.Tensor:
+        """``K_main + K_rep`` from the live parameters (the fused path's conv weight)."""
+        main_scale, rep_scale, _ = self._scales_and_bias()
+        return (conv.sparsity(conv.weight) * main_scale.view(-1, 1, 1, 1) +
+                conv.rep_weight() * rep_scale.view(-1, 1, 1, 1))
+
     def forward(self, x):
+        if x.shape[1] == self.num_features:  # the paired conv already applied both scales
+            if not self.uses_running_stats:
+                raise RuntimeError('SpReBatchNorm2d got the fused O-channel output while a BN is '
+                                   'in training mode; the paired conv decides the same way, so '
+                                   'the pair was changed between conv and BN.')
+            return x + self._scales_and_bias()[2].view(1, -1, 1, 1)
         main, rep = x.chunk(2, dim=1)
         return super().forward(main) + self.rep_bn(rep)
 

@@ -1,4 +1,6 @@
 """SpRe: the spatial mask S, the training-time block and its fold (SPEC section 4)."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -245,3 +247,54 @@ def test_spre_argument_errors():
         SpReConv2d.from_dense(nn.Conv2d(8, 8, 3, bias=False), 'srste', 2, 4, spatial_interval=0)
     with pytest.raises(RuntimeError, match='fold'):
         _spre_block().conv.to_deploy()
+
+
+def _unpaired_copy(block):
+    """The same block with the conv-BN link removed: always the two-branch path."""
+    twin = copy.deepcopy(block)
+    del twin.conv.__dict__['_paired_norm']
+    return twin
+
+
+def test_eval_statistics_pair_runs_as_one_conv_with_same_output_and_gradients():
+    """With both BNs on running statistics (norm_eval), the pair runs as one O-channel conv;
+    output and every gradient (W, W_rep, both BNs' gamma and beta) equal the two-branch path
+    (float32, summed in another order: within 1e-5 of each tensor's largest magnitude)."""
+    block = _spre_block(rep_gamma=0.7)
+    _train_spre(block)  # non-trivial running statistics, S and masks
+    refresh_masks(block, 6)
+    block.zero_grad(set_to_none=True)
+    twin = _unpaired_copy(block)
+    x = torch.randn(4, 8, 9, 9) * 2
+    assert block.conv(x).shape[1] == 8 and twin.conv(x).shape[1] == 16
+    target = torch.randn(4, 8, 9, 9)
+    outputs = []
+    for model in (block, twin):
+        y = model(x)
+        (y * target).sum().backward()
+        outputs.append(y.detach())
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0,
+                               atol=1e-5 * outputs[1].abs().max().item())
+    grads = [(block.conv.weight, twin.conv.weight), (block.conv.weight_rep, twin.conv.weight_rep),
+             (block.bn.weight, twin.bn.weight), (block.bn.bias, twin.bn.bias),
+             (block.bn.rep_bn.weight, twin.bn.rep_bn.weight),
+             (block.bn.rep_bn.bias, twin.bn.rep_bn.bias)]
+    for ours, reference in grads:
+        assert reference.grad.abs().sum() > 0
+        torch.testing.assert_close(ours.grad, reference.grad, rtol=0,
+                                   atol=1e-5 * reference.grad.abs().max().item())
+
+
+def test_training_statistics_keep_two_branches_and_link_survives_deepcopy():
+    """Train-mode BN: the conv emits [main | rep] (2*O channels); a deep copy links its conv to
+    its own BN copy; a fused output reaching a train-mode BN is refused."""
+    block = _spre_block()
+    block.train()
+    x = torch.randn(2, 8, 5, 5)
+    assert block.conv(x).shape[1] == 16
+    twin = copy.deepcopy(block)
+    assert twin.conv.__dict__['_paired_norm'] is twin.bn
+    assert 'conv._paired_norm' not in dict(block.named_modules())
+    assert not any('paired' in key for key in block.state_dict())
+    with pytest.raises(RuntimeError, match='fused'):
+        block.bn(torch.randn(2, 8, 5, 5))
