@@ -58,7 +58,8 @@ def fold_batchnorm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> Tuple[torch.Tens
 
 
 class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
-    """Main N:M conv plus SpRe's extra branch; outputs ``[main | rep]`` (``2 * O`` channels).
+    """Main N:M conv plus SpRe's extra branch; outputs ``[main | rep]`` (``2 * O`` channels), or,
+    while its paired BN uses running statistics, the ``O``-channel conv with the folded weight.
 
     Attributes:
         weight_rep: the extra branch's full ``k x k`` weight (kaiming normal, fan_in).
