@@ -1,5 +1,6 @@
 """spre_mmdet.compat: safe checkpoint loading, CPU DDP, torchvision:// and tool errors."""
 import copy
+import gc
 import os
 import os.path as osp
 import subprocess
@@ -196,6 +197,7 @@ def test_cpu_ddp_wrapper_drops_device_ids_and_syncbn(free_port, monkeypatch):
         monkeypatch.setenv(key, value)
     with pytest.warns(UserWarning, match='gloo'):
         dist_utils.init_dist('pytorch', backend='nccl')  # mmengine's default
+    ddp = None
     try:
         assert dist.get_backend() == 'gloo'
         model = nn.Sequential(nn.Linear(2, 4), nn.SyncBatchNorm(4))
@@ -205,6 +207,10 @@ def test_cpu_ddp_wrapper_drops_device_ids_and_syncbn(free_port, monkeypatch):
         assert not any(isinstance(m, nn.SyncBatchNorm) for m in ddp.modules())
         ddp(torch.randn(3, 2)).sum().backward()
     finally:
+        # DDP's reducer holds the process group: release it while the group is alive. Freed
+        # after destroy_process_group, the gloo group's destructor can hang joining its threads.
+        del ddp
+        gc.collect()
         dist.destroy_process_group()
 
 
