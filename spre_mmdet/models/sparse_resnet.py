@@ -63,6 +63,9 @@ class SparseResNet(ResNet):
             raise ValueError(f'Unknown sparsity options {sorted(unknown)}; valid ones are '
                              f'{sorted(DEFAULT_SPARSITY)}.')
         self.n, self.m = check_nm(cfg['n'], cfg['m'])
+        if len(cfg['stages']) != self.num_stages:
+            raise ValueError(f'sparsity.stages needs {self.num_stages} entries, got '
+                             f'{cfg["stages"]}.')
         self.sparsity_cfg = cfg
         if cfg['deploy']:
             self._build_deploy(cfg)
@@ -76,14 +79,19 @@ class SparseResNet(ResNet):
         if interspace is None:
             return  # every deployed layer is a plain conv: the stock ResNet structure
         pruning = interspace.get('pruning', 'nm')
+        for _, _, block in self._selected_blocks(cfg['stages']):
+            for conv_name, _ in self._conv_norm_pairs(block):
+                conv = getattr(block, conv_name)
+                if interspace_incompatibility(conv, self.m, pruning) is None:
+                    setattr(block, conv_name, InterspaceDeployConv2d.from_conv(conv))
+
+    def _selected_blocks(self, stages: Sequence[bool]):
+        """``(stage, prefix, block)`` for every block of the stages selected by ``stages``:
+        the one walk that both the training and the deploy structure follow."""
         for stage, layer_name in enumerate(self.res_layers, start=1):
-            if not cfg['stages'][stage - 1]:
-                continue
-            for block in getattr(self, layer_name):
-                for conv_name, _ in self._conv_norm_pairs(block):
-                    conv = getattr(block, conv_name)
-                    if interspace_incompatibility(conv, self.m, pruning) is None:
-                        setattr(block, conv_name, InterspaceDeployConv2d.from_conv(conv))
+            if stages[stage - 1]:
+                for block_index, block in enumerate(getattr(self, layer_name)):
+                    yield stage, f'{layer_name}.{block_index}', block
 
     def _sparsify(self, cfg: dict) -> None:
         learner = dict(cfg['learner'])
@@ -92,42 +100,37 @@ class SparseResNet(ResNet):
         if spre is not None and interspace is not None:
             raise ValueError('sparsity.spre and sparsity.interspace are alternative structures '
                              'for the k x k convs: set one of them to None.')
-        stages: Sequence[bool] = cfg['stages']
-        if len(stages) != self.num_stages:
-            raise ValueError(f'sparsity.stages needs {self.num_stages} entries, got {stages}.')
         dense = {}
-        for stage, layer_name in enumerate(self.res_layers, start=1):
-            if not stages[stage - 1]:
-                continue
-            frozen = stage <= self.frozen_stages
-            if frozen:
+        for stage in range(1, min(self.frozen_stages, self.num_stages) + 1):
+            if cfg['stages'][stage - 1]:
                 print_log(
-                    f'{layer_name} is frozen (frozen_stages={self.frozen_stages}): its '
-                    f'{self.n}:{self.m} masks are one-shot magnitude masks of the loaded '
-                    'weights' + (' and SpRe\'s branch is not added there' if spre else '') +
+                    f'{self.res_layers[stage - 1]} is frozen (frozen_stages='
+                    f'{self.frozen_stages}): its {self.n}:{self.m} masks are one-shot magnitude '
+                    'masks of the loaded weights' +
+                    (' and SpRe\'s branch is not added there' if spre else '') +
                     '. Set frozen_stages=0 to train them.', logger='current')
-            for block_index, block in enumerate(getattr(self, layer_name)):
-                prefix = f'{layer_name}.{block_index}'
-                for conv_name, norm_name in self._conv_norm_pairs(block):
-                    conv = getattr(block, conv_name)
-                    spatial = conv.kernel_size != (1, 1)
-                    if interspace is not None and spatial and not interspace_layer(
-                            block, conv_name, method, self.n, self.m, **interspace, **learner):
-                        continue
-                    use_spre = spre is not None and not frozen and spatial
-                    reason = sparsify_layer(block, conv_name, method, self.n, self.m,
-                                            norm_name=norm_name if use_spre else None,
-                                            **(spre if use_spre else {}), **learner)
-                    if reason:
-                        dense[f'{prefix}.{conv_name}'] = reason
-                downsample = block.downsample
-                if downsample is not None:
-                    for name, module in downsample.named_children():
-                        if hasattr(module, 'kernel_size') and hasattr(module, 'weight'):
-                            reason = sparsify_layer(downsample, name, method, self.n, self.m,
-                                                    **learner)
-                            if reason:
-                                dense[f'{prefix}.downsample.{name}'] = reason
+        for stage, prefix, block in self._selected_blocks(cfg['stages']):
+            frozen = stage <= self.frozen_stages
+            for conv_name, norm_name in self._conv_norm_pairs(block):
+                conv = getattr(block, conv_name)
+                spatial = conv.kernel_size != (1, 1)
+                if interspace is not None and spatial and not interspace_layer(
+                        block, conv_name, method, self.n, self.m, **interspace, **learner):
+                    continue
+                use_spre = spre is not None and not frozen and spatial
+                reason = sparsify_layer(block, conv_name, method, self.n, self.m,
+                                        norm_name=norm_name if use_spre else None,
+                                        **(spre if use_spre else {}), **learner)
+                if reason:
+                    dense[f'{prefix}.{conv_name}'] = reason
+            downsample = block.downsample
+            if downsample is not None:
+                for name, module in downsample.named_children():
+                    if hasattr(module, 'kernel_size') and hasattr(module, 'weight'):
+                        reason = sparsify_layer(downsample, name, method, self.n, self.m,
+                                                **learner)
+                        if reason:
+                            dense[f'{prefix}.downsample.{name}'] = reason
         if not any(True for _ in sparse_layers(self)):
             raise ValueError(
                 f'M={self.m} divides the input channels of no selected layer, so nothing can be '

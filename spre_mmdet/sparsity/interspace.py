@@ -195,13 +195,8 @@ class InterspaceConv2d(SparseLayerMixin, nn.Conv2d):
     def to_deploy(self) -> 'InterspaceDeployConv2d':
         """The factored deploy form: basis conv + 1x1 conv with the exactly N:M weight ``L``
         (for ``pruning='nm'``); see :class:`InterspaceDeployConv2d`."""
-        deploy = InterspaceDeployConv2d.from_conv(self)
-        o, c, kk = self.weight.shape
-        deploy.basis_conv.weight.copy_(self.basis.detach().reshape(kk, 1, 1, *self.kernel_size))
-        deploy.gemm.weight.copy_(self.deploy_weight().permute(0, 2, 1).reshape(o, kk * c, 1, 1))
-        if self.bias is not None:
-            deploy.gemm.bias.copy_(self.bias.detach())
-        return deploy
+        return InterspaceDeployConv2d.from_conv(self).set_factors(self.basis,
+                                                                 self.deploy_weight(), self.bias)
 
     @torch.no_grad()
     def to_dense_conv(self) -> nn.Conv2d:
@@ -295,16 +290,22 @@ class InterspaceDeployConv2d(nn.Module):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                     conv.padding, conv.dilation, conv.bias is not None, conv.padding_mode,
                     device=weight.device, dtype=weight.dtype)
-        kk = layer.basis_conv.out_channels
-        with torch.no_grad():
-            layer.basis_conv.weight.copy_(pixel_basis(conv.kernel_size, weight.dtype,
-                                                      weight.device).reshape(kk, 1, 1,
-                                                                             *conv.kernel_size))
-            dense = weight.detach().reshape(conv.out_channels, conv.in_channels, kk)
-            layer.gemm.weight.copy_(dense.permute(0, 2, 1).reshape(conv.out_channels, -1, 1, 1))
-            if conv.bias is not None:
-                layer.gemm.bias.copy_(conv.bias.detach())
-        return layer.train(conv.training)
+        basis = pixel_basis(conv.kernel_size, weight.dtype, weight.device)
+        coefficients = weight.reshape(conv.out_channels, conv.in_channels, basis.shape[0])
+        return layer.set_factors(basis, coefficients, conv.bias).train(conv.training)
+
+    @torch.no_grad()
+    def set_factors(self, basis: torch.Tensor, coefficients: torch.Tensor,
+                    bias: Optional[torch.Tensor]) -> 'InterspaceDeployConv2d':
+        """Write ``F`` ``(k*k, kh, kw)``, ``L`` ``(O, C, k*k)`` and the bias into the deploy
+        layout (the one place that knows it; :attr:`coefficients` reads it back)."""
+        kk = basis.shape[0]
+        self.basis_conv.weight.copy_(basis.detach().reshape(kk, 1, 1, *basis.shape[1:]))
+        self.gemm.weight.copy_(coefficients.detach().permute(0, 2, 1)
+                               .reshape(self.out_channels, -1, 1, 1))
+        if bias is not None:
+            self.gemm.bias.copy_(bias.detach())
+        return self
 
     @property
     def coefficients(self) -> torch.Tensor:
