@@ -4,6 +4,10 @@ Layout (SPEC section 1): groups are ``M`` consecutive *input channels* at a fixe
 and kernel position. A conv weight ``(O, C, kh, kw)`` is viewed as ``(O, kh, kw, C)`` and cut
 into rows of ``M``; a Linear weight ``(O, C)`` is cut along ``C`` the same way. Ties are broken
 by channel index (a stable sort), so equal weights give the same mask on every rank.
+
+The masks are computed without sorting or permuted index tensors: ``(O, C, kh, kw)`` viewed as
+``(O*C/M, M, kh*kw)`` holds the ``M`` members of every group at one stride, and ranking ``M``
+values takes ``M*(M-1)/2`` elementwise comparisons (:func:`nm_mask`).
 """
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -57,21 +61,71 @@ def from_groups(groups: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return groups.reshape(_permuted_shape(shape)).permute(inverse).contiguous()
 
 
+def member_magnitudes(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """``|w|`` as float32 in the layout ``(m, O*C/m, K)``: entry ``[j, r, k]`` is member ``j``
+    (input channel ``(r % (C/m)) * m + j``) of the group of row ``r`` (output channel
+    ``r // (C/m)``) at kernel position ``k`` (``K = kh*kw``; 1 for a Linear weight).
+
+    Every member index is one contiguous slice, so the ranking in :func:`nm_mask` runs on
+    contiguous memory; the rows of ``(m * O*C/m, K)`` are all weights of one kernel position,
+    which is what :func:`~spre_mmdet.sparsity.spre.spatial_mask` counts over.
+
+    NaN becomes ``+inf`` and ``+-inf`` the largest finite float (``torch.nan_to_num``), so NaN
+    ranks above every number; this is the order :func:`nm_mask` has always used.
+    """
+    reason = nm_incompatibility(weight.shape, m)
+    if reason is not None:
+        raise ValueError(f'Cannot form N:M groups: {reason}.')
+    out_c, in_c = weight.shape[:2]
+    src = weight.detach().reshape(out_c * in_c // m, m, -1).transpose(0, 1)
+    out = torch.empty(src.shape, dtype=torch.float32, device=weight.device)
+    if weight.dtype == torch.float32:
+        torch.nan_to_num(src, nan=float('inf'), out=out)  # one pass: permute + NaN
+    else:  # convert first: a half inf must become the float32 maximum, as before
+        out.copy_(src)
+        out.nan_to_num_(nan=float('inf'))
+    return out.abs_()
+
+
 def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Boolean N:M mask keeping the ``n`` largest ``|w|`` of each group of ``m`` input channels.
 
     Ties keep the lower channel index (as a stable sort would), so the mask is deterministic.
+    NaN counts as larger than any number (NaNs tie among themselves).
     """
     n, m = check_nm(n, m)
-    magnitude = torch.nan_to_num_(to_groups(weight.detach().float().abs(), m), nan=float('inf'))
-    # Non-negative float32 bit patterns order like the floats, so (bits, -index) packed into one
-    # int64 is a unique key per weight: a plain top-k on it is deterministic and tie-breaks by
-    # the lower channel index (~20x faster on CPU than a stable sort or pairwise ranking).
-    index = torch.arange(m - 1, -1, -1, device=magnitude.device, dtype=torch.int64)
-    key = magnitude.view(torch.int32).to(torch.int64) * m + index
+    magnitude = member_magnitudes(weight, m)  # (m, R, K), member j contiguous
+    if m > 128:  # ranks would not fit the uint8 counters below; never a hardware pattern
+        return _nm_mask_by_sort(magnitude, n, weight.shape)
+    _, rows, k = magnitude.shape
+    # rank[j] = how many members of its group beat member j: a larger |w|, or an equal |w|
+    # at a lower index. Member i < j beats j iff |w_i| >= |w_j|, else j beats i: one
+    # comparison per pair, m*(m-1)/2 in all, each over contiguous memory. The counters are
+    # uint8 holding rank - n (mod 256), so bit 7 is set exactly when rank < n (kept).
+    rank = torch.empty((m, rows, k), dtype=torch.uint8, device=weight.device)
+    for j in range(m):
+        rank[j].fill_((m - 1 - j - n) % 256)  # as if member j lost to every later member
+    beats = torch.empty((m - 1, rows, k), dtype=torch.bool, device=weight.device)
+    for i in range(m - 1):
+        wins = beats[:m - 1 - i]
+        torch.ge(magnitude[i:i + 1], magnitude[i + 1:], out=wins)  # i beats i+1..m-1
+        wins = wins.view(torch.uint8)
+        rank[i + 1:].add_(wins)
+        rank[i].sub_(wins.sum(0, dtype=torch.uint8) if len(wins) > 1 else wins[0])
+    mask = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
+    # bit 7 -> 0/1 bytes, written straight into the bool mask in the weight's layout
+    torch.bitwise_right_shift(rank.transpose(0, 1), 7,
+                              out=mask.view(torch.uint8).view(rows, m, k))
+    return mask
+
+
+def _nm_mask_by_sort(magnitude: torch.Tensor, n: int, shape: torch.Size) -> torch.Tensor:
+    """:func:`nm_mask` by a stable sort (for ``m > 128``)."""
+    m, rows, k = magnitude.shape
+    order = torch.argsort(magnitude, dim=0, descending=True, stable=True)
     keep = torch.zeros(magnitude.shape, dtype=torch.bool, device=magnitude.device)
-    keep.scatter_(1, key.topk(n, dim=1, sorted=False).indices, True)
-    return from_groups(keep, weight.shape)
+    keep.scatter_(0, order[:n], True)
+    return keep.transpose(0, 1).reshape(shape)
 
 
 def unstructured_mask(weight: torch.Tensor, density: float) -> torch.Tensor:

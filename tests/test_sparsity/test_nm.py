@@ -261,3 +261,78 @@ def test_nan_weights_still_give_exactly_n():
     assert nm_mask(weight, 2, 4).tolist() == [[True, False, False, True],
                                               [False, True, True, False],
                                               [True, True, False, False]]
+
+
+# ------------------------------------------------- the comparison-based mask vs a stable sort
+
+def sorted_reference_nm_mask(weight, n, m):
+    """Keep the ``n`` largest of every group by a stable descending sort of ``|w|`` as float32
+    with NaN -> +inf and +-inf -> the largest float (``torch.nan_to_num``): ties keep the lower
+    channel index, NaN ranks above every number."""
+    magnitude = torch.nan_to_num(weight.detach().float().abs(), nan=float('inf'))
+    out_c, in_c = weight.shape[:2]
+    rows = magnitude.reshape(out_c, in_c, -1).permute(0, 2, 1).reshape(-1, m)  # (O, K, C) rows
+    order = torch.argsort(rows, dim=1, descending=True, stable=True)
+    keep = torch.zeros(rows.shape, dtype=torch.bool).scatter_(1, order[:, :n], True)
+    kernel = int(np.prod(weight.shape[2:], dtype=np.int64))
+    return keep.reshape(out_c, kernel, in_c).permute(0, 2, 1).reshape(weight.shape)
+
+
+NM_RATIOS = [(1, 4), (2, 4), (3, 4), (2, 8), (4, 8), (1, 16), (1, 2)]
+SHAPES = [lambda m: (6, 2 * m, 3, 3), lambda m: (5, 3 * m), lambda m: (4, m, 1, 1),
+          lambda m: (3, 2 * m, 1, 3), lambda m: (2, m, 5, 5)]
+
+
+def _weights(kind, shape, seed):
+    gen = torch.Generator().manual_seed(seed)
+    if kind == 'random':
+        return torch.randn(shape, generator=gen)
+    if kind == 'small_integers':  # few magnitudes, both signs: ties in most groups
+        return torch.randint(-2, 3, shape, generator=gen).float()
+    if kind == 'all_equal':
+        return torch.full(shape, -0.75)
+    if kind == 'nan_inf':
+        values = torch.tensor([float('nan'), float('inf'), -float('inf'), 3.4028234663852886e38,
+                               0.0, -0.0, 1.0, -1.0])
+        return values[torch.randint(0, len(values), shape, generator=gen)]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize('n, m', NM_RATIOS)
+@pytest.mark.parametrize('shape', SHAPES, ids=['3x3', 'linear', '1x1', '1x3', '5x5'])
+@pytest.mark.parametrize('kind', ['random', 'small_integers', 'all_equal', 'nan_inf'])
+def test_mask_equals_stable_sort_reference(n, m, shape, kind):
+    """nm_mask equals a stable-sort reference on random, tied, all-equal and NaN/inf weights."""
+    for seed in range(3):
+        weight = _weights(kind, shape(m), seed)
+        assert torch.equal(nm_mask(weight, n, m), sorted_reference_nm_mask(weight, n, m))
+
+
+@PROPERTY
+@given(nm_weights(allow_ties=True), st.sampled_from(['float32', 'float16', 'float64']),
+       st.booleans())
+def test_mask_equals_sort_reference_any_dtype_and_layout(case, dtype, channels_last):
+    """nm_mask equals the sort reference for half/double weights and non-contiguous layouts."""
+    weight, n, m = case
+    weight = weight.to(getattr(torch, dtype))
+    if channels_last and weight.dim() == 4:
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    mask = nm_mask(weight, n, m)
+    assert mask.shape == weight.shape and mask.is_contiguous()
+    assert torch.equal(mask, sorted_reference_nm_mask(weight, n, m))
+
+
+def test_mask_wide_groups_use_the_sort_path():
+    """Groups wider than 128 (ranks would overflow uint8 counters) still match the reference."""
+    weight = torch.randint(-3, 4, (3, 512)).float()
+    for n in (1, 100, 255):
+        assert torch.equal(nm_mask(weight, n, 256), sorted_reference_nm_mask(weight, n, 256))
+
+
+def test_mask_of_infinities_ranks_nan_first_and_inf_with_the_largest_float():
+    """NaN beats +-inf; +-inf ties with the largest finite float (lower channel index wins)."""
+    big = 3.4028234663852886e38
+    weight = torch.tensor([[big, float('inf'), float('nan'), 1.0],
+                           [-float('inf'), big, 2.0, float('nan')]])
+    assert nm_mask(weight, 2, 4).tolist() == [[True, False, True, False],
+                                              [True, False, False, True]]
