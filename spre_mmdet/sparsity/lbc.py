@@ -33,6 +33,7 @@ from torch import nn
 
 from .learners import MaskLearner, register_learner
 from .nm import from_groups, to_groups
+from .srste import apply_mask
 
 
 def subset_matrix(n: int, m: int) -> torch.Tensor:
@@ -68,14 +69,14 @@ class LBCFunction(torch.autograd.Function):
         ctx.save_for_backward(weight, mask, alive, subsets)
         ctx.m = m
         ctx.zero_scores_grad = zero_scores_grad
-        return weight * mask
+        return apply_mask(weight, mask)
 
     @staticmethod
     def backward(ctx, grad_output):
         weight, mask, alive, subsets = ctx.saved_tensors
         grad_weight = grad_scores = None
         if ctx.needs_input_grad[0]:
-            grad_weight = grad_output * mask
+            grad_weight = apply_mask(grad_output, mask)
         if ctx.needs_input_grad[1] and ctx.zero_scores_grad:
             grad_scores = torch.zeros(alive.shape, dtype=subsets.dtype, device=alive.device)
         elif ctx.needs_input_grad[1]:
@@ -234,7 +235,7 @@ class LBCMask(MaskLearner):
         if self.scores.requires_grad and torch.is_grad_enabled():
             return LBCFunction.apply(weight, self.scores, self.mask, self.alive, self.subsets,
                                      self.m, self.is_final)
-        return weight * self.mask
+        return apply_mask(weight, self.mask)
 
     @torch.no_grad()
     def initialize(self, weight: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .nm import check_nm, nm_mask
-from .srste import srste
+from .srste import apply_mask, srste
 
 
 class DerivedStateMixin:
@@ -120,7 +120,7 @@ class FixedMask(MaskLearner):
     method = 'asp'
 
     def forward(self, weight):
-        return weight * self.mask
+        return apply_mask(weight, self.mask)
 
     def initialize(self, weight):
         super().initialize(weight)

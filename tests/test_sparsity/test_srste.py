@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from helpers import assert_nm_pattern, reference_nm_mask
+from spre_mmdet.sparsity.srste import apply_mask
 from spre_mmdet.sparsity import (FixedMask, SparseConv2d, SparseLinear, SRSTEMask, build_learner,
                                  nm_mask, refresh_masks, sparsify_layer, srste)
 
@@ -45,6 +46,29 @@ def test_srste_gradient_formula(seed, decay):
     (masked * grad_out).sum().backward()
     expected = grad_out + decay * (~mask).float() * weight.detach()
     torch.testing.assert_close(weight.grad, expected, rtol=0, atol=1e-7)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2 ** 16), st.sampled_from([2e-4, 0.5, 3.0]))
+def test_srste_gradient_is_bitwise_the_formula(seed, decay):
+    """The SR-STE gradient equals grad + decay * (1 - mask) * W bit for bit (same rounding)."""
+    gen = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(8, 16, 3, 3, generator=gen) * 10).requires_grad_()
+    grad_out = torch.randn(8, 16, 3, 3, generator=gen) * 100
+    mask = nm_mask(weight, 2, 4)
+    srste(weight, mask, decay).backward(grad_out)
+    assert torch.equal(weight.grad, grad_out + decay * (~mask).float() * weight.detach())
+
+
+def test_apply_mask_equals_multiplication_by_the_bool_mask():
+    """apply_mask(W, mask) equals W * mask, NaN/inf weights and non-contiguous masks included."""
+    weight = torch.randn(6, 8, 3, 3)
+    weight[0, 0] = float('nan')
+    weight[1, 1] = float('inf')
+    mask = torch.rand(6, 8, 3, 3) > 0.5
+    for m in (mask, mask.transpose(2, 3)):
+        w = weight if m is mask else weight.transpose(2, 3)
+        torch.testing.assert_close(apply_mask(w, m), w * m, equal_nan=True, rtol=0, atol=0)
 
 
 def test_srste_zero_decay_is_pure_ste():
