@@ -7,7 +7,8 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
-from ..sparsity import format_report, refresh_masks, sparse_layers, sparsity_report
+from ..sparsity import (forget_mask_sources, format_report, refresh_masks, sparse_layers,
+                        sparsity_report)
 
 
 @HOOKS.register_module()
@@ -39,7 +40,9 @@ class SparsityHook(Hook):
             raise RuntimeError('SparsityHook is configured but the model has no sparse layers: '
                                'use a sparse backbone (e.g. type="SparseResNet") or drop the '
                                'hook.')
-        # derives masks from weights loaded after init (load_from a dense checkpoint)
+        # derives masks from weights loaded after init (load_from a dense checkpoint); every
+        # due mask is recomputed once here, whatever wrote the weights since init
+        forget_mask_sources(model)
         refresh_masks(model, runner.iter)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:

@@ -2,27 +2,29 @@
 
 Nothing here imports mmengine or mmdet.
 """
-from .convert import (MERGED, LayerReport, NotFinalError, format_report, initialize_masks,
-                      refresh_masks, reparameterize, sparse_kinds, sparse_layers,
-                      sparsify_layer, sparsity_report)
+from .convert import (MERGED, LayerReport, NotFinalError, forget_mask_sources, format_report,
+                      initialize_masks, refresh_masks, reparameterize, sparse_kinds,
+                      sparse_layers, sparsify_layer, sparsity_report)
 from .interspace import (InterspaceConv2d, InterspaceDeployConv2d, interspace_incompatibility,
                          interspace_layer, merge_interspace, pixel_basis)
 from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
-from .learners import (FixedMask, MaskLearner, SRSTEMask, build_learner, register_learner)
+from .learners import (FixedMask, MaskLearner, SRSTEMask, build_learner, register_learner,
+                       source_state)
 from .lbc import LBCMask, cubic_survivors, subset_matrix
-from .nm import (NMCheck, check_nm, check_nm_tensor, from_groups, nm_incompatibility, nm_mask,
-                 to_groups, unstructured_mask)
+from .nm import (NMCheck, check_nm, check_nm_tensor, from_groups, member_magnitudes,
+                 nm_incompatibility, nm_mask, to_groups, unstructured_mask)
 from .spre import SpReBatchNorm2d, SpReConv2d, fold_batchnorm, spatial_mask
-from .srste import SRSTEFunction, srste
+from .srste import SRSTEFunction, apply_mask, srste
 
 __all__ = [
     'InterspaceConv2d', 'InterspaceDeployConv2d', 'interspace_incompatibility',
     'interspace_layer', 'merge_interspace', 'pixel_basis', 'LBCMask', 'cubic_survivors',
-    'subset_matrix', 'MERGED', 'LayerReport', 'NotFinalError', 'format_report',
-    'initialize_masks', 'refresh_masks', 'reparameterize', 'sparse_kinds', 'sparse_layers',
-    'sparsify_layer', 'sparsity_report', 'SparseConv2d', 'SparseLayerMixin', 'SparseLinear',
-    'FixedMask', 'MaskLearner', 'SRSTEMask', 'build_learner', 'register_learner', 'NMCheck',
-    'check_nm', 'check_nm_tensor', 'from_groups', 'nm_incompatibility', 'nm_mask', 'to_groups',
+    'subset_matrix', 'MERGED', 'LayerReport', 'NotFinalError', 'forget_mask_sources',
+    'format_report', 'initialize_masks', 'refresh_masks', 'reparameterize', 'sparse_kinds',
+    'sparse_layers', 'sparsify_layer', 'sparsity_report', 'SparseConv2d', 'SparseLayerMixin',
+    'SparseLinear', 'FixedMask', 'MaskLearner', 'SRSTEMask', 'build_learner',
+    'register_learner', 'source_state', 'NMCheck', 'check_nm', 'check_nm_tensor',
+    'from_groups', 'member_magnitudes', 'nm_incompatibility', 'nm_mask', 'to_groups',
     'unstructured_mask', 'SpReBatchNorm2d', 'SpReConv2d', 'fold_batchnorm', 'spatial_mask',
-    'SRSTEFunction', 'srste'
+    'SRSTEFunction', 'apply_mask', 'srste'
 ]

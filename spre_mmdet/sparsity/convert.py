@@ -32,6 +32,16 @@ def refresh_masks(model: nn.Module, iteration: int) -> None:
         layer.refresh(iteration)
 
 
+def forget_mask_sources(model: nn.Module) -> None:
+    """Make every mask's next due refresh recompute it, even where the weight looks unchanged
+    since the mask was computed. Refreshes skip layers whose weight has not been written since
+    (optimizer steps and ``load_state_dict`` are writes; see
+    :func:`~spre_mmdet.sparsity.learners.source_state`); call this after changing weights in a
+    way torch does not record, e.g. through ``.data``."""
+    for _, layer in sparse_layers(model):
+        layer.forget()
+
+
 @torch.no_grad()
 def initialize_masks(model: nn.Module) -> None:
     """Derive every mask from the current weights (e.g. right after loading pretrained ones)."""

@@ -27,7 +27,7 @@ from torch.nn.modules.utils import _pair
 from .layers import SparseLayerMixin
 from .learners import MaskLearner, build_learner
 from .nm import check_nm, nm_incompatibility, unstructured_mask
-from .srste import srste
+from .srste import apply_mask, srste
 
 
 def pixel_basis(kernel_size, dtype=None, device=None) -> torch.Tensor:
@@ -66,7 +66,7 @@ class UnstructuredMask(MaskLearner):
     def forward(self, weight):
         if self.interval:
             return srste(weight, self.mask, self.decay)
-        return weight * self.mask
+        return apply_mask(weight, self.mask)
 
     def initialize(self, weight):
         self.mask.copy_(unstructured_mask(weight, self.density))

@@ -20,6 +20,10 @@ class SparseLayerMixin:
         """Advance the mask schedule (called once per training iteration)."""
         self.sparsity.refresh(self.weight, iteration)
 
+    def forget(self) -> None:
+        """Recompute the mask at its next due refresh even if the weight looks unchanged."""
+        self.sparsity.forget()
+
     def deploy_weight(self) -> torch.Tensor:
         """The exactly N:M weight a deployed layer uses."""
         return (self.weight * self.sparsity.deploy_mask(self.weight)).detach()

@@ -7,11 +7,41 @@ iteration (the mmengine ``SparsityHook`` does; plain PyTorch users call
 :func:`spre_mmdet.sparsity.refresh_masks`). Keeping all mask changes in one call keeps
 distributed ranks and resumed runs identical.
 """
+from typing import Optional
+
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .nm import check_nm, nm_mask
 from .srste import apply_mask, srste
+
+# Optimizer steps taken in this process, by any torch optimizer. Fused optimizers (Adam/SGD with
+# fused=True, and kernels outside torch) update parameters without bumping their version
+# counters, so a mask is only trusted as current if no step was taken since it was computed.
+_optimizer_steps = 0
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+def source_state(weight: torch.Tensor, derived: torch.Tensor) -> Optional[tuple]:
+    """A cheap fingerprint of what ``derived`` (a mask) would be computed from now: storage and
+    version counter of ``weight`` and of ``derived`` itself, and the process's optimizer-step
+    count. It changes with every in-place write through autograd-visible ops (optimizer steps,
+    ``load_state_dict``, ``copy_``), with any optimizer step and when a tensor is replaced
+    (``.to()``). Writes through ``.data`` are not seen: call :meth:`MaskLearner.forget` after
+    them. ``None`` when it cannot be told (tensors without a version counter)."""
+    try:
+        return (_optimizer_steps, weight.data_ptr(), weight._version, derived.data_ptr(),
+                derived._version)
+    except RuntimeError:  # inference-mode tensors have no version counter
+        return None
 
 
 class DerivedStateMixin:
@@ -54,6 +84,8 @@ class MaskLearner(DerivedStateMixin, nn.Module):
         self.register_buffer('mask', torch.ones(weight_shape, dtype=torch.bool))
         # True until the mask was computed from real weights or loaded from a sparse checkpoint.
         self.needs_init = True
+        # source_state() when the mask was last computed (None: not known to be current)
+        self._source = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """The weight used in forward."""
@@ -63,6 +95,18 @@ class MaskLearner(DerivedStateMixin, nn.Module):
         """Compute the mask from the current (e.g. just loaded) weights."""
         self.mask.copy_(nm_mask(weight, self.n, self.m))
         self.needs_init = False
+        self._source = source_state(weight, self.mask)
+
+    def mask_is_current(self, weight: torch.Tensor) -> bool:
+        """Whether :attr:`mask` was computed from ``weight`` as it is now (neither was written
+        since, no optimizer stepped): recomputing it could not change it."""
+        return self._source is not None and self._source == source_state(weight, self.mask)
+
+    def forget(self) -> None:
+        """Stop trusting :attr:`mask` as current, so that the next due refresh recomputes it
+        (e.g. after writing the weights through ``.data``, which :func:`source_state` cannot
+        see)."""
+        self._source = None
 
     def refresh(self, weight: torch.Tensor, iteration: int) -> None:
         """Advance the mask schedule to ``iteration`` (0-based)."""
@@ -103,7 +147,8 @@ class SRSTEMask(MaskLearner):
         return srste(weight, self.mask, self.decay)
 
     def refresh(self, weight, iteration):
-        if self.needs_init or iteration % self.interval == 0:
+        if self.needs_init or (iteration % self.interval == 0 and
+                               not self.mask_is_current(weight)):
             self.initialize(weight)
 
     def extra_repr(self):

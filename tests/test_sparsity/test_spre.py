@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from helpers import assert_nm_pattern, reference_nm_mask, reference_spatial_mask
-from spre_mmdet.sparsity import (SpReBatchNorm2d, SpReConv2d, refresh_masks, reparameterize,
-                                 spatial_mask, sparsify_layer)
+from spre_mmdet.sparsity import (SpReBatchNorm2d, SpReConv2d, forget_mask_sources, refresh_masks,
+                                 reparameterize, spatial_mask, sparsify_layer)
 
 PLUS = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
 CROSS = [(0, 1), (1, 0), (1, 2), (2, 1)]
@@ -298,3 +298,44 @@ def test_training_statistics_keep_two_branches_and_link_survives_deepcopy():
     assert not any('paired' in key for key in block.state_dict())
     with pytest.raises(RuntimeError, match='fused'):
         block.bn(torch.randn(2, 8, 5, 5))
+
+
+@pytest.fixture
+def spatial_computations(monkeypatch):
+    """Counts spatial_mask calls made by SpReConv2d.refresh."""
+    import spre_mmdet.sparsity.spre as spre
+    calls = []
+
+    def counting(weight, n, m):
+        calls.append(weight.shape)
+        return spatial_mask(weight, n, m)
+    monkeypatch.setattr(spre, 'spatial_mask', counting)
+    return calls
+
+
+def test_spatial_refresh_skips_unchanged_weights_and_follows_changes(spatial_computations):
+    """S is recomputed after an optimizer step or load_state_dict, and not otherwise."""
+    block = _spre_block(seed=2)
+    opt = torch.optim.Adam(block.parameters(), lr=0.5, fused=True)  # keeps version counters
+    refresh_masks(block, 0)
+    refresh_masks(block, 1)
+    assert len(spatial_computations) == 1
+    block.train()
+    block(torch.randn(2, 8, 6, 6)).pow(2).mean().backward()
+    opt.step()
+    refresh_masks(block, 2)
+    assert len(spatial_computations) == 2
+    np.testing.assert_array_equal(block.conv.spatial.numpy(),
+                                  reference_spatial_mask(block.conv.weight, 2, 4))
+    refresh_masks(block, 3)
+    assert len(spatial_computations) == 2
+    block.load_state_dict(copy.deepcopy(block.state_dict()))
+    refresh_masks(block, 4)
+    assert len(spatial_computations) == 3
+    with torch.no_grad():
+        block.conv.weight.data.copy_(_plus_weight(8, 8))  # .data: not seen until forgotten
+    refresh_masks(block, 5)
+    assert len(spatial_computations) == 3
+    forget_mask_sources(block)
+    refresh_masks(block, 6)
+    assert len(spatial_computations) == 4 and torch.equal(block.conv.spatial, PLUS)

@@ -1,4 +1,6 @@
 """SR-STE (SPEC section 2) and the ASP fixed-mask baseline (SPEC section 3)."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +10,8 @@ from torch import nn
 from helpers import assert_nm_pattern, reference_nm_mask
 from spre_mmdet.sparsity.srste import apply_mask
 from spre_mmdet.sparsity import (FixedMask, SparseConv2d, SparseLinear, SRSTEMask, build_learner,
-                                 nm_mask, refresh_masks, sparsify_layer, srste)
+                                 forget_mask_sources, nm_mask, refresh_masks, sparsify_layer,
+                                 srste)
 
 
 def _sparse_conv(method='srste', seed=0, **kwargs):
@@ -232,3 +235,115 @@ def test_asp_loads_sparse_state_dict_keeps_mask():
     assert torch.equal(target[0].sparsity.mask, state['0.sparsity.mask'])
     assert torch.equal(target[2].sparsity.mask, state['2.sparsity.mask'])
     assert torch.equal(target[0].weight, state['0.weight'])
+
+
+# ------------------------------------------------------- refreshes skip weights that did not change
+
+OPTIMIZERS = {
+    'sgd': lambda p: torch.optim.SGD(p, lr=0.5, momentum=0.9, foreach=False),
+    'sgd_foreach': lambda p: torch.optim.SGD(p, lr=0.5, momentum=0.9, foreach=True),
+    'sgd_fused': lambda p: torch.optim.SGD(p, lr=0.5, momentum=0.9, fused=True),
+    'adamw_foreach': lambda p: torch.optim.AdamW(p, lr=0.5, foreach=True),
+    'adam_fused': lambda p: torch.optim.Adam(p, lr=0.5, fused=True),  # no version bump
+}
+
+
+@pytest.fixture
+def mask_computations(monkeypatch):
+    """Counts nm_mask calls made by the learners."""
+    import spre_mmdet.sparsity.learners as learners
+    calls = []
+
+    def counting(weight, n, m):
+        calls.append(weight.shape)
+        return nm_mask(weight, n, m)
+    monkeypatch.setattr(learners, 'nm_mask', counting)
+    return calls
+
+
+def _expected_mask(layer):
+    return torch.from_numpy(reference_nm_mask(layer.weight, 2, 4))
+
+
+def test_refresh_skips_a_weight_that_did_not_change(mask_computations):
+    """Refreshing again with the weight untouched does not recompute the mask."""
+    layer = _sparse_conv()
+    for it in range(4):
+        layer.refresh(it)
+    assert len(mask_computations) == 1
+    assert torch.equal(layer.sparsity.mask, _expected_mask(layer))
+
+
+@pytest.mark.parametrize('name', list(OPTIMIZERS))
+def test_refresh_recomputes_after_an_optimizer_step(name, mask_computations):
+    """An optimizer step (fused ones included, which keep the version counter) is a change."""
+    layer = _sparse_conv(seed=3)
+    opt = OPTIMIZERS[name](layer.parameters())
+    layer.refresh(0)
+    for it in range(1, 4):
+        opt.zero_grad()
+        layer(torch.randn(2, 8, 5, 5)).pow(2).mean().backward()
+        opt.step()
+        layer.refresh(it)
+        assert len(mask_computations) == it + 1
+        assert torch.equal(layer.sparsity.mask, _expected_mask(layer))
+
+
+def test_refresh_recomputes_after_load_state_dict(mask_computations):
+    """Loading a checkpoint is a change, even one holding the same values."""
+    layer = _sparse_conv(seed=4)
+    layer.refresh(0)
+    layer.load_state_dict(copy.deepcopy(layer.state_dict()))
+    layer.refresh(1)
+    assert len(mask_computations) == 2
+    other = _sparse_conv(seed=5)
+    layer.load_state_dict({k: v for k, v in other.state_dict().items() if 'mask' not in k},
+                          strict=False)
+    layer.refresh(2)
+    assert len(mask_computations) == 3
+    assert torch.equal(layer.sparsity.mask, _expected_mask(other))
+
+
+def test_refresh_recomputes_after_in_place_writes_and_conversions(mask_computations):
+    """In-place writes to the weight or the mask, and dtype conversion, are changes."""
+    layer = _sparse_conv(seed=6)
+    layer.refresh(0)
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand_like(layer.weight))
+    layer.refresh(1)
+    assert torch.equal(layer.sparsity.mask, _expected_mask(layer))
+    with torch.no_grad():
+        layer.sparsity.mask.logical_not_()  # a stale or edited mask is recomputed too
+    layer.refresh(2)
+    assert torch.equal(layer.sparsity.mask, _expected_mask(layer))
+    layer.double()
+    layer.refresh(3)
+    assert len(mask_computations) == 4
+    assert torch.equal(layer.sparsity.mask, _expected_mask(layer))
+
+
+def test_forget_recomputes_after_writes_torch_does_not_record(mask_computations):
+    """Writes through .data keep the version counter; forget_mask_sources forces a recompute."""
+    model = nn.Sequential(_sparse_conv(seed=7))
+    refresh_masks(model, 0)
+    with torch.no_grad():
+        model[0].weight.data.copy_(torch.randn_like(model[0].weight))
+    refresh_masks(model, 1)
+    assert len(mask_computations) == 1  # not seen: the reason forget_mask_sources exists
+    forget_mask_sources(model)
+    refresh_masks(model, 2)
+    assert len(mask_computations) == 2
+    assert torch.equal(model[0].sparsity.mask, _expected_mask(model[0]))
+
+
+def test_refresh_off_interval_never_recomputes(mask_computations):
+    """The interval still decides when a changed weight is looked at."""
+    layer = _sparse_conv(interval=3)
+    layer.refresh(0)
+    for it in (1, 2):
+        with torch.no_grad():
+            layer.weight.add_(1.0)
+        layer.refresh(it)
+    assert len(mask_computations) == 1
+    layer.refresh(3)
+    assert len(mask_computations) == 2
