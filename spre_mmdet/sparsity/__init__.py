@@ -9,10 +9,10 @@ from .interspace import (InterspaceConv2d, InterspaceDeployConv2d, interspace_in
                          interspace_layer, merge_interspace, pixel_basis)
 from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
 from .learners import (FixedMask, MaskLearner, SRSTEMask, build_learner, register_learner,
-                       source_state)
+                       Source)
 from .lbc import LBCMask, cubic_survivors, subset_matrix
 from .nm import (NMCheck, check_nm, check_nm_tensor, from_groups, member_magnitudes,
-                 nm_incompatibility, nm_mask, to_groups, unstructured_mask)
+                 nm_incompatibility, nm_mask, nm_masks, to_groups, unstructured_mask)
 from .spre import SpReBatchNorm2d, SpReConv2d, fold_batchnorm, spatial_mask
 from .srste import SRSTEFunction, apply_mask, srste
 
@@ -23,8 +23,8 @@ __all__ = [
     'format_report', 'initialize_masks', 'refresh_masks', 'reparameterize', 'sparse_kinds',
     'sparse_layers', 'sparsify_layer', 'sparsity_report', 'SparseConv2d', 'SparseLayerMixin',
     'SparseLinear', 'FixedMask', 'MaskLearner', 'SRSTEMask', 'build_learner',
-    'register_learner', 'source_state', 'NMCheck', 'check_nm', 'check_nm_tensor',
-    'from_groups', 'member_magnitudes', 'nm_incompatibility', 'nm_mask', 'to_groups',
+    'register_learner', 'Source', 'NMCheck', 'check_nm', 'check_nm_tensor',
+    'from_groups', 'member_magnitudes', 'nm_incompatibility', 'nm_mask', 'nm_masks', 'to_groups',
     'unstructured_mask', 'SpReBatchNorm2d', 'SpReConv2d', 'fold_batchnorm', 'spatial_mask',
     'SRSTEFunction', 'apply_mask', 'srste'
 ]

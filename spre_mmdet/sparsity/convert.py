@@ -12,7 +12,7 @@ from torch import nn
 
 from .interspace import InterspaceDeployConv2d
 from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
-from .learners import DerivedStateMixin
+from .learners import DerivedStateMixin, compute_magnitude_masks
 from .nm import check_nm, check_nm_tensor, nm_incompatibility
 from .spre import SpReBatchNorm2d, SpReConv2d
 
@@ -28,7 +28,11 @@ def sparse_layers(model: nn.Module) -> Iterator[Tuple[str, SparseLayerMixin]]:
 def refresh_masks(model: nn.Module, iteration: int) -> None:
     """Advance every sparse layer's mask schedule to ``iteration`` (call once per iteration,
     before the forward pass)."""
-    for _, layer in sparse_layers(model):
+    layers = [layer for _, layer in sparse_layers(model)]
+    # the magnitude masks due now, all layers together; their refresh then finds them current
+    compute_magnitude_masks((layer.sparsity, layer.weight) for layer in layers
+                            if layer.sparsity.magnitude_mask_due(layer.weight, iteration))
+    for layer in layers:
         layer.refresh(iteration)
 
 
@@ -36,7 +40,7 @@ def forget_mask_sources(model: nn.Module) -> None:
     """Make every mask's next due refresh recompute it, even where the weight looks unchanged
     since the mask was computed. Refreshes skip layers whose weight has not been written since
     (optimizer steps and ``load_state_dict`` are writes; see
-    :func:`~spre_mmdet.sparsity.learners.source_state`); call this after changing weights in a
+    :class:`~spre_mmdet.sparsity.learners.Source`); call this after changing weights in a
     way torch does not record, e.g. through ``.data``."""
     for _, layer in sparse_layers(model):
         layer.forget()

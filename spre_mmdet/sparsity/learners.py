@@ -7,13 +7,15 @@ iteration (the mmengine ``SparsityHook`` does; plain PyTorch users call
 :func:`spre_mmdet.sparsity.refresh_masks`). Keeping all mask changes in one call keeps
 distributed ranks and resumed runs identical.
 """
-from typing import Optional
+import weakref
+from collections import defaultdict
+from typing import Iterable, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .nm import check_nm, nm_mask
+from .nm import check_nm, nm_masks
 from .srste import apply_mask, srste
 
 # Optimizer steps taken in this process, by any torch optimizer. Fused optimizers (Adam/SGD with
@@ -30,18 +32,40 @@ def _count_optimizer_step(optimizer, args, kwargs) -> None:
 register_optimizer_step_post_hook(_count_optimizer_step)
 
 
-def source_state(weight: torch.Tensor, derived: torch.Tensor) -> Optional[tuple]:
-    """A cheap fingerprint of what ``derived`` (a mask) would be computed from now: storage and
-    version counter of ``weight`` and of ``derived`` itself, and the process's optimizer-step
-    count. It changes with every in-place write through autograd-visible ops (optimizer steps,
-    ``load_state_dict``, ``copy_``), with any optimizer step and when a tensor is replaced
-    (``.to()``). Writes through ``.data`` are not seen: call :meth:`MaskLearner.forget` after
-    them. ``None`` when it cannot be told (tensors without a version counter)."""
-    try:
-        return (_optimizer_steps, weight.data_ptr(), weight._version, derived.data_ptr(),
-                derived._version)
-    except RuntimeError:  # inference-mode tensors have no version counter
-        return None
+class Source:
+    """What a derived tensor (a mask) was computed from, to tell cheaply whether recomputing it
+    now could change it.
+
+    It matches only the same tensor objects (weak references: a new tensor may reuse a freed
+    one's memory and version number) with the same storage and version counters (bumped by
+    every in-place write through torch: optimizer steps, ``load_state_dict``, ``copy_``), and
+    only if no optimizer stepped since. Writes through ``.data`` are not seen: call
+    :meth:`MaskLearner.forget` after them. Copies and pickles of a module never match.
+    """
+
+    __slots__ = ('_weight', '_derived', '_state')
+
+    def __init__(self, weight: Optional[torch.Tensor] = None,
+                 derived: Optional[torch.Tensor] = None):
+        self._weight = weakref.ref(weight) if weight is not None else None
+        self._derived = weakref.ref(derived) if derived is not None else None
+        self._state = self._state_of(weight, derived) if weight is not None else None
+
+    @staticmethod
+    def _state_of(weight: torch.Tensor, derived: torch.Tensor) -> Optional[tuple]:
+        try:
+            return (_optimizer_steps, weight.data_ptr(), weight._version, derived.data_ptr(),
+                    derived._version)
+        except RuntimeError:  # inference-mode tensors have no version counter
+            return None
+
+    def matches(self, weight: torch.Tensor, derived: torch.Tensor) -> bool:
+        """Whether ``derived`` is still what it was computed as from ``weight``."""
+        return (self._state is not None and self._weight() is weight and
+                self._derived() is derived and self._state == self._state_of(weight, derived))
+
+    def __reduce__(self):  # copies and pickles forget (weak references cannot be pickled)
+        return Source, ()
 
 
 class DerivedStateMixin:
@@ -84,8 +108,8 @@ class MaskLearner(DerivedStateMixin, nn.Module):
         self.register_buffer('mask', torch.ones(weight_shape, dtype=torch.bool))
         # True until the mask was computed from real weights or loaded from a sparse checkpoint.
         self.needs_init = True
-        # source_state() when the mask was last computed (None: not known to be current)
-        self._source = None
+        # what the mask was last computed from (see Source)
+        self._source = Source()
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """The weight used in forward."""
@@ -93,20 +117,24 @@ class MaskLearner(DerivedStateMixin, nn.Module):
 
     def initialize(self, weight: torch.Tensor) -> None:
         """Compute the mask from the current (e.g. just loaded) weights."""
-        self.mask.copy_(nm_mask(weight, self.n, self.m))
-        self.needs_init = False
-        self._source = source_state(weight, self.mask)
+        compute_magnitude_masks([(self, weight)])
+
+    def magnitude_mask_due(self, weight: torch.Tensor, iteration: int) -> bool:
+        """Whether ``refresh(weight, iteration)`` would only recompute the magnitude N:M mask of
+        ``weight``: then :func:`compute_magnitude_masks` may do it together with other layers'
+        beforehand (``refresh_masks`` does), and the refresh finds the mask current."""
+        return False
 
     def mask_is_current(self, weight: torch.Tensor) -> bool:
         """Whether :attr:`mask` was computed from ``weight`` as it is now (neither was written
         since, no optimizer stepped): recomputing it could not change it."""
-        return self._source is not None and self._source == source_state(weight, self.mask)
+        return self._source.matches(weight, self.mask)
 
     def forget(self) -> None:
         """Stop trusting :attr:`mask` as current, so that the next due refresh recomputes it
-        (e.g. after writing the weights through ``.data``, which :func:`source_state` cannot
+        (e.g. after writing the weights through ``.data``, which :class:`Source` cannot
         see)."""
-        self._source = None
+        self._source = Source()
 
     def refresh(self, weight: torch.Tensor, iteration: int) -> None:
         """Advance the mask schedule to ``iteration`` (0-based)."""
@@ -146,9 +174,12 @@ class SRSTEMask(MaskLearner):
     def forward(self, weight):
         return srste(weight, self.mask, self.decay)
 
+    def magnitude_mask_due(self, weight, iteration):
+        return self.needs_init or (iteration % self.interval == 0 and
+                                   not self.mask_is_current(weight))
+
     def refresh(self, weight, iteration):
-        if self.needs_init or (iteration % self.interval == 0 and
-                               not self.mask_is_current(weight)):
+        if self.magnitude_mask_due(weight, iteration):
             self.initialize(weight)
 
     def extra_repr(self):
@@ -171,6 +202,21 @@ class FixedMask(MaskLearner):
         super().initialize(weight)
         with torch.no_grad():
             weight.mul_(self.mask)
+
+
+def compute_magnitude_masks(pairs: Iterable[Tuple[MaskLearner, torch.Tensor]]) -> None:
+    """Set each learner's mask to the magnitude N:M mask of its weight, computing the masks of
+    all pairs with the same N:M together (:func:`~spre_mmdet.sparsity.nm.nm_masks`: a few large
+    operations rather than some twenty per layer), and record them as current."""
+    by_pattern = defaultdict(list)
+    for learner, weight in pairs:
+        by_pattern[(learner.n, learner.m)].append((learner, weight))
+    for (n, m), group in by_pattern.items():
+        nm_masks([weight for _, weight in group], n, m,
+                 out=[learner.mask for learner, _ in group])
+        for learner, weight in group:
+            learner.needs_init = False
+            learner._source = Source(weight, learner.mask)
 
 
 LEARNERS = {cls.method: cls for cls in (SRSTEMask, FixedMask)}

@@ -10,7 +10,7 @@ The masks are computed without sorting or permuted index tensors: ``(O, C, kh, k
 values takes ``M*(M-1)/2`` elementwise comparisons (:func:`nm_mask`).
 """
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -61,67 +61,146 @@ def from_groups(groups: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return groups.reshape(_permuted_shape(shape)).permute(inverse).contiguous()
 
 
+#: Layers are ranked together, in batches of up to this many weights: a few large tensor
+#: operations instead of some twenty per layer (each one a parallel region, which costs much
+#: more than its work on busy or shared cores; on a GPU each one is a kernel launch).
+BATCH_NUMEL = 1 << 23
+
+
+def _check_groups(weight: torch.Tensor, m: int) -> None:
+    reason = nm_incompatibility(weight.shape, m)
+    if reason is not None:
+        raise ValueError(f'Cannot form N:M groups: {reason}.')
+
+
+def _member_layout(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """``weight`` viewed as ``(O*C/m, m, K)`` (a copy only if it is not contiguous)."""
+    out_c, in_c = weight.shape[:2]
+    return weight.detach().reshape(out_c * in_c // m, m, -1)
+
+
+def _write_member_magnitudes(weight: torch.Tensor, m: int, out: torch.Tensor) -> None:
+    """Fill ``out`` (``(m, O*C/m, K)`` float32) with :func:`member_magnitudes` of ``weight``."""
+    src = _member_layout(weight, m).transpose(0, 1)
+    if weight.dtype == torch.float32:
+        torch.nan_to_num(src, nan=float('inf'), out=out)  # one pass: permute + NaN
+    else:  # convert first: a half inf must become the float32 maximum, as before
+        out.copy_(src)
+        out.nan_to_num_(nan=float('inf'))
+    out.abs_()
+
+
 def member_magnitudes(weight: torch.Tensor, m: int) -> torch.Tensor:
     """``|w|`` as float32 in the layout ``(m, O*C/m, K)``: entry ``[j, r, k]`` is member ``j``
     (input channel ``(r % (C/m)) * m + j``) of the group of row ``r`` (output channel
     ``r // (C/m)``) at kernel position ``k`` (``K = kh*kw``; 1 for a Linear weight).
 
     Every member index is one contiguous slice, so the ranking in :func:`nm_mask` runs on
-    contiguous memory; the rows of ``(m * O*C/m, K)`` are all weights of one kernel position,
-    which is what :func:`~spre_mmdet.sparsity.spre.spatial_mask` counts over.
-
-    NaN becomes ``+inf`` and ``+-inf`` the largest finite float (``torch.nan_to_num``), so NaN
-    ranks above every number; this is the order :func:`nm_mask` has always used.
+    contiguous memory. NaN becomes ``+inf`` and ``+-inf`` the largest finite float
+    (``torch.nan_to_num``): NaN ranks above every number, the order :func:`nm_mask` has always
+    used.
     """
-    reason = nm_incompatibility(weight.shape, m)
-    if reason is not None:
-        raise ValueError(f'Cannot form N:M groups: {reason}.')
-    out_c, in_c = weight.shape[:2]
-    src = weight.detach().reshape(out_c * in_c // m, m, -1).transpose(0, 1)
-    out = torch.empty(src.shape, dtype=torch.float32, device=weight.device)
-    if weight.dtype == torch.float32:
-        torch.nan_to_num(src, nan=float('inf'), out=out)  # one pass: permute + NaN
-    else:  # convert first: a half inf must become the float32 maximum, as before
-        out.copy_(src)
-        out.nan_to_num_(nan=float('inf'))
-    return out.abs_()
+    _check_groups(weight, m)
+    src = _member_layout(weight, m)
+    out = torch.empty((m, src.shape[0], src.shape[2]), dtype=torch.float32,
+                      device=weight.device)
+    _write_member_magnitudes(weight, m, out)
+    return out
 
 
 def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Boolean N:M mask keeping the ``n`` largest ``|w|`` of each group of ``m`` input channels.
 
     Ties keep the lower channel index (as a stable sort would), so the mask is deterministic.
-    NaN counts as larger than any number (NaNs tie among themselves).
+    NaN counts as larger than any number (NaNs tie among themselves; +-inf ties with the
+    largest finite float).
+    """
+    return nm_masks([weight], n, m)[0]
+
+
+def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int,
+             out: Optional[Sequence[torch.Tensor]] = None) -> List[torch.Tensor]:
+    """:func:`nm_mask` of every tensor in ``weights``, computed together in a few large
+    operations (see :data:`BATCH_NUMEL`).
+
+    Args:
+        weights: weights of any shapes with ``C % m == 0``, on any devices.
+        n, m: the N:M pattern.
+        out: bool tensors of the weights' shapes to write the masks into (e.g. the learners'
+            mask buffers); new tensors if ``None``.
+
+    Returns:
+        The masks (``out`` if given).
     """
     n, m = check_nm(n, m)
-    magnitude = member_magnitudes(weight, m)  # (m, R, K), member j contiguous
+    weights = list(weights)
+    for weight in weights:
+        _check_groups(weight, m)
+    if out is None:
+        out = [torch.empty(w.shape, dtype=torch.bool, device=w.device) for w in weights]
+    else:
+        out = list(out)
+        for weight, mask in zip(weights, out, strict=True):
+            if mask.shape != weight.shape or mask.dtype != torch.bool:
+                raise ValueError(f'out mask {tuple(mask.shape)} {mask.dtype} does not fit a '
+                                 f'weight of shape {tuple(weight.shape)}.')
     if m > 128:  # ranks would not fit the uint8 counters below; never a hardware pattern
-        return _nm_mask_by_sort(magnitude, n, weight.shape)
-    _, rows, k = magnitude.shape
+        for weight, mask in zip(weights, out):
+            mask.copy_(_nm_mask_by_sort(member_magnitudes(weight, m), n, weight.shape))
+        return out
+    batch: List[int] = []
+    for i, weight in enumerate(weights):  # consecutive weights of one device, up to the cap
+        if batch and (weight.device != weights[batch[0]].device or
+                      sum(weights[j].numel() for j in batch) + weight.numel() > BATCH_NUMEL):
+            _rank_batch([weights[j] for j in batch], [out[j] for j in batch], n, m)
+            batch = []
+        batch.append(i)
+    if batch:
+        _rank_batch([weights[j] for j in batch], [out[j] for j in batch], n, m)
+    return out
+
+
+def _rank_batch(weights: List[torch.Tensor], out: List[torch.Tensor], n: int, m: int) -> None:
+    """Write the N:M masks of ``weights`` (one device) into ``out``."""
+    device = weights[0].device
+    layouts = [_member_layout(w, m).shape for w in weights]  # (rows, m, K) each
+    sizes = [rows * k for rows, _, k in layouts]
+    total = sum(sizes)
+    # member j of every group of every weight: row j of one (m, total) buffer
+    magnitude = torch.empty((m, total), dtype=torch.float32, device=device)
+    views, start = [], 0
+    for weight, (rows, _, k), size in zip(weights, layouts, sizes):
+        view = magnitude[:, start:start + size].view(m, rows, k)
+        _write_member_magnitudes(weight, m, view)
+        views.append((start, size, rows, k))
+        start += size
     # rank[j] = how many members of its group beat member j: a larger |w|, or an equal |w|
     # at a lower index. Member i < j beats j iff |w_i| >= |w_j|, else j beats i: one
     # comparison per pair, m*(m-1)/2 in all, each over contiguous memory. The counters are
     # uint8 holding rank - n (mod 256), so bit 7 is set exactly when rank < n (kept).
-    rank = torch.empty((m, rows, k), dtype=torch.uint8, device=weight.device)
+    rank = torch.empty((m, total), dtype=torch.uint8, device=device)
     for j in range(m):
         rank[j].fill_((m - 1 - j - n) % 256)  # as if member j lost to every later member
-    beats = torch.empty((m - 1, rows, k), dtype=torch.bool, device=weight.device)
+    beats = torch.empty((m - 1, total), dtype=torch.bool, device=device)
     for i in range(m - 1):
         wins = beats[:m - 1 - i]
         torch.ge(magnitude[i:i + 1], magnitude[i + 1:], out=wins)  # i beats i+1..m-1
         wins = wins.view(torch.uint8)
         rank[i + 1:].add_(wins)
         rank[i].sub_(wins.sum(0, dtype=torch.uint8) if len(wins) > 1 else wins[0])
-    mask = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
-    # bit 7 -> 0/1 bytes, written straight into the bool mask in the weight's layout
-    torch.bitwise_right_shift(rank.transpose(0, 1), 7,
-                              out=mask.view(torch.uint8).view(rows, m, k))
-    return mask
+    del magnitude, beats
+    for mask, (start, size, rows, k) in zip(out, views):
+        # bit 7 -> 0/1 bytes, written straight into the bool mask in the weight's layout
+        target = mask if mask.is_contiguous() else torch.empty(mask.shape, dtype=torch.bool,
+                                                               device=mask.device)
+        torch.bitwise_right_shift(rank[:, start:start + size].view(m, rows, k).transpose(0, 1),
+                                  7, out=target.view(torch.uint8).view(rows, m, k))
+        if target is not mask:
+            mask.copy_(target)
 
 
 def _nm_mask_by_sort(magnitude: torch.Tensor, n: int, shape: torch.Size) -> torch.Tensor:
-    """:func:`nm_mask` by a stable sort (for ``m > 128``)."""
-    m, rows, k = magnitude.shape
+    """:func:`nm_mask` by a stable sort of :func:`member_magnitudes` (for ``m > 128``)."""
     order = torch.argsort(magnitude, dim=0, descending=True, stable=True)
     keep = torch.zeros(magnitude.shape, dtype=torch.bool, device=magnitude.device)
     keep.scatter_(0, order[:n], True)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .layers import SparseConv2d
-from .learners import DerivedStateMixin, source_state
+from .learners import DerivedStateMixin, Source
 from .nm import unstructured_mask
 
 
@@ -96,17 +96,17 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
                                             self.sparsity.m))
             self.needs_init = False
             # S depends on the weight only: skip the next refresh if neither changes
-            self._spatial_source = source_state(self.weight, self.spatial)
+            self._spatial_source = Source(self.weight, self.spatial)
 
     def _spatial_is_current(self) -> bool:
         source = self.__dict__.get('_spatial_source')
-        return source is not None and source == source_state(self.weight, self.spatial)
+        return source is not None and source.matches(self.weight, self.spatial)
 
     def forget(self) -> None:
         """Recompute ``B`` and ``S`` at their next due refresh even if the weight looks
         unchanged (see :meth:`MaskLearner.forget`)."""
         self.sparsity.forget()
-        self._spatial_source = None
+        self._spatial_source = Source()
 
     def rep_weight(self) -> torch.Tensor:
         """``W_rep * B * S``; ``B`` and ``S`` are constants (no gradient flows through them)."""

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from helpers import (assert_nm_pattern, group_nonzero_counts, iter_groups, reference_nm_mask,
                      reference_unstructured_keep_count)
 from spre_mmdet.sparsity import (check_nm, check_nm_tensor, from_groups, nm_incompatibility,
-                                 nm_mask, to_groups, unstructured_mask)
+                                 nm_mask, nm_masks, to_groups, unstructured_mask)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROPERTY = settings(max_examples=40, deadline=None)
@@ -336,3 +336,27 @@ def test_mask_of_infinities_ranks_nan_first_and_inf_with_the_largest_float():
                            [-float('inf'), big, 2.0, float('nan')]])
     assert nm_mask(weight, 2, 4).tolist() == [[True, False, True, False],
                                               [True, False, False, True]]
+
+
+@pytest.mark.parametrize('batch_numel', [1, 200, 1 << 23])
+def test_masks_of_many_weights_together_equal_each_alone(batch_numel, monkeypatch):
+    """nm_masks of mixed shapes, in batches of any size, equals the sort reference per weight."""
+    import spre_mmdet.sparsity.nm as nm
+    monkeypatch.setattr(nm, 'BATCH_NUMEL', batch_numel)
+    gen = torch.Generator().manual_seed(batch_numel)
+    weights = [torch.randn(6, 8, 3, 3, generator=gen), torch.randint(-2, 3, (5, 16)).float(),
+               torch.randn(4, 8, 1, 1, generator=gen).half(), torch.full((3, 4, 2, 2), 2.0)]
+    out = [torch.empty(w.shape, dtype=torch.bool) for w in weights]
+    out[0] = out[0].transpose(2, 3).contiguous().transpose(2, 3)  # a non-contiguous target
+    masks = nm_masks(weights, 2, 4, out=out)
+    for weight, mask, target in zip(weights, masks, out):
+        assert mask is target
+        assert torch.equal(mask, sorted_reference_nm_mask(weight, 2, 4))
+
+
+def test_masks_out_must_fit():
+    """An out tensor of the wrong shape or dtype is refused with both shapes named."""
+    with pytest.raises(ValueError, match='does not fit'):
+        nm_masks([torch.randn(4, 8)], 2, 4, out=[torch.empty(4, 4, dtype=torch.bool)])
+    with pytest.raises(ValueError, match='does not fit'):
+        nm_masks([torch.randn(4, 8)], 2, 4, out=[torch.empty(4, 8)])

@@ -10,8 +10,8 @@ from torch import nn
 from helpers import assert_nm_pattern, reference_nm_mask
 from spre_mmdet.sparsity.srste import apply_mask
 from spre_mmdet.sparsity import (FixedMask, SparseConv2d, SparseLinear, SRSTEMask, build_learner,
-                                 forget_mask_sources, nm_mask, refresh_masks, sparsify_layer,
-                                 srste)
+                                 forget_mask_sources, nm_mask, nm_masks, refresh_masks,
+                                 sparsify_layer, srste)
 
 
 def _sparse_conv(method='srste', seed=0, **kwargs):
@@ -250,14 +250,14 @@ OPTIMIZERS = {
 
 @pytest.fixture
 def mask_computations(monkeypatch):
-    """Counts nm_mask calls made by the learners."""
+    """Records the shape of every weight whose mask the learners compute."""
     import spre_mmdet.sparsity.learners as learners
     calls = []
 
-    def counting(weight, n, m):
-        calls.append(weight.shape)
-        return nm_mask(weight, n, m)
-    monkeypatch.setattr(learners, 'nm_mask', counting)
+    def counting(weights, n, m, out=None):
+        calls.extend(weight.shape for weight in weights)
+        return nm_masks(weights, n, m, out)
+    monkeypatch.setattr(learners, 'nm_masks', counting)
     return calls
 
 
@@ -334,6 +334,43 @@ def test_forget_recomputes_after_writes_torch_does_not_record(mask_computations)
     refresh_masks(model, 2)
     assert len(mask_computations) == 2
     assert torch.equal(model[0].sparsity.mask, _expected_mask(model[0]))
+
+
+def test_refresh_recomputes_for_a_new_tensor_at_a_reused_address(mask_computations):
+    """A different weight tensor is a change, even at the freed address and version of the last."""
+    learner = SRSTEMask((4, 8), 2, 4)
+    for it in range(6):
+        weight = torch.randn(4, 8)  # often the allocator's last block again, version 0 again
+        learner.refresh(weight, it)
+        assert torch.equal(learner.mask, nm_mask(weight, 2, 4))
+    assert len(mask_computations) == 6
+
+
+def test_copies_of_a_layer_recompute_their_masks(mask_computations):
+    """A deep copy (or unpickled layer) does not trust the original's record."""
+    layer = _sparse_conv(seed=8)
+    layer.refresh(0)
+    twin = copy.deepcopy(layer)
+    assert layer.sparsity.mask_is_current(layer.weight)
+    assert not twin.sparsity.mask_is_current(twin.weight)
+    twin.refresh(1)
+    assert len(mask_computations) == 2
+
+
+def test_refresh_masks_computes_all_due_masks_together(monkeypatch):
+    """refresh_masks ranks every due layer of an N:M pattern in one nm_masks call."""
+    import spre_mmdet.sparsity.learners as learners
+    batches = []
+
+    def recording(weights, n, m, out=None):
+        batches.append(len(weights))
+        return nm_masks(weights, n, m, out)
+    monkeypatch.setattr(learners, 'nm_masks', recording)
+    model = nn.Sequential(_sparse_conv(seed=9), _sparse_conv(seed=10), _sparse_conv(seed=11))
+    refresh_masks(model, 0)
+    assert batches == [3]
+    for layer in model:
+        assert torch.equal(layer.sparsity.mask, _expected_mask(layer))
 
 
 def test_refresh_off_interval_never_recomputes(mask_computations):
