@@ -20,7 +20,8 @@ function and the same gradients as the two branches, at the cost of the plain N:
 After training, :meth:`SpReBatchNorm2d.fold` merges the pair into a plain conv whose weight is
 exactly N:M (its support lies inside ``B``) and a BN that only adds the folded bias.
 """
-from typing import Tuple
+import math
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -35,11 +36,87 @@ def spatial_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
     An unstructured magnitude mask at density ``n/m`` is taken over the whole layer; a kernel
     position gets ``S = 1`` where unstructured pruning removes *less* than ``p = 1 - n/m`` there.
+    The result is exactly that of counting :func:`~spre_mmdet.sparsity.nm.unstructured_mask`
+    per position (ties at its threshold keep the lowest flat indices), but the usual case needs
+    no selection over the whole layer (:func:`_spatial_by_histogram`).
     """
-    kept = unstructured_mask(weight, n / m).sum(dim=(0, 1))
-    total = weight.shape[0] * weight.shape[1]
-    # pruned / total < (m - n) / m, in integers: float32 means misjudge the equality case
-    return ((total - kept) * m < (m - n) * total).to(weight.dtype)
+    out_c, in_c = weight.shape[:2]
+    magnitude = weight.detach().abs().reshape(out_c * in_c, -1)  # a column per position
+    spatial = _spatial_by_histogram(magnitude, n, m)
+    if spatial is None:  # rare: see _spatial_by_histogram
+        spatial = _spatial_of_kept(unstructured_mask(magnitude, n / m).sum(dim=0), n, m,
+                                   magnitude.shape[0])
+    return spatial.to(weight.dtype).reshape(weight.shape[2:])
+
+
+def _spatial_of_kept(kept: torch.Tensor, n: int, m: int, total: int) -> torch.Tensor:
+    """``S`` from the kept count of each position out of ``total``: pruned / total < (m-n)/m,
+    in integers (float32 would misjudge the equality case)."""
+    return (total - kept) * m < (m - n) * total
+
+
+def _spatial_by_histogram(magnitude: torch.Tensor, n: int, m: int) -> Optional[torch.Tensor]:
+    """``S`` (bool) from ``|W|`` as ``(O*C, positions)``, or ``None`` in the rare cases left to
+    the exact selection (threshold among infinities/NaNs, or not above the sampled bound).
+
+    Let ``t`` be the threshold of the unstructured mask (its ``keep``-th largest value):
+
+    1. A strided sample of 4-8 thousand values gives ``lo``, six standard errors of the
+       sample quantile below ``t``.
+    2. ``key = half((|w| - lo) * scale)`` is monotone in ``|w|`` (0 at and below ``lo``) and,
+       half carrying 11 significant bits at any distance from ``lo``, fine near ``t``. One
+       ``bincount`` over the keys gives the bucket ``b`` that holds ``t``: entries with a larger
+       key are kept, entries with a smaller one are not.
+    3. Per position, the number of keys above ``b`` (a comparison and a matrix-vector product)
+       is a lower bound of the kept count, and adding the few entries kept from bucket ``b``
+       an upper bound. Where the two bounds give the same ``S`` (almost always), that is ``S``;
+       otherwise bucket ``b``'s entries are ranked exactly, by value and then flat index as
+       :func:`unstructured_mask` does.
+    """
+    rows, _ = magnitude.shape
+    flat = magnitude.reshape(-1)
+    numel = flat.numel()
+    keep = int(round(n / m * numel))  # as unstructured_mask(weight, n / m)
+    if not 0 < keep < numel or rows >= 2 ** 24:  # float32 column sums are exact below 2**24
+        return None
+    # 1. lo and a guess of t from the sample
+    sample = flat[::max(1, numel // 4096)]
+    size = sample.numel()
+    q = keep / numel
+    lo_rank = size - math.ceil(q * size + 6 * math.sqrt(size * q * (1 - q)))  # from the bottom
+    if lo_rank < 1:
+        return None
+    guess_rank = min(size, max(lo_rank, size - round(q * size) + 1))
+    lo = float(torch.kthvalue(sample, lo_rank).values)
+    guess = float(torch.kthvalue(sample, guess_rank).values)
+    if not (math.isfinite(lo) and math.isfinite(guess)) or guess <= lo:
+        return None
+    # 2. keys, scaled by a power of two (exact) so that guess - lo maps near 2**10; half and
+    # bfloat16 weights are widened first (exactly), their own range could overflow
+    scale = 2.0 ** (10 - math.frexp(guess - lo)[1])
+    wide = magnitude if magnitude.dtype in (torch.float32, torch.float64) else magnitude.float()
+    keys = torch.empty(magnitude.shape, dtype=torch.float16, device=magnitude.device)
+    torch.addcmul(wide.new_tensor(-lo * scale), wide, wide.new_tensor(scale), out=keys)
+    keys = keys.view(torch.int16).clamp_(min=0)  # below lo: negative halves (sign bit) -> 0
+    counts = torch.bincount(keys.reshape(-1), minlength=2 ** 15)
+    at_or_above = counts.flip(0).cumsum(0).flip(0)
+    bucket = int((at_or_above >= keep).sum()) - 1  # the largest b with >= keep keys >= b
+    if bucket <= 0 or bucket >= 0x7c00:  # t not above lo, or among half infinities / NaNs
+        return None
+    # 3. bounds per position
+    larger = torch.empty(magnitude.shape, dtype=torch.float32, device=magnitude.device)
+    torch.gt(keys, bucket, out=larger)
+    kept = torch.mv(larger.t(), larger.new_ones(rows)).round_().long()
+    from_bucket = keep - int(at_or_above[bucket + 1])  # kept entries of bucket b, 1..count
+    spatial = _spatial_of_kept(kept, n, m, rows)
+    if torch.equal(spatial, _spatial_of_kept(kept + from_bucket, n, m, rows)):
+        return spatial
+    # bucket b decides: rank its entries by value, then flat index (nonzero is ascending)
+    index = torch.nonzero(keys.reshape(-1) == bucket).squeeze(1)
+    order = torch.argsort(flat[index], descending=True, stable=True)
+    chosen = index[order[:from_bucket]] % magnitude.shape[1]
+    kept += torch.bincount(chosen, minlength=magnitude.shape[1])
+    return _spatial_of_kept(kept, n, m, rows)
 
 
 def batchnorm_affine(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:

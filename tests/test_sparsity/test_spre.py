@@ -1,5 +1,6 @@
 """SpRe: the spatial mask S, the training-time block and its fold (SPEC section 4)."""
 import copy
+import zlib
 
 import numpy as np
 import pytest
@@ -339,3 +340,88 @@ def test_spatial_refresh_skips_unchanged_weights_and_follows_changes(spatial_com
     forget_mask_sources(block)
     refresh_masks(block, 6)
     assert len(spatial_computations) == 4 and torch.equal(block.conv.spatial, PLUS)
+
+
+# ------------------------------------------------------ S by histogram vs a sort with ties and NaN
+
+def sorted_reference_spatial_mask(weight, n, m):
+    """S from a full ranking of |w| (weight's dtype): NaN first, then larger, then lower flat
+    index; the round(n/m * numel) first are kept, then SPEC steps 3-4 in integers."""
+    flat = weight.detach().abs().flatten().tolist()
+    order = sorted(range(len(flat)), key=lambda i: (flat[i] == flat[i], -flat[i]
+                                                    if flat[i] == flat[i] else 0.0, i))
+    keep = torch.zeros(len(flat), dtype=torch.bool)
+    keep[order[:int(round(n / m * len(flat)))]] = True
+    out_c, in_c = weight.shape[:2]
+    kept = keep.reshape(out_c * in_c, -1).sum(0)
+    total = out_c * in_c
+    return ((total - kept) * m < (m - n) * total).to(weight.dtype).reshape(weight.shape[2:])
+
+
+def _spatial_weights(kind, shape, gen):
+    if kind == 'random':
+        return torch.randn(shape, generator=gen)
+    if kind == 'position_scales':  # trained-like: positions differ in magnitude
+        return torch.randn(shape, generator=gen) * torch.rand(shape[2:], generator=gen) * 3
+    if kind == 'near_bound':  # every position keeps about n/m: the counts decide S
+        return torch.randn(shape, generator=gen) * (1 + 0.01 * torch.randn(shape[2:], generator=gen))
+    if kind == 'small_integers':
+        return torch.randint(-4, 5, shape, generator=gen).float()
+    if kind == 'nan_inf':
+        weight = torch.randn(shape, generator=gen)
+        spots = torch.randint(0, weight.numel(), (weight.numel() // 5,), generator=gen)
+        weight.view(-1)[spots] = torch.tensor([float('nan'), float('inf'), -float('inf'),
+                                               3.4e38])[torch.randint(0, 4, spots.shape,
+                                                                      generator=gen)]
+        return weight
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize('n, m', [(2, 4), (1, 4), (3, 4), (2, 8), (1, 2)])
+@pytest.mark.parametrize('shape', [(24, 32, 3, 3), (16, 8, 5, 5), (12, 16, 1, 3), (8, 8, 1, 1)],
+                         ids=['3x3', '5x5', '1x3', '1x1'])
+@pytest.mark.parametrize('kind', ['random', 'position_scales', 'near_bound', 'small_integers',
+                                  'nan_inf'])
+def test_spatial_mask_equals_full_ranking_with_ties_and_nan(n, m, shape, kind):
+    """spatial_mask equals S from a full ranking (ties by flat index, NaN first) in every case."""
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((n, m, shape, kind)).encode()))
+    for _ in range(2):
+        weight = _spatial_weights(kind, shape, gen)
+        assert torch.equal(spatial_mask(weight, n, m), sorted_reference_spatial_mask(weight, n, m))
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float64])
+def test_spatial_mask_other_dtypes(dtype):
+    """spatial_mask equals the full ranking for half, bfloat16 and double weights."""
+    gen = torch.Generator().manual_seed(3)
+    for kind in ('random', 'near_bound', 'small_integers'):
+        weight = _spatial_weights(kind, (32, 32, 3, 3), gen).to(dtype)
+        assert torch.equal(spatial_mask(weight, 2, 4), sorted_reference_spatial_mask(weight, 2, 4))
+
+
+def test_spatial_mask_exercises_every_path(monkeypatch):
+    """The histogram decides alone, ranks its threshold bucket, or hands over to the full
+    selection; each way gives the reference S."""
+    import spre_mmdet.sparsity.spre as spre
+    seen = {'histogram': 0, 'bucket': 0, 'selection': 0}
+    histogram, argsort = spre._spatial_by_histogram, torch.argsort
+
+    def spy_histogram(*args):
+        result = histogram(*args)
+        seen['histogram' if result is not None else 'selection'] += 1
+        return result
+
+    def spy_argsort(*args, **kwargs):
+        seen['bucket'] += 1
+        return argsort(*args, **kwargs)
+    monkeypatch.setattr(spre, '_spatial_by_histogram', spy_histogram)
+    monkeypatch.setattr(spre.torch, 'argsort', spy_argsort)
+    gen = torch.Generator().manual_seed(0)
+    for kind in ('random', 'near_bound', 'small_integers', 'nan_inf'):
+        for _ in range(4):
+            weight = _spatial_weights(kind, (32, 32, 3, 3), gen)
+            assert torch.equal(spatial_mask(weight, 2, 4),
+                               sorted_reference_spatial_mask(weight, 2, 4))
+    weight = torch.full((8, 8, 3, 3), 0.5)  # one value everywhere: the selection decides
+    assert torch.equal(spatial_mask(weight, 2, 4), sorted_reference_spatial_mask(weight, 2, 4))
+    assert all(count > 0 for count in seen.values()), seen
