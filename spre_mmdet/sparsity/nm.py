@@ -54,11 +54,14 @@ def to_groups(weight: torch.Tensor, m: int) -> torch.Tensor:
     return weight.permute(perm).reshape(-1, m)
 
 
-def from_groups(groups: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Inverse of :func:`to_groups`: rows of ``m`` back to a weight of ``shape``."""
+def from_groups(groups: torch.Tensor, shape: torch.Size,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Inverse of :func:`to_groups`: rows of ``m`` back to a weight of ``shape`` (written into
+    ``out`` if given: one copy instead of two)."""
     dim = len(shape)
     inverse = (0, dim - 1, *range(1, dim - 1))
-    return groups.reshape(_permuted_shape(shape)).permute(inverse).contiguous()
+    weight = groups.reshape(_permuted_shape(shape)).permute(inverse)
+    return weight.contiguous() if out is None else out.copy_(weight)
 
 
 #: Layers are ranked together, in batches of up to this many weights: a few large tensor

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spre_mmdet.sparsity import (NotFinalError, SparseConv2d, SparseLinear, build_learner,
-                                 check_nm_tensor, nm_mask, reparameterize)
+                                 check_nm_tensor, from_groups, nm_mask, reparameterize, to_groups)
 from spre_mmdet.sparsity.lbc import LBCMask, cubic_survivors, subset_matrix
 
 
@@ -365,3 +365,61 @@ def test_set_schedule_validates_and_keeps_removed_subsets():
     assert torch.equal(layer.sparsity.alive, alive)
     layer.refresh(200)
     assert layer.sparsity.is_final
+
+
+# -------------------------------------------- removal without sorting equals the full ranking
+
+def ranking_reference_keep(learner, weight, count):
+    """``alive`` after keeping ``count`` subsets per group by a plain per-group sort: higher
+    score (dead and NaN as -inf), then larger sum |W_j| (the same float32 matmul as the
+    learner), then lower index; alive subsets outside the first ``count`` are removed."""
+    magnitude = (to_groups(weight.detach().abs(), learner.m).float() @ learner.subsets.t())
+    scores = torch.nan_to_num(learner.scores.detach().float().masked_fill(
+        ~learner.alive, float('-inf')), nan=float('-inf'))
+    alive = learner.alive.clone()
+    for g in range(alive.shape[0]):
+        order = sorted(range(alive.shape[1]),
+                       key=lambda k: (-scores[g, k].item(), -magnitude[g, k].item(), k))
+        keep = torch.zeros(alive.shape[1], dtype=torch.bool)
+        keep[order[:count]] = True
+        alive[g] &= keep
+    return alive
+
+
+def _lbc_state(shape, n, m, kind, seed):
+    gen = torch.Generator().manual_seed(seed)
+    learner = LBCMask(shape, n, m, t_i=0, t_f=10)
+    weight = torch.randn(shape, generator=gen)
+    learner.refresh(weight, 0)
+    with torch.no_grad():
+        if kind == 'random':
+            learner.scores.copy_(torch.rand(learner.scores.shape, generator=gen))
+        elif kind == 'ties':  # few score values: the minimum is often shared
+            learner.scores.copy_(torch.randint(0, 3, learner.scores.shape, generator=gen))
+        elif kind == 'nan_inf':
+            learner.scores.copy_(torch.rand(learner.scores.shape, generator=gen))
+            spots = torch.rand(learner.scores.shape, generator=gen)
+            learner.scores[spots < 0.05] = float('nan')
+            learner.scores[(spots > 0.05) & (spots < 0.1)] = -float('inf')
+        elif kind == 'equal':  # untrained scores: the magnitude decides everything
+            pass
+    return learner, weight
+
+
+@pytest.mark.parametrize('n, m', [(2, 4), (1, 4), (2, 8)])
+@pytest.mark.parametrize('shape', [(6, 16, 3, 3), (10, 16)], ids=['conv', 'linear'])
+@pytest.mark.parametrize('kind', ['random', 'ties', 'nan_inf', 'equal'])
+def test_removal_steps_equal_the_full_ranking(n, m, shape, kind):
+    """Each schedule step (one subset, several at once, groups left uneven by NaN scores) keeps
+    exactly what ranking every group in full keeps; mask and survivors follow alive."""
+    learner, weight = _lbc_state(shape, n, m, kind, seed=n * 100 + m)
+    counts = list(range(learner.num_subsets - 1, 0, -1))
+    counts = counts[:2] + counts[3::2] if len(counts) > 3 else counts  # single and jumps
+    for count in counts:
+        expected = ranking_reference_keep(learner, weight, count)
+        learner._keep_best(weight, count)
+        assert torch.equal(learner.alive, expected), count
+        assert (learner.scores.detach()[~learner.alive] == 0).all()
+        union = (learner.alive.float() @ learner.subsets) != 0
+        assert torch.equal(learner.mask, from_groups(union, weight.shape))
+        assert learner._survivors == int(learner.alive.sum(dim=1).max())
