@@ -143,7 +143,9 @@ def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int,
         out = [torch.empty(w.shape, dtype=torch.bool, device=w.device) for w in weights]
     else:
         out = list(out)
-        for weight, mask in zip(weights, out, strict=True):
+        if len(out) != len(weights):
+            raise ValueError(f'{len(out)} out masks for {len(weights)} weights.')
+        for weight, mask in zip(weights, out):
             if mask.shape != weight.shape or mask.dtype != torch.bool:
                 raise ValueError(f'out mask {tuple(mask.shape)} {mask.dtype} does not fit a '
                                  f'weight of shape {tuple(weight.shape)}.')

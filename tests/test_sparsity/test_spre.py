@@ -364,7 +364,8 @@ def _spatial_weights(kind, shape, gen):
     if kind == 'position_scales':  # trained-like: positions differ in magnitude
         return torch.randn(shape, generator=gen) * torch.rand(shape[2:], generator=gen) * 3
     if kind == 'near_bound':  # every position keeps about n/m: the counts decide S
-        return torch.randn(shape, generator=gen) * (1 + 0.01 * torch.randn(shape[2:], generator=gen))
+        scales = 1 + 0.01 * torch.randn(shape[2:], generator=gen)
+        return torch.randn(shape, generator=gen) * scales
     if kind == 'small_integers':
         return torch.randint(-4, 5, shape, generator=gen).float()
     if kind == 'nan_inf':
