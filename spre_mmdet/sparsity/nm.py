@@ -82,15 +82,15 @@ def _member_layout(weight: torch.Tensor, m: int) -> torch.Tensor:
     return weight.detach().reshape(out_c * in_c // m, m, -1)
 
 
-def _write_member_magnitudes(weight: torch.Tensor, m: int, out: torch.Tensor) -> None:
-    """Fill ``out`` (``(m, O*C/m, K)`` float32) with :func:`member_magnitudes` of ``weight``."""
+def _write_member_values(weight: torch.Tensor, m: int, out: torch.Tensor) -> None:
+    """Fill ``out`` (``(m, O*C/m, K)`` float32) with :func:`member_magnitudes` of ``weight``,
+    signs left for the caller to drop (``abs_``, once over many weights)."""
     src = _member_layout(weight, m).transpose(0, 1)
     if weight.dtype == torch.float32:
         torch.nan_to_num(src, nan=float('inf'), out=out)  # one pass: permute + NaN
     else:  # convert first: a half inf must become the float32 maximum, as before
         out.copy_(src)
         out.nan_to_num_(nan=float('inf'))
-    out.abs_()
 
 
 def member_magnitudes(weight: torch.Tensor, m: int) -> torch.Tensor:
@@ -107,8 +107,8 @@ def member_magnitudes(weight: torch.Tensor, m: int) -> torch.Tensor:
     src = _member_layout(weight, m)
     out = torch.empty((m, src.shape[0], src.shape[2]), dtype=torch.float32,
                       device=weight.device)
-    _write_member_magnitudes(weight, m, out)
-    return out
+    _write_member_values(weight, m, out)
+    return out.abs_()
 
 
 def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -175,10 +175,10 @@ def _rank_batch(weights: List[torch.Tensor], out: List[torch.Tensor], n: int, m:
     magnitude = torch.empty((m, total), dtype=torch.float32, device=device)
     views, start = [], 0
     for weight, (rows, _, k), size in zip(weights, layouts, sizes):
-        view = magnitude[:, start:start + size].view(m, rows, k)
-        _write_member_magnitudes(weight, m, view)
+        _write_member_values(weight, m, magnitude[:, start:start + size].view(m, rows, k))
         views.append((start, size, rows, k))
         start += size
+    magnitude.abs_()
     # rank[j] = how many members of its group beat member j: a larger |w|, or an equal |w|
     # at a lower index. Member i < j beats j iff |w_i| >= |w_j|, else j beats i: one
     # comparison per pair, m*(m-1)/2 in all, each over contiguous memory. The counters are
