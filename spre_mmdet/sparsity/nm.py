@@ -153,55 +153,96 @@ def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int,
         for weight, mask in zip(weights, out):
             mask.copy_(_nm_mask_by_sort(member_magnitudes(weight, m), n, weight.shape))
         return out
-    batch: List[int] = []
-    for i, weight in enumerate(weights):  # consecutive weights of one device, up to the cap
-        if batch and (weight.device != weights[batch[0]].device or
-                      sum(weights[j].numel() for j in batch) + weight.numel() > BATCH_NUMEL):
-            _rank_batch([weights[j] for j in batch], [out[j] for j in batch], n, m)
-            batch = []
-        batch.append(i)
-    if batch:
+    # weights of one device and kernel size share a batch (the patterns below depend on K)
+    kinds = {}
+    for i, weight in enumerate(weights):
+        kinds.setdefault((weight.device, weight[0, 0].numel()), []).append(i)
+    for indices in kinds.values():
+        batch, size = [], 0
+        for i in indices:
+            if batch and size + weights[i].numel() > BATCH_NUMEL:
+                _rank_batch([weights[j] for j in batch], [out[j] for j in batch], n, m)
+                batch, size = [], 0
+            batch.append(i)
+            size += weights[i].numel()
         _rank_batch([weights[j] for j in batch], [out[j] for j in batch], n, m)
     return out
 
 
+_FLOAT_MAX = torch.finfo(torch.float32).max
+_FLOAT_MAX_BITS = 0x7f7fffff
+_INF_BITS = 0x7f800000  # +inf as int32; every NaN is above it once the sign is dropped
+
+# Periodic uint8/bool patterns over flat weight positions (see _rank_batch), per
+# (what, m, K, n or shift, device): built once, as long as the largest batch so far.
+_patterns = {}
+
+
+def _pattern(what: str, m: int, k: int, value: int, size: int,
+             device: torch.device) -> torch.Tensor:
+    """``size`` entries of a pattern of period ``m*k`` over positions ``p`` whose group member
+    is ``j = (p // k) % m``: ``'start'``: ``(m - 1 - j - n) mod 256`` (uint8, ``value=n``);
+    ``'pair'``: ``j + s < m`` (uint8 0/1, ``value=s``)."""
+    key = (what, m, k, value, device)
+    pattern = _patterns.get(key)
+    if pattern is None or pattern.numel() < size:
+        member = torch.arange(m * k, device=device) // k
+        period = (m - 1 - member - value) % 256 if what == 'start' else member + value < m
+        pattern = period.to(torch.uint8).repeat(-(-max(size, 1 << 16) // (m * k)))
+        _patterns[key] = pattern
+    return pattern[:size]
+
+
 def _rank_batch(weights: List[torch.Tensor], out: List[torch.Tensor], n: int, m: int) -> None:
-    """Write the N:M masks of ``weights`` (one device) into ``out``."""
-    device = weights[0].device
-    layouts = [_member_layout(w, m).shape for w in weights]  # (rows, m, K) each
-    sizes = [rows * k for rows, _, k in layouts]
+    """Write the N:M masks of ``weights`` (one device, one kernel size ``K``) into ``out``.
+
+    The weights are laid end to end, flat, as ``|w|`` (NaN -> above everything, +-inf -> the
+    largest float, as :func:`member_magnitudes`), in their own layout: position ``p`` holds
+    member ``j = (p // K) % m`` of its group, and member ``j + s`` of the same group sits at
+    ``p + s*K``. So ``key[p] >= key[p + s*K]`` over the whole buffer, one long contiguous
+    comparison per ``s``, decides every pair of members ``s`` apart (where ``j + s < m``; the
+    other positions compare across groups and are masked out by a periodic pattern).
+
+    rank[p] counts the members that beat the one at ``p``: a larger ``|w|``, or an equal one
+    at a lower channel index; ``m*(m-1)/2`` pairs, each deciding one loss. The counters are the
+    output bytes themselves (uint8, ``rank - n`` mod 256): bit 7 is set exactly when
+    ``rank < n``, i.e. kept.
+    """
+    device, k = weights[0].device, weights[0][0, 0].numel()
+    sizes = [w.numel() for w in weights]
     total = sum(sizes)
-    # member j of every group of every weight: row j of one (m, total) buffer
-    magnitude = torch.empty((m, total), dtype=torch.float32, device=device)
-    views, start = [], 0
-    for weight, (rows, _, k), size in zip(weights, layouts, sizes):
-        _write_member_values(weight, m, magnitude[:, start:start + size].view(m, rows, k))
-        views.append((start, size, rows, k))
+    key = torch.empty(total, dtype=torch.float32, device=device)
+    start = 0
+    for weight, size in zip(weights, sizes):
+        flat, part = weight.detach().reshape(-1), key[start:start + size]
+        if flat.dtype == torch.float32:
+            torch.abs(flat, out=part)
+        else:  # convert first: a half inf must become the float32 maximum, as before
+            part.copy_(flat).abs_()
         start += size
-    magnitude.abs_()
-    # rank[j] = how many members of its group beat member j: a larger |w|, or an equal |w|
-    # at a lower index. Member i < j beats j iff |w_i| >= |w_j|, else j beats i: one
-    # comparison per pair, m*(m-1)/2 in all, each over contiguous memory. The counters are
-    # uint8 holding rank - n (mod 256), so bit 7 is set exactly when rank < n (kept).
-    rank = torch.empty((m, total), dtype=torch.uint8, device=device)
-    for j in range(m):
-        rank[j].fill_((m - 1 - j - n) % 256)  # as if member j lost to every later member
-    beats = torch.empty((m - 1, total), dtype=torch.bool, device=device)
-    for i in range(m - 1):
-        wins = beats[:m - 1 - i]
-        torch.ge(magnitude[i:i + 1], magnitude[i + 1:], out=wins)  # i beats i+1..m-1
-        wins = wins.view(torch.uint8)
-        rank[i + 1:].add_(wins)
-        rank[i].sub_(wins.sum(0, dtype=torch.uint8) if len(wins) > 1 else wins[0])
-    del magnitude, beats
-    for mask, (start, size, rows, k) in zip(out, views):
-        # bit 7 -> 0/1 bytes, written straight into the bool mask in the weight's layout
+    bits = key.view(torch.int32)  # non-negative floats order as their bit patterns
+    if int(bits.amax()) > _FLOAT_MAX_BITS:  # some inf or NaN: map them
+        key.clamp_(max=_FLOAT_MAX)  # +inf ties with the largest float; NaN stays
+        bits.clamp_(max=_INF_BITS)  # every NaN -> one value above all numbers
+    rank = _pattern('start', m, k, n, total, device).clone()  # as if later members all won
+    wins = torch.empty(total, dtype=torch.bool, device=device)
+    for shift in range(1, m):
+        d = shift * k
+        won = wins[:total - d]
+        torch.ge(bits[:total - d], bits[d:], out=won)  # member j beats member j + shift
+        won, pair = won.view(torch.uint8), _pattern('pair', m, k, shift, total - d, device)
+        rank[d:].addcmul_(won, pair)  # member j + shift lost once more
+        rank[:total - d].addcmul_(won, pair, value=-1)  # member j did not lose to it
+    start = 0
+    for mask, size in zip(out, sizes):
         target = mask if mask.is_contiguous() else torch.empty(mask.shape, dtype=torch.bool,
                                                                device=mask.device)
-        torch.bitwise_right_shift(rank[:, start:start + size].view(m, rows, k).transpose(0, 1),
-                                  7, out=target.view(torch.uint8).view(rows, m, k))
+        # bit 7 -> 0/1 bytes, straight into the bool mask
+        torch.bitwise_right_shift(rank[start:start + size], 7,
+                                  out=target.view(torch.uint8).view(-1))
         if target is not mask:
             mask.copy_(target)
+        start += size
 
 
 def _nm_mask_by_sort(magnitude: torch.Tensor, n: int, shape: torch.Size) -> torch.Tensor:
