@@ -67,7 +67,7 @@ def from_groups(groups: torch.Tensor, shape: torch.Size,
 #: Layers are ranked together, in batches of up to this many weights: a few large tensor
 #: operations instead of some twenty per layer (each one a parallel region, which costs much
 #: more than its work on busy or shared cores; on a GPU each one is a kernel launch).
-BATCH_NUMEL = 1 << 23
+BATCH_NUMEL = 1 << 21
 
 
 def _check_groups(weight: torch.Tensor, m: int) -> None:
