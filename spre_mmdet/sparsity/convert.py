@@ -29,9 +29,12 @@ def refresh_masks(model: nn.Module, iteration: int) -> None:
     """Advance every sparse layer's mask schedule to ``iteration`` (call once per iteration,
     before the forward pass)."""
     layers = [layer for _, layer in sparse_layers(model)]
-    # the magnitude masks due now, all layers together; their refresh then finds them current
-    compute_magnitude_masks((layer.sparsity, layer.weight) for layer in layers
-                            if layer.sparsity.magnitude_mask_due(layer.weight, iteration))
+    # the magnitude masks due now, all layers together (a layer may use the magnitudes on the
+    # way: SpRe's S); their refresh then finds them current
+    due = [layer for layer in layers
+           if layer.sparsity.magnitude_mask_due(layer.weight, iteration)]
+    compute_magnitude_masks(((layer.sparsity, layer.weight) for layer in due),
+                            lambda i, magnitude: due[i].use_magnitude(magnitude, iteration))
     for layer in layers:
         layer.refresh(iteration)
 

@@ -9,7 +9,7 @@ distributed ranks and resumed runs identical.
 """
 import weakref
 from collections import defaultdict
-from typing import Iterable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -204,16 +204,23 @@ class FixedMask(MaskLearner):
             weight.mul_(self.mask)
 
 
-def compute_magnitude_masks(pairs: Iterable[Tuple[MaskLearner, torch.Tensor]]) -> None:
+def compute_magnitude_masks(pairs: Iterable[Tuple[MaskLearner, torch.Tensor]],
+                            magnitude_hook: Optional[Callable[[int, torch.Tensor], None]] = None
+                            ) -> None:
     """Set each learner's mask to the magnitude N:M mask of its weight, computing the masks of
     all pairs with the same N:M together (:func:`~spre_mmdet.sparsity.nm.nm_masks`: a few large
-    operations rather than some twenty per layer), and record them as current."""
+    operations rather than some twenty per layer), and record them as current.
+    ``magnitude_hook(i, magnitude)`` gets pair ``i``'s ``|w|`` on the way (see ``nm_masks``)."""
+    pairs = list(pairs)
     by_pattern = defaultdict(list)
-    for learner, weight in pairs:
-        by_pattern[(learner.n, learner.m)].append((learner, weight))
-    for (n, m), group in by_pattern.items():
+    for index, (learner, weight) in enumerate(pairs):
+        by_pattern[(learner.n, learner.m)].append(index)
+    for (n, m), indices in by_pattern.items():
+        group = [pairs[i] for i in indices]
+        hook = None if magnitude_hook is None else \
+            (lambda j, magnitude, indices=indices: magnitude_hook(indices[j], magnitude))
         nm_masks([weight for _, weight in group], n, m,
-                 out=[learner.mask for learner, _ in group])
+                 out=[learner.mask for learner, _ in group], magnitude_hook=hook)
         for learner, weight in group:
             learner.needs_init = False
             learner._source = Source(weight, learner.mask)

@@ -10,7 +10,7 @@ The masks are computed without sorting or permuted index tensors: ``(O, C, kh, k
 values takes ``M*(M-1)/2`` elementwise comparisons (:func:`nm_mask`).
 """
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -122,7 +122,9 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int,
-             out: Optional[Sequence[torch.Tensor]] = None) -> List[torch.Tensor]:
+             out: Optional[Sequence[torch.Tensor]] = None,
+             magnitude_hook: Optional[Callable[[int, torch.Tensor], None]] = None
+             ) -> List[torch.Tensor]:
     """:func:`nm_mask` of every tensor in ``weights``, computed together in a few large
     operations (see :data:`BATCH_NUMEL`).
 
@@ -131,6 +133,10 @@ def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int,
         n, m: the N:M pattern.
         out: bool tensors of the weights' shapes to write the masks into (e.g. the learners'
             mask buffers); new tensors if ``None``.
+        magnitude_hook: called as ``hook(i, magnitude)`` for every weight, with ``|w_i|`` as
+            float32 in ``w_i``'s shape (NaN -> inf, inf -> the largest float: the order of
+            the masks), for other work on the same magnitudes (SpRe's ``S``). Valid only
+            during the call; do not modify it.
 
     Returns:
         The masks (``out`` if given).
@@ -161,11 +167,11 @@ def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int,
         batch, size = [], 0
         for i in indices:
             if batch and size + weights[i].numel() > BATCH_NUMEL:
-                _rank_batch([weights[j] for j in batch], [out[j] for j in batch], n, m)
+                _rank_batch(weights, out, batch, n, m, magnitude_hook)
                 batch, size = [], 0
             batch.append(i)
             size += weights[i].numel()
-        _rank_batch([weights[j] for j in batch], [out[j] for j in batch], n, m)
+        _rank_batch(weights, out, batch, n, m, magnitude_hook)
     return out
 
 
@@ -193,8 +199,10 @@ def _pattern(what: str, m: int, k: int, value: int, size: int,
     return pattern[:size]
 
 
-def _rank_batch(weights: List[torch.Tensor], out: List[torch.Tensor], n: int, m: int) -> None:
-    """Write the N:M masks of ``weights`` (one device, one kernel size ``K``) into ``out``.
+def _rank_batch(all_weights: List[torch.Tensor], all_out: List[torch.Tensor], batch: List[int],
+                n: int, m: int, magnitude_hook=None) -> None:
+    """Write the N:M masks of ``all_weights[batch]`` (one device, one kernel size ``K``) into
+    ``all_out[batch]``.
 
     The weights are laid end to end, flat, as ``|w|`` (NaN -> above everything, +-inf -> the
     largest float, as :func:`member_magnitudes`), in their own layout: position ``p`` holds
@@ -208,6 +216,7 @@ def _rank_batch(weights: List[torch.Tensor], out: List[torch.Tensor], n: int, m:
     output bytes themselves (uint8, ``rank - n`` mod 256): bit 7 is set exactly when
     ``rank < n``, i.e. kept.
     """
+    weights, out = [all_weights[i] for i in batch], [all_out[i] for i in batch]
     device, k = weights[0].device, weights[0][0, 0].numel()
     sizes = [w.numel() for w in weights]
     total = sum(sizes)
@@ -224,6 +233,11 @@ def _rank_batch(weights: List[torch.Tensor], out: List[torch.Tensor], n: int, m:
     if int(bits.amax()) > _FLOAT_MAX_BITS:  # some inf or NaN: map them
         key.clamp_(max=_FLOAT_MAX)  # +inf ties with the largest float; NaN stays
         bits.clamp_(max=_INF_BITS)  # every NaN -> one value above all numbers
+    if magnitude_hook is not None:
+        start = 0
+        for i, weight, size in zip(batch, weights, sizes):
+            magnitude_hook(i, key[start:start + size].view(weight.shape))
+            start += size
     rank = _pattern('start', m, k, n, total, device).clone()  # as if later members all won
     wins = torch.empty(total, dtype=torch.bool, device=device)
     for shift in range(1, m):

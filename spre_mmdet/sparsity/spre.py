@@ -31,7 +31,8 @@ from .learners import DerivedStateMixin, Source
 from .nm import unstructured_mask
 
 
-def spatial_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+def spatial_mask(weight: torch.Tensor, n: int, m: int,
+                 magnitude: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The layer-wide ``kh x kw`` mask ``S`` of SpRe (SPEC section 4, steps 1-4).
 
     An unstructured magnitude mask at density ``n/m`` is taken over the whole layer; a kernel
@@ -39,11 +40,20 @@ def spatial_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     The result is exactly that of counting :func:`~spre_mmdet.sparsity.nm.unstructured_mask`
     per position (ties at its threshold keep the lowest flat indices), but the usual case needs
     no selection over the whole layer (:func:`_spatial_by_histogram`).
+
+    Args:
+        weight: the ``(O, C, kh, kw)`` weight.
+        n, m: the N:M pattern.
+        magnitude: ``|weight|`` if already computed, in any monotone form of it (e.g. as float32
+            with NaN -> inf: ``nm_masks``' magnitude hook); saves one pass.
     """
     out_c, in_c = weight.shape[:2]
-    magnitude = weight.detach().abs().reshape(out_c * in_c, -1)  # a column per position
+    if magnitude is None:
+        magnitude = weight.detach().abs()
+    magnitude = magnitude.reshape(out_c * in_c, -1)  # a column per kernel position
     spatial = _spatial_by_histogram(magnitude, n, m)
-    if spatial is None:  # rare: see _spatial_by_histogram
+    if spatial is None:  # rare, see _spatial_by_histogram: the selection, on |weight| itself
+        magnitude = weight.detach().abs().reshape(out_c * in_c, -1)
         spatial = _spatial_of_kept(unstructured_mask(magnitude, n / m).sum(dim=0), n, m,
                                    magnitude.shape[0])
     return spatial.to(weight.dtype).reshape(weight.shape[2:])
@@ -167,10 +177,16 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
 
     def refresh(self, iteration: int) -> None:
         super().refresh(iteration)
+        self._refresh_spatial(iteration)
+
+    def use_magnitude(self, magnitude: torch.Tensor, iteration: int) -> None:
+        self._refresh_spatial(iteration, magnitude)  # |W| is at hand: no second pass for S
+
+    def _refresh_spatial(self, iteration: int, magnitude: Optional[torch.Tensor] = None) -> None:
         due = iteration % self.spatial_interval == 0
         if self.needs_init or (due and not self._spatial_is_current()):
             self.spatial.copy_(spatial_mask(self.weight.detach(), self.sparsity.n,
-                                            self.sparsity.m))
+                                            self.sparsity.m, magnitude))
             self.needs_init = False
             # S depends on the weight only: skip the next refresh if neither changes
             self._spatial_source = Source(self.weight, self.spatial)

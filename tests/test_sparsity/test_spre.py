@@ -10,7 +10,7 @@ from torch import nn
 
 from helpers import assert_nm_pattern, reference_nm_mask, reference_spatial_mask
 from spre_mmdet.sparsity import (SpReBatchNorm2d, SpReConv2d, forget_mask_sources, refresh_masks,
-                                 reparameterize, spatial_mask, sparsify_layer)
+                                 nm_mask, reparameterize, spatial_mask, sparsify_layer)
 
 PLUS = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
 CROSS = [(0, 1), (1, 0), (1, 2), (2, 1)]
@@ -307,9 +307,9 @@ def spatial_computations(monkeypatch):
     import spre_mmdet.sparsity.spre as spre
     calls = []
 
-    def counting(weight, n, m):
+    def counting(weight, n, m, magnitude=None):
         calls.append(weight.shape)
-        return spatial_mask(weight, n, m)
+        return spatial_mask(weight, n, m, magnitude)
     monkeypatch.setattr(spre, 'spatial_mask', counting)
     return calls
 
@@ -426,3 +426,15 @@ def test_spatial_mask_exercises_every_path(monkeypatch):
     weight = torch.full((8, 8, 3, 3), 0.5)  # one value everywhere: the selection decides
     assert torch.equal(spatial_mask(weight, 2, 4), sorted_reference_spatial_mask(weight, 2, 4))
     assert all(count > 0 for count in seen.values()), seen
+
+
+def test_refresh_masks_computes_s_from_the_masks_magnitudes(spatial_computations):
+    """refresh_masks hands S the |W| already computed for B (with NaN/inf mapped): same S."""
+    block = _spre_block(seed=5)
+    with torch.no_grad():
+        block.conv.weight[0, 0, 0, 0] = float('nan')
+        block.conv.weight[1, 1, 1, 1] = float('inf')
+    refresh_masks(block, 0)
+    assert len(spatial_computations) == 1
+    assert torch.equal(block.conv.spatial, sorted_reference_spatial_mask(block.conv.weight, 2, 4))
+    assert torch.equal(block.conv.sparsity.mask, nm_mask(block.conv.weight, 2, 4))

@@ -254,9 +254,9 @@ def mask_computations(monkeypatch):
     import spre_mmdet.sparsity.learners as learners
     calls = []
 
-    def counting(weights, n, m, out=None):
+    def counting(weights, n, m, out=None, magnitude_hook=None):
         calls.extend(weight.shape for weight in weights)
-        return nm_masks(weights, n, m, out)
+        return nm_masks(weights, n, m, out, magnitude_hook)
     monkeypatch.setattr(learners, 'nm_masks', counting)
     return calls
 
@@ -362,9 +362,9 @@ def test_refresh_masks_computes_all_due_masks_together(monkeypatch):
     import spre_mmdet.sparsity.learners as learners
     batches = []
 
-    def recording(weights, n, m, out=None):
+    def recording(weights, n, m, out=None, magnitude_hook=None):
         batches.append(len(weights))
-        return nm_masks(weights, n, m, out)
+        return nm_masks(weights, n, m, out, magnitude_hook)
     monkeypatch.setattr(learners, 'nm_masks', recording)
     model = nn.Sequential(_sparse_conv(seed=9), _sparse_conv(seed=10), _sparse_conv(seed=11))
     refresh_masks(model, 0)
