@@ -55,12 +55,15 @@ CONFIGS = {
 
 
 # --------------------------------------------------------------------------- model + batch
-def build_model(arch, variant, interval=None):
+def build_model(arch, variant, interval=None, equal_head_work=False):
     """The detector of ``variant``, no pretrained weights. For R-50 every variant gets the
     sparse configs' backbone settings (``frozen_stages=0``, ``norm_eval=True``) so that only
     the sparsity differs. Sparse masks are refreshed every ``interval`` iterations (default:
     the config's, 1 for R-50 and 5 for the toy R-18); LBC gets ``t_i=0, t_f=1000`` so that it
-    is removing subsets during the timed steps."""
+    is removing subsets during the timed steps. ``equal_head_work``: only the ground-truth boxes
+    (always added as proposals) are RoI positives, so every variant's RoI heads do the same work
+    whatever its proposals; otherwise the randomly initialized RPN gives each variant different
+    positives and the mask head's share of the step differs between variants."""
     import spre_mmdet  # noqa: F401  registers SparseResNet
     from mmengine.config import Config
     from mmengine.logging import MMLogger
@@ -87,6 +90,9 @@ def build_model(arch, variant, interval=None):
             learner.interval = interval
         if interval is not None and backbone.sparsity.get('spre'):
             backbone.sparsity.spre.spatial_interval = interval
+    if equal_head_work:
+        cfg.model.train_cfg.rcnn.assigner.update(pos_iou_thr=1.0, min_pos_iou=1.0,
+                                                 match_low_quality=False)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
@@ -131,10 +137,10 @@ class Trainer:
     """One variant: model, optimizer, iteration counter; ``step()`` is one training iteration
     including the mask refresh the SparsityHook does after it."""
 
-    def __init__(self, arch, variant, batch, interval=None):
+    def __init__(self, arch, variant, batch, interval=None, equal_head_work=False):
         from spre_mmdet.sparsity import refresh_masks, sparse_layers
         self.variant = variant
-        self.model = build_model(arch, variant, interval)
+        self.model = build_model(arch, variant, interval, equal_head_work)
         self.refresh_s = []
         self.sparse = any(True for _ in sparse_layers(self.model))
         self.refresh = refresh_masks
@@ -215,7 +221,7 @@ def memory_child(args):
     """Runs in a fresh process: build one variant, train ``--mem-steps`` steps, print JSON."""
     torch.set_num_threads(args.threads)
     batch = make_batch(args.batch, args.img_size)
-    trainer = Trainer(args.arch, args.memory_child, batch, args.interval)
+    trainer = Trainer(args.arch, args.memory_child, batch, args.interval, args.equal_head_work)
     built = peak_rss_mb()
     for _ in range(args.mem_steps):
         trainer.step()
@@ -232,6 +238,8 @@ def measure_memory(args, variants):
                '--mem-steps', str(args.mem_steps), '--memory-child', variant]
         if args.interval is not None:
             cmd += ['--interval', str(args.interval)]
+        if args.equal_head_work:
+            cmd.append('--equal-head-work')
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         line = [l for l in proc.stdout.splitlines() if l.startswith('MEMORY ')]
         if proc.returncode != 0 or not line:
@@ -260,6 +268,9 @@ def main():
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--interval', type=int, default=None,
                         help='mask refresh interval (default: the config\'s)')
+    parser.add_argument('--equal-head-work', action='store_true',
+                        help='only ground-truth boxes are RoI positives (same head work in '
+                             'every variant: step ratios then compare the backbones)')
     parser.add_argument('--no-memory', action='store_true')
     parser.add_argument('--json', help='write the results here')
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
@@ -273,7 +284,8 @@ def main():
     print(f'Mask R-CNN {args.arch.upper()}-FPN, batch {args.batch} x {args.img_size}^2, '
           f'{torch.get_num_threads()} threads, torch {torch.__version__}', flush=True)
     batch = make_batch(args.batch, args.img_size)
-    trainers = {v: Trainer(args.arch, v, batch, args.interval) for v in args.variants}
+    trainers = {v: Trainer(args.arch, v, batch, args.interval, args.equal_head_work)
+                for v in args.variants}
     result = dict(arch=args.arch, img_size=args.img_size, batch=args.batch,
                   threads=torch.get_num_threads(), rounds=args.rounds, variants={})
 
