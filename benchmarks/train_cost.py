@@ -370,8 +370,12 @@ def main():
         if a in res and b in res:
             rr = {k: ratio(res[a].get(k), res[b].get(k))
                   for k in ('step_s', 'train_gflops', 'backbone_train_gflops', 'peak_rss_mb')}
+            # the two steps of one round ran back to back: their ratio cancels slow load drift
+            rr['step_paired'] = statistics.median(
+                x / y for x, y in zip(res[a]['step_s_all'], res[b]['step_s_all']))
             result['ratios'][f'{a}/{b}'] = rr
-            print(f'{a}/{b}: step {rr["step_s"]:.2f}, train FLOPs {rr["train_gflops"]:.2f}, '
+            print(f'{a}/{b}: step {rr["step_s"]:.2f} (median of per-round ratios '
+                  f'{rr["step_paired"]:.2f}), train FLOPs {rr["train_gflops"]:.2f}, '
                   f'backbone FLOPs {rr["backbone_train_gflops"]:.2f}'
                   + (f', peak RSS {rr["peak_rss_mb"]:.2f}' if rr['peak_rss_mb'] else ''))
     if 'inference_s' in result:
