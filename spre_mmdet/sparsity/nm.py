@@ -67,7 +67,7 @@ def from_groups(groups: torch.Tensor, shape: torch.Size,
 #: Layers are ranked together, in batches of up to this many weights: a few large tensor
 #: operations instead of some twenty per layer (each one a parallel region, which costs much
 #: more than its work on busy or shared cores; on a GPU each one is a kernel launch).
-BATCH_NUMEL = 1 << 21
+BATCH_NUMEL = 1 << 22
 
 
 def _check_groups(weight: torch.Tensor, m: int) -> None:
@@ -221,14 +221,9 @@ def _rank_batch(all_weights: List[torch.Tensor], all_out: List[torch.Tensor], ba
     sizes = [w.numel() for w in weights]
     total = sum(sizes)
     key = torch.empty(total, dtype=torch.float32, device=device)
-    start = 0
-    for weight, size in zip(weights, sizes):
-        flat, part = weight.detach().reshape(-1), key[start:start + size]
-        if flat.dtype == torch.float32:
-            torch.abs(flat, out=part)
-        else:  # convert first: a half inf must become the float32 maximum, as before
-            part.copy_(flat).abs_()
-        start += size
+    # one copy for the whole batch (converted to float32 first: a half inf must become the
+    # float32 maximum below, as it always has), then one abs
+    torch.cat([weight.detach().reshape(-1) for weight in weights], out=key).abs_()
     bits = key.view(torch.int32)  # non-negative floats order as their bit patterns
     if int(bits.amax()) > _FLOAT_MAX_BITS:  # some inf or NaN: map them
         key.clamp_(max=_FLOAT_MAX)  # +inf ties with the largest float; NaN stays

@@ -19,23 +19,21 @@ class SRSTEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
-        masked = apply_mask(weight, mask)
-        # the pruned part of W is W - W~ (exactly: W - W*1 = 0, W - W*0 = W), so the backward
-        # needs no mask; W~ costs nothing to keep, the conv that consumes it keeps it anyway
-        ctx.save_for_backward(weight, masked)
+        ctx.save_for_backward(weight, mask)  # the mask buffer and W are kept anyway
         ctx.decay = decay
-        return masked
+        return apply_mask(weight, mask)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        weight, masked = ctx.saved_tensors
+        weight, mask = ctx.saved_tensors
         if not ctx.decay:
             return grad_output, None, None
-        # grad + decay * (1 - mask) * W, rounded as that formula is (decay * W, then + grad),
-        # in three in-place-friendly passes instead of bool -> float temporaries
-        grad = torch.sub(weight, masked)
-        grad.mul_(ctx.decay).add_(grad_output)
-        return grad, None, None
+        # grad + decay * (1 - mask) * W in one fused pass (rounded as the formula: decay * W,
+        # then + grad), the pruned mask read as 0/1 bytes: no bool -> float temporaries
+        pruned = mask.logical_not()
+        if pruned.dtype == torch.bool:
+            pruned = pruned.view(torch.uint8)
+        return torch.addcmul(grad_output, weight, pruned, value=ctx.decay), None, None
 
 
 def srste(weight: torch.Tensor, mask: torch.Tensor, decay: float = 2e-4) -> torch.Tensor:
