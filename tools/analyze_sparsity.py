@@ -26,7 +26,8 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
 import spre_mmdet  # noqa: E402,F401  (must come first: safe weights-only checkpoint loading)
 from spre_mmdet.analysis import spatial  # noqa: E402
-from spre_mmdet.compat import USER_ERRORS  # noqa: E402
+from spre_mmdet.cli import run_tool  # noqa: E402
+from spre_mmdet.errors import CheckpointError  # noqa: E402
 from spre_mmdet.sparsity import check_nm  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def parse_args(argv=None):
 def load_state_dict(path: str):
     """The model state dict of ``path`` (mmengine checkpoint or plain state dict)."""
     if not osp.isfile(path):
-        raise FileNotFoundError(
+        raise CheckpointError(
             f'Checkpoint not found: {path!r}' + (' (it is a folder; pass the .pth file inside)'
                                                  if osp.isdir(path) else ''))
     from mmengine.runner import CheckpointLoader
@@ -107,8 +108,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, spatial.AnalysisError, *USER_ERRORS) as e:
-        print(f'ERROR: {e}', file=sys.stderr)
-        sys.exit(1)
+    run_tool(main)

@@ -28,6 +28,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..errors import SpreMMDetError
 from ..sparsity.nm import check_nm, check_nm_tensor, nm_incompatibility, nm_mask, unstructured_mask
 from ..sparsity.spre import spatial_mask
 
@@ -48,7 +49,7 @@ REP_SUFFIX = '.weight_rep'
 NOISE_Z = 4.0
 
 
-class AnalysisError(ValueError):
+class AnalysisError(SpreMMDetError, ValueError):
     """A user-facing problem with the input (reported without a traceback by the tool)."""
 
 
