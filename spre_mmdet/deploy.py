@@ -18,12 +18,13 @@ import os
 import os.path as osp
 import shutil
 import tempfile
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 from mmengine.config import Config
 from torch import nn
 
+from .errors import ExportError
 from .sparsity import (MERGED, InterspaceConv2d, InterspaceDeployConv2d, check_nm_tensor,
                        format_report, merge_interspace, reparameterize, sparse_kinds,
                        sparse_layers, sparsity_report)
@@ -34,10 +35,6 @@ SPARSE_CONV = 'NMConv2d'
 OUR_HOOKS = {'SparsityHook', 'ReparameterizeHook'}
 #: deploy forms of interspace convs: N:M basis conv + 1x1, or merged dense k x k
 INTERSPACE_FORMS = ('basis', 'merged')
-
-
-class ExportError(RuntimeError):
-    """The model or target cannot be exported; the message says how to fix it."""
 
 
 def _to_stock(node, interspace_form: str) -> int:
@@ -174,27 +171,129 @@ def _check_loadable(cfg: Config, state: Dict[str, torch.Tensor]) -> None:
                           'This is a bug; please report it with the training config.')
 
 
+#: the files an export writes, and the marker that makes a folder one this package owns
+DEPLOY_FILES = ('deploy.pth', 'deploy_config.py', 'sparsity_report.txt')
+DEPLOY_MARKER = '.spre_mmdet_deploy'
+
+
+def _same_or_inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved)."""
+    path, folder = osp.realpath(path), osp.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_export_target(out_dir: str, force: bool = False,
+                        protected: Sequence[str] = ()) -> None:
+    """Refuse an export target where writing could lose data; nothing is written or deleted.
+
+    An export writes only into a new or empty folder, or (with ``force``) over a deploy folder
+    that an earlier export wrote (it holds :data:`DEPLOY_MARKER` and nothing but
+    :data:`DEPLOY_FILES`), and then replaces only those files.
+
+    Args:
+        out_dir: the target folder.
+        force: replace an earlier export in ``out_dir``.
+        protected: paths the export must never touch (its input checkpoint, the work dir); the
+            current folder is always protected.
+
+    Raises:
+        ExportError: naming the problem and the fix.
+    """
+    if not out_dir:
+        raise ExportError('The deploy folder is empty (""): name a new folder, e.g. '
+                          '--out work_dirs/my_run/deploy.')
+    for path in (*protected, os.getcwd()):
+        if _same_or_inside(path, out_dir):
+            what = 'the current folder' if path == os.getcwd() else path
+            raise ExportError(
+                f'Refusing to export into {out_dir}: it holds {what}. An export writes only into '
+                'a new or empty folder, or over its own earlier export; choose e.g. '
+                f'{osp.join(out_dir, "deploy") if osp.isdir(out_dir) else out_dir + "_deploy"}.')
+    if not osp.lexists(out_dir):
+        return
+    if not osp.isdir(out_dir):
+        raise ExportError(f'Refusing to export into {out_dir}: it is a file, not a folder.')
+    entries = sorted(os.listdir(out_dir))
+    if not entries:
+        return
+    foreign = [name for name in entries if name not in (*DEPLOY_FILES, DEPLOY_MARKER)]
+    if foreign or DEPLOY_MARKER not in entries:
+        shown = ', '.join((foreign or entries)[:5]) + (' ...' if len(foreign or entries) > 5
+                                                       else '')
+        raise ExportError(
+            f'Refusing to export into {out_dir}: it holds files this tool did not write '
+            f'({shown}), and an export never deletes those, even with --force. Choose a new or '
+            'empty folder.')
+    if not force:
+        raise ExportError(f'{out_dir} holds an earlier export; pass --force to replace it (only '
+                          f'its files {", ".join(DEPLOY_FILES)} are replaced), or choose another '
+                          'folder.')
+
+
+def _make_folder(path: str) -> None:
+    """Create ``path`` (and parents) with the usual permissions, or explain why not."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f'Cannot create the deploy folder {path}: {e.strerror}. Choose a '
+                          'writable location.') from None
+
+
+def _write_files(out_dir: str, write) -> None:
+    """Write the deploy files into a fresh folder next to ``out_dir``, then move them in.
+
+    ``write(folder)`` writes :data:`DEPLOY_FILES` into ``folder``. The files reach ``out_dir``
+    only once all of them are complete; a new ``out_dir`` appears in one rename.
+    """
+    parent = osp.dirname(osp.abspath(out_dir))
+    _make_folder(parent)
+    try:
+        tmp = tempfile.mkdtemp(prefix='.deploy-', dir=parent)
+    except OSError as e:
+        raise ExportError(f'Cannot write into {parent}: {e.strerror}. Choose a writable '
+                          '--out.') from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); a deploy is shared
+        write(tmp)
+        with open(osp.join(tmp, DEPLOY_MARKER), 'w') as f:
+            f.write('Written by spre-mmdet\'s export; it replaces only ' +
+                    ', '.join(DEPLOY_FILES) + ' here.\n')
+        if osp.isdir(out_dir):  # an (empty or earlier) deploy folder: replace file by file
+            for name in (*DEPLOY_FILES, DEPLOY_MARKER):
+                os.replace(osp.join(tmp, name), osp.join(out_dir, name))
+            os.rmdir(tmp)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def export_deploy(model: nn.Module, cfg: Config, out_dir: str, force: bool = False,
-                  meta: dict = None, interspace_form: str = 'basis') -> Dict[str, str]:
+                  meta: dict = None, interspace_form: str = 'basis',
+                  protected: Sequence[str] = ()) -> Dict[str, str]:
     """Re-parameterize ``model`` and write ``deploy.pth``, ``deploy_config.py`` and
     ``sparsity_report.txt`` into ``out_dir``. Nothing is written unless all of it succeeds,
-    including a check that the written config builds a model taking the checkpoint exactly.
+    including a check that the written config builds a model taking the checkpoint exactly, and
+    nothing is ever deleted except the files of an earlier export that ``force`` replaces
+    (:func:`check_export_target`).
 
     Args:
         model: the trained sparse detector (training-time form).
         cfg: its config.
-        out_dir: target directory; must be empty or absent unless ``force``.
-        force: replace an existing non-empty ``out_dir``.
+        out_dir: target folder: new, empty, or (with ``force``) an earlier export.
+        force: replace an earlier export in ``out_dir``.
         meta: extra metadata stored in the checkpoint.
         interspace_form: ``'basis'`` or ``'merged'``, for interspace convs (see the module doc).
+        protected: paths the export must not touch (input checkpoint, work dir).
 
     Returns:
         Paths of the written files.
     """
     check_interspace_form(interspace_form)
-    if osp.isdir(out_dir) and os.listdir(out_dir) and not force:
-        raise ExportError(f'{out_dir} is not empty; choose another --out or pass --force to '
-                          'replace it.')
+    check_export_target(out_dir, force, protected)
     layers = list(sparse_layers(model))
     if not layers:
         raise ExportError('This model has no sparse layers: it is not from a sparse run. Give '
@@ -226,19 +325,11 @@ def export_deploy(model: nn.Module, cfg: Config, out_dir: str, force: bool = Fal
     if interspace:
         meta['interspace_form'] = interspace_form
 
-    parent = osp.dirname(osp.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.deploy-', dir=parent)
-    try:
-        torch.save({'state_dict': state, 'meta': meta}, osp.join(tmp, 'deploy.pth'))
-        config.dump(osp.join(tmp, 'deploy_config.py'))
-        with open(osp.join(tmp, 'sparsity_report.txt'), 'w') as f:
+    def write(folder):
+        torch.save({'state_dict': state, 'meta': meta}, osp.join(folder, 'deploy.pth'))
+        config.dump(osp.join(folder, 'deploy_config.py'))
+        with open(osp.join(folder, 'sparsity_report.txt'), 'w') as f:
             f.write(report + '\n')
-        if osp.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {name: osp.join(out_dir, name)
-            for name in ('deploy.pth', 'deploy_config.py', 'sparsity_report.txt')}
+
+    _write_files(out_dir, write)
+    return {name: osp.join(out_dir, name) for name in DEPLOY_FILES}
