@@ -7,6 +7,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
+from ..errors import ConfigError
 from ..sparsity import format_report, refresh_masks, sparse_layers, sparsity_report
 
 
@@ -34,12 +35,28 @@ class SparsityHook(Hook):
         return model.module if is_model_wrapper(model) else model
 
     def before_train(self, runner) -> None:
+        """Check the mask schedules against the run, then derive the masks of weights loaded
+        after init (``load_from`` a dense checkpoint).
+
+        Mask schedules given relative to the run (LBC ``span``) are fixed here from
+        ``runner.max_iters``; a schedule that cannot end by the last iteration is refused now,
+        not at export time after training.
+        """
         model = self._model(runner)
-        if not any(True for _ in sparse_layers(model)):
-            raise RuntimeError('SparsityHook is configured but the model has no sparse layers: '
-                               'use a sparse backbone (e.g. type="SparseResNet") or drop the '
-                               'hook.')
-        # derives masks from weights loaded after init (load_from a dense checkpoint)
+        layers = list(sparse_layers(model))
+        if not layers:
+            raise ConfigError('SparsityHook is configured but the model has no sparse layers: '
+                              'use a sparse backbone (e.g. type="SparseResNet") or drop the '
+                              'hook.')
+        problems = []
+        for name, layer in layers:
+            layer.sparsity.resolve_schedule(runner.max_iters)
+            problem = layer.sparsity.schedule_problem(runner.max_iters)
+            if problem:
+                problems.append(f'{name} ({layer.sparsity.method}): {problem}')
+        if problems:
+            raise ConfigError(f'{len(problems)} sparse layers would not be final when this '
+                              f'{runner.max_iters}-iteration run ends, e.g. {problems[0]}.')
         refresh_masks(model, runner.iter)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:

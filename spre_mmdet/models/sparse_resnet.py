@@ -6,7 +6,9 @@ from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
-from ..sparsity import (InterspaceDeployConv2d, SpReBatchNorm2d, check_nm, initialize_masks,
+from ..errors import ConfigError
+from ..sparsity import (InterspaceDeployConv2d, SpReBatchNorm2d, check_nm, check_sparsity_options,
+                        initialize_masks,
                         interspace_incompatibility, interspace_layer, sparse_layers,
                         sparsify_layer)
 
@@ -60,12 +62,16 @@ class SparseResNet(ResNet):
         cfg.update(sparsity or {})
         unknown = set(cfg) - set(DEFAULT_SPARSITY)
         if unknown:
-            raise ValueError(f'Unknown sparsity options {sorted(unknown)}; valid ones are '
-                             f'{sorted(DEFAULT_SPARSITY)}.')
+            raise ConfigError(f'Unknown sparsity options {sorted(unknown)}; valid ones are '
+                              f'{sorted(DEFAULT_SPARSITY)}.')
         self.n, self.m = check_nm(cfg['n'], cfg['m'])
         if len(cfg['stages']) != self.num_stages:
-            raise ValueError(f'sparsity.stages needs {self.num_stages} entries, got '
-                             f'{cfg["stages"]}.')
+            raise ConfigError(f'sparsity.stages needs {self.num_stages} entries, got '
+                              f'{cfg["stages"]}.')
+        if not cfg['deploy']:
+            learner = dict(cfg['learner'])
+            check_sparsity_options(learner.pop('type', None), learner, cfg['spre'],
+                                   cfg['interspace'])
         self.sparsity_cfg = cfg
         if cfg['deploy']:
             self._build_deploy(cfg)

@@ -2,7 +2,8 @@
 
 Nothing here imports mmengine or mmdet.
 """
-from .convert import (MERGED, LayerReport, NotFinalError, format_report, initialize_masks,
+from .convert import (MERGED, LayerReport, NotFinalError, check_sparsity_options, format_report,
+                      initialize_masks,
                       refresh_masks, reparameterize, sparse_kinds, sparse_layers,
                       sparsify_layer, sparsity_report)
 from .interspace import (InterspaceConv2d, InterspaceDeployConv2d, interspace_incompatibility,
@@ -18,7 +19,7 @@ from .srste import SRSTEFunction, srste
 __all__ = [
     'InterspaceConv2d', 'InterspaceDeployConv2d', 'interspace_incompatibility',
     'interspace_layer', 'merge_interspace', 'pixel_basis', 'LBCMask', 'cubic_survivors',
-    'subset_matrix', 'MERGED', 'LayerReport', 'NotFinalError', 'format_report',
+    'subset_matrix', 'MERGED', 'check_sparsity_options', 'LayerReport', 'NotFinalError', 'format_report',
     'initialize_masks', 'refresh_masks', 'reparameterize', 'sparse_kinds', 'sparse_layers',
     'sparsify_layer', 'sparsity_report', 'SparseConv2d', 'SparseLayerMixin', 'SparseLinear',
     'FixedMask', 'MaskLearner', 'SRSTEMask', 'build_learner', 'register_learner', 'NMCheck',

@@ -10,11 +10,12 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .interspace import InterspaceDeployConv2d
+from ..errors import ConfigError, NotFinalError
+from .interspace import INTERSPACE_OPTIONS, InterspaceDeployConv2d
 from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
-from .learners import DerivedStateMixin
+from .learners import DerivedStateMixin, check_options, learner_options
 from .nm import check_nm, check_nm_tensor, nm_incompatibility
-from .spre import SpReBatchNorm2d, SpReConv2d
+from .spre import SPRE_OPTIONS, SpReBatchNorm2d, SpReConv2d
 
 
 def sparse_layers(model: nn.Module) -> Iterator[Tuple[str, SparseLayerMixin]]:
@@ -40,6 +41,27 @@ def initialize_masks(model: nn.Module) -> None:
             if isinstance(module, DerivedStateMixin):
                 module.needs_init = True
         layer.refresh(0)
+
+
+def check_sparsity_options(method: str, learner_kwargs: dict, spre: Optional[dict] = None,
+                           interspace: Optional[dict] = None) -> None:
+    """Check each section of a sparsity config against its own options, so that a misplaced
+    key is named where it was written (e.g. ``spre=dict(interval=50)``) instead of being passed
+    on to another part or blamed on the learner.
+
+    Raises:
+        ConfigError: naming the section, the unknown keys and the valid ones.
+    """
+    check_options(f'learner ({method!r})', learner_kwargs, learner_options(method))
+    if spre is not None:
+        check_options('spre', spre, SPRE_OPTIONS)
+    if interspace is not None:
+        pruning = interspace.get('pruning', 'nm')
+        if pruning not in INTERSPACE_OPTIONS:
+            raise ConfigError(f'Unknown interspace pruning {pruning!r}; choose one of '
+                              f'{sorted(INTERSPACE_OPTIONS)}.')
+        check_options(f'interspace (pruning={pruning!r})', interspace,
+                      INTERSPACE_OPTIONS[pruning])
 
 
 def sparsify_layer(parent: nn.Module, name: str, method: str, n: int, m: int,
@@ -76,10 +98,6 @@ def sparsify_layer(parent: nn.Module, name: str, method: str, n: int, m: int,
     else:
         setattr(parent, name, SparseLinear.from_dense(layer, method, n, m, **learner_kwargs))
     return None
-
-
-class NotFinalError(RuntimeError):
-    """A mask learner is not exactly N:M yet (e.g. LBC before the end of its schedule)."""
 
 
 @torch.no_grad()

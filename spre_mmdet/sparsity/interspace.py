@@ -85,6 +85,9 @@ class UnstructuredMask(MaskLearner):
 
 
 PRUNING_MODES = ('nm', 'unstructured')
+#: the options of ``SparseResNet``'s ``sparsity.interspace``, per pruning mode
+INTERSPACE_OPTIONS = {'nm': ('pruning',),
+                      'unstructured': ('pruning', 'density', 'interval', 'decay')}
 
 
 class InterspaceConv2d(SparseLayerMixin, nn.Conv2d):

@@ -7,9 +7,13 @@ iteration (the mmengine ``SparsityHook`` does; plain PyTorch users call
 :func:`spre_mmdet.sparsity.refresh_masks`). Keeping all mask changes in one call keeps
 distributed ranks and resumed runs identical.
 """
+import inspect
+from typing import Optional, Tuple
+
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .nm import check_nm, nm_mask
 from .srste import srste
 
@@ -74,6 +78,17 @@ class MaskLearner(DerivedStateMixin, nn.Module):
         """Whether :attr:`mask` is exactly N:M now (LBC is not until its schedule ends)."""
         return True
 
+    def resolve_schedule(self, total_iters: int) -> None:
+        """Fix a schedule given relative to the run, once its length is known (no-op here)."""
+
+    def schedule_problem(self, total_iters: int) -> Optional[str]:
+        """Why the mask would not be exactly N:M after ``total_iters`` refreshes, or ``None``.
+
+        Training loops call this before training starts, so that a schedule that ends after
+        the run fails at once instead of at export time.
+        """
+        return None
+
     def deploy_mask(self, weight: torch.Tensor) -> torch.Tensor:
         """The exact N:M mask to deploy with."""
         return self.mask
@@ -94,8 +109,9 @@ class SRSTEMask(MaskLearner):
 
     def __init__(self, weight_shape, n, m, decay: float = 2e-4, interval: int = 1):
         super().__init__(weight_shape, n, m)
-        if interval < 1:
-            raise ValueError(f'interval must be >= 1, got {interval}')
+        if isinstance(interval, bool) or int(interval) != interval or interval < 1:
+            raise ConfigError(f'SR-STE interval must be a whole number >= 1 (refresh the mask '
+                              f'every this many iterations), got {interval!r}.')
         self.decay = float(decay)
         self.interval = int(interval)
 
@@ -137,9 +153,30 @@ def register_learner(cls):
     return cls
 
 
+def learner_class(method: str) -> type:
+    """The :class:`MaskLearner` registered as ``method``."""
+    if method not in LEARNERS:
+        raise ConfigError(f'Unknown mask learner {method!r}; choose one of {sorted(LEARNERS)}.')
+    return LEARNERS[method]
+
+
+def learner_options(method: str) -> Tuple[str, ...]:
+    """The keyword options of the learner ``method`` (its constructor's arguments after
+    ``weight_shape, n, m``)."""
+    params = list(inspect.signature(learner_class(method).__init__).parameters)
+    return tuple(p for p in params if p not in ('self', 'weight_shape', 'n', 'm'))
+
+
+def check_options(section: str, given: dict, allowed) -> None:
+    """Raise :class:`ConfigError` naming ``section`` if ``given`` has keys not in ``allowed``."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ConfigError(f'Unknown {section} option(s) {unknown}; valid ones are '
+                          f'{sorted(allowed)}.')
+
+
 def build_learner(method: str, weight_shape: torch.Size, n: int, m: int,
                   **kwargs) -> MaskLearner:
     """Build the learner named ``method`` (``'srste'``, ``'asp'``, ``'lbc'``, ...)."""
-    if method not in LEARNERS:
-        raise ValueError(f'Unknown mask learner {method!r}; choose one of {sorted(LEARNERS)}.')
-    return LEARNERS[method](weight_shape, n, m, **kwargs)
+    check_options(f'learner ({method!r})', kwargs, learner_options(method))
+    return learner_class(method)(weight_shape, n, m, **kwargs)

@@ -25,9 +25,13 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .layers import SparseConv2d
 from .learners import DerivedStateMixin
 from .nm import unstructured_mask
+
+#: the options of SpRe's branch (``SparseResNet``'s ``sparsity.spre``)
+SPRE_OPTIONS = ('rep_gamma', 'spatial_interval')
 
 
 def spatial_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -78,8 +82,10 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
         if conv.bias is not None or conv.groups != 1:
             raise ValueError('SpRe needs a bias-free, ungrouped conv followed by BatchNorm; got '
                              f'{conv}.')
-        if spatial_interval < 1:
-            raise ValueError(f'spatial_interval must be >= 1, got {spatial_interval}')
+        if isinstance(spatial_interval, bool) or int(spatial_interval) != spatial_interval or \
+                spatial_interval < 1:
+            raise ConfigError(f'SpRe spatial_interval must be a whole number >= 1 (refresh S '
+                              f'every this many iterations), got {spatial_interval!r}.')
         layer = super().from_dense(conv, method, n, m, **learner_kwargs)
         layer.spatial_interval = int(spatial_interval)
         layer.weight_rep = nn.Parameter(torch.empty_like(conv.weight))

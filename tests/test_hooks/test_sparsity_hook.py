@@ -7,6 +7,7 @@ from mmengine.registry import MODELS
 from mmengine.testing import RunnerTestCase
 from mmengine.testing.runner_test_case import ToyModel
 
+from spre_mmdet.errors import ConfigError
 from spre_mmdet.hooks import SparsityHook
 from spre_mmdet.sparsity import nm_mask, sparsify_layer
 
@@ -82,5 +83,5 @@ class TestSparsityHook(RunnerTestCase):
         cfg.model = dict(type='ToyModel')
         cfg.custom_hooks = [dict(type='mmdet.SparsityHook')]
         runner = self.build_runner(cfg)
-        with self.assertRaisesRegex(RuntimeError, 'no sparse layers'):
+        with self.assertRaisesRegex(ConfigError, 'no sparse layers'):
             runner.train()
