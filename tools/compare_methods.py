@@ -259,9 +259,8 @@ def budget_options(method, epochs, total_iters, data_root, seed):
         f'test_evaluator.ann_file={root}annotations/instances_val.json',
     ]
     if method in LBC_METHODS:
-        t_i, t_f = lbc_schedule(total_iters)
-        opts += [f'model.backbone.sparsity.learner.t_i={t_i}',
-                 f'model.backbone.sparsity.learner.t_f={t_f}']
+        opts.append('model.backbone.sparsity.learner.span='
+                    f'({float(LBC_T_I_FRACTION)},{float(LBC_T_F_FRACTION)})')
     return opts
 
 

@@ -91,8 +91,7 @@ def test_budget_options_follow_epochs(cm):
     opts = cm.budget_options('lbc', 2, 200, 'data/x', 0)
     assert 'train_cfg.max_epochs=2' in opts and 'param_scheduler.1.end=2' in opts
     assert 'param_scheduler.1.T_max=2' in opts and 'param_scheduler.0.end=33' in opts
-    assert 'model.backbone.sparsity.learner.t_i=17' in opts
-    assert 'model.backbone.sparsity.learner.t_f=100' in opts
+    assert 'model.backbone.sparsity.learner.span=(0.08333333333333333,0.5)' in opts
     assert 'val_evaluator.ann_file=data/x/annotations/instances_val.json' in opts
     assert not any('learner' in o for o in cm.budget_options('spre', 2, 200, 'data/x', 0))
     assert cm.lbc_schedule(1200) == (100, 600)
