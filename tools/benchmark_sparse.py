@@ -23,6 +23,8 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import spre_mmdet  # noqa: E402,F401  (registers modules, applies compat fixes)
+from spre_mmdet.cli import run_tool  # noqa: E402
+from spre_mmdet.errors import ConfigError  # noqa: E402
 from spre_mmdet.benchmark import (DTYPES, GemmLayer, bench_end_to_end,  # noqa: E402
                                   bench_layer_cuda, build_report, capture_input_shapes,
                                   check_layer_cpu, check_layers, compare_outputs,
@@ -64,7 +66,10 @@ def main(argv=None) -> int:
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     can_time, reason = sparse_support(device)
     if device == 'cuda' and not torch.cuda.is_available():
-        device = 'cpu'
+        raise ConfigError('--device cuda was asked for, but no CUDA GPU is available to this '
+                          'process (torch.cuda.is_available() is False). Run on a machine with '
+                          'an NVIDIA Ampere or newer GPU for timings, or leave --device out for '
+                          'the CPU validity and numerics check.')
     run_device = device if can_time or device == 'cpu' else 'cpu'
     dtype = DTYPES[args.dtype] if can_time else torch.float32
     os.makedirs(args.out_dir, exist_ok=True)
@@ -190,4 +195,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_tool(main)

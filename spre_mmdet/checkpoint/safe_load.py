@@ -215,15 +215,20 @@ def safe_torch_load(f: Any, map_location: Any = None) -> Any:
                       'Only do this for checkpoints you trust.')
     try:
         return torch.load(f, map_location=map_location, weights_only=weights_only)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile) as e:
-        what = damage(path) if path is not None and osp.isfile(path) else None
-        if what is not None:
-            raise corrupt_checkpoint_error(path, what) from e
-        if is_weights_only_error(e):
-            names = unsafe_globals_of(f, str(e))
-            if names or path is None:
+    except Exception as e:  # noqa: BLE001  (a broken pickle can raise nearly anything)
+        if path is None or not osp.isfile(path):
+            if is_weights_only_error(e):
+                raise unsafe_checkpoint_error(f, unsafe_globals_of(f, str(e))) from e
+            raise
+        what = damage(path)
+        if what is None and is_weights_only_error(e):
+            names = unsafe_globals_of(path, str(e))
+            if names:
                 raise unsafe_checkpoint_error(f, names) from e
             # refused without naming a global: the pickle stream itself is broken
-            detail = str(e).strip().splitlines()[-1]
-            raise corrupt_checkpoint_error(path, f'it cannot be unpickled ({detail})') from e
+            what = f'it cannot be unpickled ({str(e).strip().splitlines()[-1]})'
+        elif what is None and isinstance(e, (EOFError, pickle.UnpicklingError)):
+            what = f'it cannot be unpickled ({type(e).__name__}: {e or "unexpected end"})'
+        if what is not None:
+            raise corrupt_checkpoint_error(path, what) from e
         raise

@@ -56,7 +56,7 @@ class SparseResNet(ResNet):
     def __init__(self, *args, sparsity: Optional[dict] = None, **kwargs):
         super().__init__(*args, **kwargs)
         if self.dcn is not None:
-            raise ValueError('SparseResNet does not support dcn: deformable convs have no N:M '
+            raise ConfigError('SparseResNet does not support dcn: deformable convs have no N:M '
                              'kernel. Remove `dcn` or use a dense ResNet.')
         cfg = copy.deepcopy(DEFAULT_SPARSITY)
         cfg.update(sparsity or {})
@@ -104,7 +104,7 @@ class SparseResNet(ResNet):
         method = learner.pop('type')
         spre, interspace = cfg['spre'], cfg['interspace']
         if spre is not None and interspace is not None:
-            raise ValueError('sparsity.spre and sparsity.interspace are alternative structures '
+            raise ConfigError('sparsity.spre and sparsity.interspace are alternative structures '
                              'for the k x k convs: set one of them to None.')
         dense = {}
         for stage in range(1, min(self.frozen_stages, self.num_stages) + 1):
@@ -138,7 +138,7 @@ class SparseResNet(ResNet):
                         if reason:
                             dense[f'{prefix}.downsample.{name}'] = reason
         if not any(True for _ in sparse_layers(self)):
-            raise ValueError(
+            raise ConfigError(
                 f'M={self.m} divides the input channels of no selected layer, so nothing can be '
                 f'{self.n}:{self.m} sparse (e.g. {next(iter(dense.values()), "no stage selected")}'
                 '). Use M=4 or 8 (ResNet widths are multiples of 64) or select more stages.')

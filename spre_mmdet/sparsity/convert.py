@@ -10,7 +10,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..errors import ConfigError, NotFinalError
+from ..errors import ConfigError, ExportError, NotFinalError
 from .interspace import INTERSPACE_OPTIONS, InterspaceDeployConv2d
 from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
 from .learners import DerivedStateMixin, check_options, learner_options
@@ -107,11 +107,11 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
 
     Raises:
         NotFinalError: if a layer's mask is not final (its learner says how to proceed).
-        ValueError: if the model has no sparse layer at all (not from a sparse run).
+        ExportError: if the model has no sparse layer at all (not from a sparse run).
     """
     layers = list(sparse_layers(model))
     if not layers:
-        raise ValueError('This model has no sparse layers: it is not from a sparse run, so '
+        raise ExportError('This model has no sparse layers: it is not from a sparse run, so '
                          'there is nothing to re-parameterize. Train with a sparse config '
                          '(e.g. configs/mask_rcnn_r50_spre_2x4.py) first.')
     not_final = [(name, layer) for name, layer in layers if not layer.sparsity.is_final]

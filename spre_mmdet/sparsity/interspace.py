@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from ..errors import ConfigError
 from .layers import SparseLayerMixin
 from .learners import MaskLearner, build_learner
 from .nm import check_nm, nm_incompatibility, unstructured_mask
@@ -57,9 +58,9 @@ class UnstructuredMask(MaskLearner):
         super().__init__(weight_shape, n, m)
         self.density = self.n / self.m if density is None else float(density)
         if not 0.0 < self.density <= 1.0:
-            raise ValueError(f'density must be in (0, 1], got {self.density}')
+            raise ConfigError(f'density must be in (0, 1], got {self.density}')
         if interval < 0:
-            raise ValueError(f'interval must be >= 0, got {interval}')
+            raise ConfigError(f'interval must be >= 0, got {interval}')
         self.interval = int(interval)
         self.decay = float(decay)
 
@@ -332,12 +333,12 @@ def _build_coefficient_learner(method, shape, n, m, pruning, **kwargs) -> MaskLe
         elif method == 'srste':
             kwargs.setdefault('interval', 1)
             if kwargs['interval'] < 1:
-                raise ValueError("pruning='unstructured' with method='srste' needs interval>=1")
+                raise ConfigError("pruning='unstructured' with method='srste' needs interval>=1")
         else:
-            raise ValueError(f"pruning='unstructured' supports method 'asp' (one-shot) or "
+            raise ConfigError(f"pruning='unstructured' supports method 'asp' (one-shot) or "
                              f"'srste' (recomputed), got {method!r}.")
         return UnstructuredMask(shape, n, m, **kwargs)
-    raise ValueError(f'Unknown pruning {pruning!r}; choose one of {PRUNING_MODES}.')
+    raise ConfigError(f'Unknown pruning {pruning!r}; choose one of {PRUNING_MODES}.')
 
 
 def interspace_incompatibility(conv: nn.Module, m: int, pruning: str = 'nm') -> Optional[str]:

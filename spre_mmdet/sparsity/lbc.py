@@ -32,7 +32,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..errors import ConfigError, NotFinalError
+from ..errors import CheckpointError, ConfigError, NotFinalError
 from .learners import MaskLearner, register_learner
 from .nm import from_groups, to_groups
 
@@ -220,6 +220,8 @@ class LBCMask(MaskLearner):
 
     def survivors(self, iteration: int) -> int:
         """Subsets per group the schedule keeps at ``iteration``."""
+        if iteration <= 0:  # every schedule starts with all subsets (t_i >= 0)
+            return self.num_subsets
         if self.t_f is None:
             raise RuntimeError(f'The LBC span {self.span} is not resolved into iterations yet: '
                                'call resolve_schedule(total_iters) before training (the '
@@ -241,7 +243,7 @@ class LBCMask(MaskLearner):
         counts = self.alive.sum(dim=1)
         self._survivors = int(counts.max()) if counts.numel() else 1
         if counts.numel() and int(counts.min()) < 1:
-            raise ValueError('LBC state has a group with no alive subset; the checkpoint is '
+            raise CheckpointError('LBC state has a group with no alive subset; the checkpoint is '
                              'corrupt or from another N:M pattern.')
         union = (self.alive.to(self.subsets.dtype) @ self.subsets) != 0
         self.mask.copy_(from_groups(union, self.weight_shape))

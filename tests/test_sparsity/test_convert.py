@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from helpers import assert_nm_pattern, reference_nm_mask, reference_spatial_mask
+from spre_mmdet.errors import ExportError
 from spre_mmdet.sparsity import (NotFinalError, SparseConv2d, SparseLinear, SpReConv2d,
                                  SRSTEMask, format_report, initialize_masks, refresh_masks,
                                  reparameterize, sparse_layers, sparsify_layer, sparsity_report)
@@ -100,8 +101,8 @@ def test_sparsify_layer_argument_errors():
 
 
 def test_reparameterize_refuses_dense_model():
-    """reparameterize on a model without sparse layers raises ValueError naming the fix."""
-    with pytest.raises(ValueError, match='sparse config'):
+    """reparameterize on a model without sparse layers raises ExportError naming the fix."""
+    with pytest.raises(ExportError, match='sparse config'):
         reparameterize(_net(0))
 
 
