@@ -30,6 +30,7 @@ Each converted network computes the reference network's eval-mode function; wher
 models differ in structure (stem conv bias, masked classifier or stem) the difference is
 folded into the weights and recorded in ``meta['notes']``.
 """
+import copy
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -625,7 +626,7 @@ def convert_reference(checkpoint, fmt: str = 'auto', n: int = 2, m: int = 4,
         method=method,
         num_classes=int(out['head.fc.weight'].shape[0]),
         backbone=backbone,
-        sparsity=backbone.get('sparsity'),
+        sparsity=copy.deepcopy(backbone.get('sparsity')),
         num_sparse_layers=len(converter.sparse_layers),
         num_spre_layers=len(converter.spre_layers),
         nm_valid=True,
