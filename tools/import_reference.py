@@ -24,22 +24,18 @@ and exit with status 1; nothing is written then.
 import argparse
 import os
 import os.path as osp
-import pickle
 import sys
 import tempfile
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
 import spre_mmdet  # noqa: E402,F401  (must come first: safe weights-only checkpoint loading)
-from spre_mmdet.checkpoint import FORMATS, ReferenceFormatError, convert_reference  # noqa: E402
+from spre_mmdet.checkpoint import FORMATS, convert_reference, safe_torch_load  # noqa: E402
 from spre_mmdet.checkpoint.reference import usage_snippets  # noqa: E402
-from spre_mmdet.compat import USER_ERRORS, UnsafeCheckpointError, safe_torch_load  # noqa: E402
+from spre_mmdet.cli import run_tool  # noqa: E402
+from spre_mmdet.errors import CheckpointError  # noqa: E402
 
 import torch  # noqa: E402
-
-
-class ImportToolError(RuntimeError):
-    """A problem with the paths given (reported as one line)."""
 
 
 def parse_args(argv=None):
@@ -52,7 +48,8 @@ def parse_args(argv=None):
                         help='the reference format (default: detected from the keys)')
     parser.add_argument('--n', type=int, default=2, help='N of N:M (default: 2)')
     parser.add_argument('--m', type=int, default=4, help='M of N:M (default: 4)')
-    parser.add_argument('--force', action='store_true', help='replace an existing --out')
+    parser.add_argument('--force', action='store_true',
+                        help='replace an --out that this tool wrote before (never another file)')
     parser.add_argument('--allow-repruning', action='store_true',
                         help='convert an SR-STE file whose weights look trained with '
                         'NM-sparsity\'s older kernel-dimension groups (masks re-derived in the '
@@ -66,26 +63,20 @@ def load_reference(path: str):
     ..., 'optimizer'})``, convert.py a bare state dict; NM-sparsity: train_imagenet.py
     ``{'epoch', 'model', 'state_dict', 'best_prec1', 'optimizer'}``), so no global needs to be
     allowed: a file that pickles anything else (code, argparse.Namespace, ...) is refused by
-    :func:`safe_torch_load` before any of it runs."""
+    :func:`safe_torch_load` before any of it runs, and a broken file is called corrupt."""
     if not osp.isfile(path):
-        raise ImportToolError(f'Checkpoint not found: {path!r}'
+        raise CheckpointError(f'Checkpoint not found: {path!r}'
                               + (' (a folder: pass the file inside)' if osp.isdir(path) else ''))
+    return safe_torch_load(path, map_location='cpu')
+
+
+def written_by_this_tool(path: str) -> bool:
+    """Whether ``path`` is a checkpoint this tool wrote (its meta names a reference format)."""
     try:
-        return safe_torch_load(path, map_location='cpu')
-    except UnsafeCheckpointError as e:
-        if e.unsafe_globals:
-            raise
-        # no global named: the weights-only unpickler met bytes it cannot parse, not code
-        reason = [line for line in e.detail.splitlines() if line.strip()]
-        raise ImportToolError(f'{path} is not a readable torch checkpoint ('
-                              f'{reason[2].strip() if len(reason) > 2 else "unreadable"}); give '
-                              'the file as downloaded (a .pth / .pth.tar written by torch.save).'
-                              ) from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ImportToolError(f'{path} is not a readable torch checkpoint ({first_line}); give '
-                              'the file as downloaded (a .pth / .pth.tar written by torch.save).'
-                              ) from None
+        meta = safe_torch_load(path, map_location='cpu').get('meta', {})
+    except Exception:  # noqa: BLE001  (unreadable: certainly not ours to replace)
+        return False
+    return isinstance(meta, dict) and meta.get('source_format') in FORMATS
 
 
 def write_atomically(checkpoint: dict, out: str) -> None:
@@ -107,11 +98,15 @@ def write_atomically(checkpoint: dict, out: str) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if osp.isdir(args.out):
-        raise ImportToolError(f'--out {args.out} is a folder; give the file to write, e.g. '
+        raise CheckpointError(f'--out {args.out} is a folder; give the file to write, e.g. '
                               f'{osp.join(args.out, "converted.pth")}.')
-    if osp.exists(args.out) and not args.force:
-        raise ImportToolError(f'{args.out} exists; choose another --out or pass --force to '
-                              'replace it.')
+    if osp.exists(args.out):
+        if not args.force:
+            raise CheckpointError(f'{args.out} exists; choose another --out or pass --force to '
+                                  'replace it (only a file this tool wrote is replaced).')
+        if not written_by_this_tool(args.out):
+            raise CheckpointError(f'{args.out} exists and was not written by this tool, so it '
+                                  'is not replaced, even with --force; choose another --out.')
     converted = convert_reference(load_reference(args.src), args.format, args.n, args.m,
                                   allow_repruning=args.allow_repruning)
     converted.meta['source_file'] = osp.basename(args.src)
@@ -129,13 +124,5 @@ def main(argv=None) -> int:
     return 0
 
 
-def _main() -> int:
-    try:
-        return main()
-    except (ImportToolError, ReferenceFormatError, *USER_ERRORS) as e:
-        print(f'ERROR: {e}', file=sys.stderr)
-        return 1
-
-
 if __name__ == '__main__':
-    sys.exit(_main())
+    run_tool(main)

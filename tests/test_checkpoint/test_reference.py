@@ -23,6 +23,7 @@ from reference_nets import (LAYERS, NMBasicBlock, NMBottleneck, NMResNet, nm_res
 from spre_mmdet.checkpoint import (ReferenceFormatError, convert_reference, detect_depth,
                                    detect_layout, extract_state_dict)
 from spre_mmdet.checkpoint.reference import usage_snippets
+from spre_mmdet.errors import CheckpointError
 from spre_mmdet.models import SparseResNet
 from spre_mmdet.sparsity import check_nm_tensor, nm_mask
 
@@ -401,7 +402,6 @@ def test_printed_detection_config_loads_the_backbone(converted_file, spre18, tmp
 def test_printed_mmpretrain_config_evaluates_the_classifier(converted_file, spre18, tmp_path):
     """The printed mmpretrain config builds an ImageClassifier that loads the file strictly
     and returns the reference network's logits."""
-    pytest.importorskip('mmpretrain', reason='mmpretrain is not installed')
     from mmpretrain.registry import MODELS
     dst, _ = converted_file
     saved = torch.load(dst, map_location='cpu', weights_only=True)
@@ -427,7 +427,7 @@ def test_tool_refuses_bad_input_and_writes_nothing(tool, spre18, tmp_path):
                       ['--format', 'srste'], 'Unsupported depth'),
         'code.pth': ({'state_dict': stock_state(18), 'hook': RunsCommandOnLoad(marker)}, [],
                      'Refusing to load.*posix.system'),
-        'garbage.pth': (b'not a checkpoint', [], 'not a readable torch checkpoint'),
+        'garbage.pth': (b'not a checkpoint', [], 'corrupt or truncated'),
     }
     for name, (content, options, message) in inputs.items():
         if isinstance(content, bytes):
@@ -439,8 +439,10 @@ def test_tool_refuses_bad_input_and_writes_nothing(tool, spre18, tmp_path):
         assert not (tmp_path / 'out.pth').exists(), name
     assert not marker.exists()
     (tmp_path / 'out.pth').write_bytes(b'keep')
-    with pytest.raises(tool.ImportToolError, match='exists.*--force'):
+    with pytest.raises(CheckpointError, match='exists.*--force'):
         tool.main([str(tmp_path / 'deploy.pth'), '--out', str(tmp_path / 'out.pth')])
+    with pytest.raises(CheckpointError, match='not written by this tool'):
+        tool.main([str(tmp_path / 'deploy.pth'), '--out', str(tmp_path / 'out.pth'), '--force'])
     assert (tmp_path / 'out.pth').read_bytes() == b'keep'
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('.')) == []
 
