@@ -12,10 +12,10 @@ SCOPE_PREFIXES = {'backbone': ['backbone'], 'backbone+neck': ['backbone', 'neck'
 
 def load_detector(config: str, checkpoint: Optional[str],
                   cfg_options: Optional[dict] = None) -> nn.Module:
-    """Config -> ``MODELS.build`` -> ``load_checkpoint`` (CPU, eval mode)."""
+    """Config -> ``MODELS.build`` -> the checkpoint, only if it fits (CPU, eval mode)."""
     import spre_mmdet  # noqa: F401  (registers modules, applies compat fixes)
     from mmengine.config import Config
-    from mmengine.runner import load_checkpoint
+    from ..checkpoint import load_checkpoint_checked
     from mmengine.utils import import_modules_from_strings
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -28,7 +28,7 @@ def load_detector(config: str, checkpoint: Optional[str],
     register_all_modules()
     model = MODELS.build(cfg.model)
     if checkpoint:
-        load_checkpoint(model, checkpoint, map_location='cpu')
+        load_checkpoint_checked(model, checkpoint)
     return model.eval()
 
 
