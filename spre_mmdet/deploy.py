@@ -30,7 +30,11 @@ from .sparsity import (MERGED, InterspaceConv2d, InterspaceDeployConv2d, check_n
                        sparse_layers, sparsity_report)
 
 #: sparse module types of this package -> the stock mmdet types their deploy form fits
-STOCK_TYPES = {'SparseResNet': 'ResNet', 'NMShared2FCBBoxHead': 'Shared2FCBBoxHead'}
+STOCK_TYPES = {'SparseResNet': 'ResNet', 'NMResNet': 'ResNet', 'NMResNet_CIFAR': 'ResNet_CIFAR',
+               'NMShared2FCBBoxHead': 'Shared2FCBBoxHead'}
+#: this package's sparse ResNets, and the depths the stock ResNets build (not ResNet-10)
+SPARSE_RESNETS = ('SparseResNet', 'NMResNet', 'NMResNet_CIFAR')
+STOCK_DEPTHS = (18, 34, 50, 101, 152)
 SPARSE_CONV = 'NMConv2d'
 OUR_HOOKS = {'SparsityHook', 'ReparameterizeHook'}
 #: deploy forms of interspace convs: N:M basis conv + 1x1, or merged dense k x k
@@ -39,12 +43,16 @@ INTERSPACE_FORMS = ('basis', 'merged')
 
 def _to_stock(node, interspace_form: str) -> int:
     """Rewrite sparse module configs in place into their deploy ones; return how many were
-    found. An interspace ``SparseResNet`` kept in basis form becomes its deploy structure."""
+    found. A sparse ResNet whose deploy structure a stock ResNet cannot build (interspace convs
+    kept in basis form, or ResNet-10) stays this package's type with ``sparsity.deploy=True``,
+    which builds exactly that structure."""
     found = 0
     if isinstance(node, dict):
         sparsity = node.get('sparsity') or {}
-        if (node.get('type') == 'SparseResNet' and sparsity.get('interspace') is not None
-                and interspace_form == 'basis'):
+        keep_ours = node.get('type') in SPARSE_RESNETS and (
+            (sparsity.get('interspace') is not None and interspace_form == 'basis')
+            or node.get('depth') not in STOCK_DEPTHS)
+        if keep_ours:  # a structure stock ResNets cannot build: ours in its deploy form
             node['sparsity'] = {key: value for key, value in sparsity.items()
                                 if key not in ('learner', 'spre')}
             node['sparsity']['deploy'] = True
@@ -87,10 +95,13 @@ def deploy_config(cfg: Config, interspace_form: str = 'basis') -> Config:
     if cfg.model.get('backbone') is not None:
         cfg.model.backbone.init_cfg = None  # the deploy checkpoint holds every weight
     imports = cfg.get('custom_imports', {}).get('imports', [])
-    imports = [i for i in ([imports] if isinstance(imports, str) else imports)
-               if i.split('.')[0] != 'spre_mmdet']
+    imports = [imports] if isinstance(imports, str) else list(imports)
+    ours = [i for i in imports if i.split('.')[0] == 'spre_mmdet']
+    imports = [i for i in imports if i not in ours]
     if _needs_package(cfg.model):
-        imports = ['spre_mmdet', *imports]
+        # the modules the training config imported (spre_mmdet, or spre_mmdet.classification
+        # for mmpretrain) register the deploy structure in the same registry
+        imports = [*(ours or ['spre_mmdet']), *imports]
         cfg.custom_imports = dict(imports=imports, allow_failed_imports=False)
     elif imports:
         cfg.custom_imports.imports = imports
@@ -155,10 +166,20 @@ def interspace_summary(model: nn.Module, interspace_form: str) -> Optional[str]:
             'interspace_form="merged".')
 
 
+def build_model(cfg: Config) -> nn.Module:
+    """Build ``cfg.model`` in the registry of the config's own scope (``default_scope``:
+    ``mmdet`` for detectors, ``mmpretrain`` for classifiers), importing its custom modules."""
+    from mmengine.registry import MODELS
+    from mmengine.utils import import_modules_from_strings
+    if cfg.get('custom_imports'):
+        import_modules_from_strings(**cfg.custom_imports)
+    with MODELS.switch_scope_and_registry(cfg.get('default_scope', 'mmdet')) as registry:
+        return registry.build(copy.deepcopy(cfg.model))
+
+
 def _check_loadable(cfg: Config, state: Dict[str, torch.Tensor]) -> None:
     """The deploy config builds a model that takes the deploy state dict exactly."""
-    from mmdet.registry import MODELS
-    model = MODELS.build(copy.deepcopy(cfg.model))
+    model = build_model(cfg)
     try:
         result = model.load_state_dict(state, strict=False)
         problem = (f'missing: {result.missing_keys[:3]}, unexpected: '

@@ -1,4 +1,5 @@
-"""Re-parameterize a sparse training checkpoint into a plain N:M mmdet detector.
+"""Re-parameterize a sparse training checkpoint into a plain N:M mmdet detector (or, from an
+mmpretrain config, a plain N:M ResNet classifier).
 
     python tools/reparameterize.py CONFIG CHECKPOINT --out DIR [--force] [--finish-by-magnitude]
         [--interspace-form {basis,merged}]
@@ -24,13 +25,11 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 import spre_mmdet  # noqa: E402,F401  (must come first: safe checkpoint loading)
 from spre_mmdet.checkpoint import load_checkpoint_checked  # noqa: E402
 from spre_mmdet.cli import run_tool  # noqa: E402
-from spre_mmdet.deploy import INTERSPACE_FORMS, export_deploy  # noqa: E402
+from spre_mmdet.deploy import INTERSPACE_FORMS, build_model, export_deploy  # noqa: E402
 from spre_mmdet.errors import CheckpointError  # noqa: E402
 from spre_mmdet.sparsity import sparse_layers  # noqa: E402
 
 from mmengine.config import Config, DictAction  # noqa: E402
-from mmdet.registry import MODELS  # noqa: E402
-from mmdet.utils import register_all_modules  # noqa: E402
 
 
 def parse_args():
@@ -57,13 +56,12 @@ def main():
     args = parse_args()
     if not osp.isfile(args.checkpoint):
         raise CheckpointError(f'Checkpoint {args.checkpoint} does not exist.')
-    register_all_modules()
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     if cfg.model.backbone.get('init_cfg'):
         cfg.model.backbone.init_cfg = None  # the checkpoint provides all weights
-    model = MODELS.build(cfg.model)
+    model = build_model(cfg)  # a detector (mmdet) or a classifier (mmpretrain)
     checkpoint = load_checkpoint_checked(model, args.checkpoint)
     if args.finish_by_magnitude:
         for name, layer in sparse_layers(model):

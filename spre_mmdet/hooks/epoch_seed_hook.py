@@ -8,7 +8,7 @@ from mmengine.dataset import worker_init_fn
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
-from mmdet.registry import HOOKS
+from mmengine.registry import HOOKS  # the root registry: found from mmdet and mmpretrain configs
 
 from ..errors import ConfigError
 

@@ -3,7 +3,7 @@ import os.path as osp
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmdet.registry import HOOKS
+from mmengine.registry import HOOKS  # the root registry: found from mmdet and mmpretrain configs
 
 from ..deploy import check_export_target, check_interspace_form, export_deploy, interspace_summary
 from ..errors import ConfigError

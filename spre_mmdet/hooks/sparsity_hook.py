@@ -5,7 +5,7 @@ from collections import defaultdict
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmdet.registry import HOOKS
+from mmengine.registry import HOOKS  # the root registry: found from mmdet and mmpretrain configs
 
 from ..errors import ConfigError
 from ..sparsity import format_report, refresh_masks, sparse_layers, sparsity_report

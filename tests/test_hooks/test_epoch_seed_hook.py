@@ -28,7 +28,7 @@ class TestEpochSeedHook(RunnerTestCase):
     def setUp(self):
         super().setUp()
         self.epoch_based_cfg.env_cfg = dict(dist_cfg=dict(backend='gloo'))
-        self.epoch_based_cfg.custom_hooks = [dict(type='mmdet.EpochSeedHook')]
+        self.epoch_based_cfg.custom_hooks = [dict(type='EpochSeedHook')]
         self.epoch_based_cfg.randomness = dict(seed=7)
 
     def test_every_generator_starts_each_epoch_from_seed_and_epoch(self):
@@ -59,7 +59,7 @@ class TestEpochSeedHook(RunnerTestCase):
         """An iteration-based loop (no epoch boundaries to reseed at) is refused."""
         cfg = self.iter_based_cfg
         cfg.env_cfg = dict(dist_cfg=dict(backend='gloo'))
-        cfg.custom_hooks = [dict(type='mmdet.EpochSeedHook')]
+        cfg.custom_hooks = [dict(type='EpochSeedHook')]
         runner = self.build_runner(cfg)
         with self.assertRaisesRegex(ConfigError, 'EpochBasedTrainLoop'):
             runner.train()

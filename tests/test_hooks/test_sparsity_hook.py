@@ -53,7 +53,7 @@ class TestSparsityHook(RunnerTestCase):
         """After every optimizer step the mask is the N:M mask of the updated weight."""
         recorder = RecordMasks()
         cfg = self.epoch_based_cfg
-        cfg.custom_hooks = [dict(type='mmdet.SparsityHook', log_interval=1)]
+        cfg.custom_hooks = [dict(type='SparsityHook', log_interval=1)]
         cfg.randomness = dict(seed=0)  # unseeded, some inits never flip the mask in 8 steps
         runner = self.build_runner(cfg)
         runner.register_hook(recorder)
@@ -68,7 +68,7 @@ class TestSparsityHook(RunnerTestCase):
     def test_logs_density_and_writes_report(self):
         """Density is logged through the message hub; the report lists every layer."""
         cfg = self.epoch_based_cfg
-        cfg.custom_hooks = [dict(type='mmdet.SparsityHook', log_interval=1)]
+        cfg.custom_hooks = [dict(type='SparsityHook', log_interval=1)]
         runner = self.build_runner(cfg)
         runner.train()
         density = runner.message_hub.get_scalar('train/density/all').current()
@@ -82,7 +82,7 @@ class TestSparsityHook(RunnerTestCase):
         """The hook on a dense model is a configuration error, named as such."""
         cfg = self.epoch_based_cfg
         cfg.model = dict(type='ToyModel')
-        cfg.custom_hooks = [dict(type='mmdet.SparsityHook')]
+        cfg.custom_hooks = [dict(type='SparsityHook')]
         runner = self.build_runner(cfg)
         with self.assertRaisesRegex(ConfigError, 'no sparse layers'):
             runner.train()
@@ -104,7 +104,7 @@ class TestSchedulesCheckedBeforeTraining(RunnerTestCase):
     def setUp(self):
         super().setUp()
         self.epoch_based_cfg.env_cfg = dict(dist_cfg=dict(backend='gloo'))
-        self.epoch_based_cfg.custom_hooks = [dict(type='mmdet.SparsityHook')]
+        self.epoch_based_cfg.custom_hooks = [dict(type='SparsityHook')]
 
     def build_lbc_runner(self, **lbc):
         LBCToyModel.lbc = lbc
@@ -139,7 +139,7 @@ class TestReparameterizeHookChecks(RunnerTestCase):
     def test_dense_model_fails_before_training(self):
         """ReparameterizeHook on a dense model is refused before the first iteration."""
         cfg = self.epoch_based_cfg
-        cfg.custom_hooks = [dict(type='mmdet.ReparameterizeHook')]
+        cfg.custom_hooks = [dict(type='ReparameterizeHook')]
         runner = self.build_runner(cfg)
         with self.assertRaisesRegex(ConfigError, 'no sparse layers'):
             runner.train()
@@ -160,7 +160,7 @@ class TestReparameterizeHookChecks(RunnerTestCase):
             f.write('mine')
         cfg = self.epoch_based_cfg
         cfg.model = dict(type='SparseToyModel')
-        cfg.custom_hooks = [dict(type='mmdet.ReparameterizeHook', out_dir=target)]
+        cfg.custom_hooks = [dict(type='ReparameterizeHook', out_dir=target)]
         runner = self.build_runner(cfg)
         with self.assertRaisesRegex(ExportError, 'did not write'):
             runner.train()
