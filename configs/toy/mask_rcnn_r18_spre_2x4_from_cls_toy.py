@@ -9,6 +9,7 @@ model = dict(
         norm_eval=True,
         sparsity=dict(learner=dict(interval=1), spre=dict(spatial_interval=1)),
         init_cfg=dict(
+            _delete_=True,
             type='SparsePretrained',
             checkpoint='work_dirs/resnet18_spre_2x4_toy_cls64/epoch_4.pth',
             prefix='backbone.')))

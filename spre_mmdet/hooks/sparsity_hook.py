@@ -8,7 +8,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS  # the root registry: found from mmdet and mmpretrain configs
 
 from ..errors import ConfigError
-from ..sparsity import format_report, refresh_masks, sparse_layers, sparsity_report
+from ..sparsity import format_report, refresh_masks, sparse_layers, sparsity_report, spre_pairs
 
 
 @HOOKS.register_module()
@@ -65,6 +65,23 @@ class SparsityHook(Hook):
         if self.every_n_train_iters(runner, self.log_interval):
             for key, value in self.densities(model).items():
                 runner.message_hub.update_scalar(f'train/density/{key}', value)
+            for key, value in self.spre_branch(model).items():
+                runner.message_hub.update_scalar(f'train/spre/{key}', value)
+
+    @staticmethod
+    @torch.no_grad()
+    def spre_branch(model) -> dict:
+        """What SpRe's extra branch contributes, averaged over its blocks (empty without
+        SpRe): ``branch_ratio``, ``||K_rep|| / ||K_main||`` of the folded kernels, and
+        ``gamma_rep``, the mean |gamma| of the branch BNs. Both near 0 mean a dead branch: the
+        model is then plain N:M under SpRe's name."""
+        ratios, gammas = [], []
+        for _, conv, norm in spre_pairs(model):
+            ratios.append(norm.branch_ratio(conv))
+            gammas.append(float(norm.rep_bn.weight.abs().mean()))
+        if not ratios:
+            return {}
+        return dict(branch_ratio=sum(ratios) / len(ratios), gamma_rep=sum(gammas) / len(gammas))
 
     @staticmethod
     @torch.no_grad()

@@ -3,7 +3,7 @@
 Nothing here imports mmengine or mmdet.
 """
 from .convert import (MERGED, LayerReport, NotFinalError, check_sparsity_options, format_report,
-                      initialize_masks,
+                      initialize_masks, spre_pairs,
                       refresh_masks, reparameterize, sparse_kinds, sparse_layers,
                       sparsify_layer, sparsity_report)
 from .interspace import (InterspaceConv2d, InterspaceDeployConv2d, interspace_incompatibility,
@@ -21,7 +21,7 @@ __all__ = [
     'interspace_layer', 'merge_interspace', 'pixel_basis', 'LBCMask', 'cubic_survivors',
     'subset_matrix', 'MERGED', 'check_sparsity_options', 'LayerReport', 'NotFinalError', 'format_report',
     'initialize_masks', 'refresh_masks', 'reparameterize', 'sparse_kinds', 'sparse_layers',
-    'sparsify_layer', 'sparsity_report', 'SparseConv2d', 'SparseLayerMixin', 'SparseLinear',
+    'sparsify_layer', 'sparsity_report', 'spre_pairs', 'SparseConv2d', 'SparseLayerMixin', 'SparseLinear',
     'FixedMask', 'MaskLearner', 'SRSTEMask', 'build_learner', 'register_learner', 'NMCheck',
     'check_nm', 'check_nm_tensor', 'from_groups', 'nm_incompatibility', 'nm_mask', 'to_groups',
     'unstructured_mask', 'SpReBatchNorm2d', 'SpReConv2d', 'fold_batchnorm', 'spatial_mask',

@@ -64,6 +64,15 @@ def check_sparsity_options(method: str, learner_kwargs: dict, spre: Optional[dic
                       INTERSPACE_OPTIONS[pruning])
 
 
+def spre_pairs(model: nn.Module) -> Iterator[Tuple[str, SpReConv2d, SpReBatchNorm2d]]:
+    """``(conv name, conv, norm)`` of every SpRe block of ``model``."""
+    for parent_name, parent in model.named_modules():
+        for name, child in parent.named_children():
+            if isinstance(child, SpReBatchNorm2d):
+                conv_name = f'{parent_name}.{child.conv_name}' if parent_name else child.conv_name
+                yield conv_name, getattr(parent, child.conv_name), child
+
+
 def sparsify_layer(parent: nn.Module, name: str, method: str, n: int, m: int,
                    norm_name: Optional[str] = None, rep_gamma: float = 0.0,
                    spatial_interval: int = 1, **learner_kwargs) -> Optional[str]:

@@ -26,63 +26,14 @@ from torch.nn.modules.utils import _pair
 
 from ..errors import ConfigError
 from .layers import SparseLayerMixin
-from .learners import MaskLearner, build_learner
-from .nm import check_nm, nm_incompatibility, unstructured_mask
-from .srste import srste
+from .learners import MaskLearner, UnstructuredMask, build_learner
+from .nm import check_nm, nm_incompatibility
 
 
 def pixel_basis(kernel_size, dtype=None, device=None) -> torch.Tensor:
     """The pixel basis ``(kh*kw, kh, kw)``: ``F[b]`` is one at position ``divmod(b, kw)``."""
     kh, kw = kernel_size
     return torch.eye(kh * kw, dtype=dtype, device=device).reshape(kh * kw, kh, kw)
-
-
-class UnstructuredMask(MaskLearner):
-    """Unstructured magnitude mask of the coefficients at a given density (the paper's setting).
-
-    NOT hardware-valid N:M: the sparsity report flags such layers as not N:M. ``n`` and ``m``
-    only set the default density ``n / m`` (same overall rate as the N:M runs).
-
-    Args:
-        density: fraction of coefficients kept, over the whole layer.
-        interval: ``0`` (default): one-shot mask of the loaded coefficients, then fixed, pruned
-            coefficients zeroed (ASP-like). ``> 0``: recompute the mask every ``interval``
-            iterations from the dense latent coefficients, with the SR-STE backward.
-        decay: SR-STE ``lambda_w`` when ``interval > 0``.
-    """
-
-    method = 'unstructured'
-
-    def __init__(self, weight_shape, n, m, density: Optional[float] = None, interval: int = 0,
-                 decay: float = 2e-4):
-        super().__init__(weight_shape, n, m)
-        self.density = self.n / self.m if density is None else float(density)
-        if not 0.0 < self.density <= 1.0:
-            raise ConfigError(f'density must be in (0, 1], got {self.density}')
-        if interval < 0:
-            raise ConfigError(f'interval must be >= 0, got {interval}')
-        self.interval = int(interval)
-        self.decay = float(decay)
-
-    def forward(self, weight):
-        if self.interval:
-            return srste(weight, self.mask, self.decay)
-        return weight * self.mask
-
-    def initialize(self, weight):
-        self.mask.copy_(unstructured_mask(weight, self.density))
-        self.needs_init = False
-        if not self.interval:
-            with torch.no_grad():
-                weight.mul_(self.mask)
-
-    def refresh(self, weight, iteration):
-        if self.needs_init or (self.interval and iteration % self.interval == 0):
-            self.initialize(weight)
-
-    def extra_repr(self):
-        return (f'unstructured density={self.density:.4g} (not N:M), interval={self.interval}'
-                + (f', decay={self.decay}' if self.interval else ''))
 
 
 PRUNING_MODES = ('nm', 'unstructured')

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .nm import check_nm, nm_mask
+from .nm import check_nm, nm_mask, unstructured_mask
 from .srste import srste
 
 
@@ -144,7 +144,57 @@ class FixedMask(MaskLearner):
             weight.mul_(self.mask)
 
 
-LEARNERS = {cls.method: cls for cls in (SRSTEMask, FixedMask)}
+class UnstructuredMask(MaskLearner):
+    """Unstructured magnitude mask over the whole layer at a given density, method name
+    ``'unstructured'``: the reference N:M methods are measured against (same density, no
+    structure), and interspace pruning's setting in its paper.
+
+    NOT hardware-valid N:M: the sparsity report flags such layers as not N:M. ``n`` and ``m``
+    only set the default density ``n / m`` (same overall rate as the N:M runs).
+
+    Args:
+        density: fraction of coefficients kept, over the whole layer.
+        interval: ``0`` (default): one-shot mask of the loaded coefficients, then fixed, pruned
+            coefficients zeroed (ASP-like). ``> 0``: recompute the mask every ``interval``
+            iterations from the dense latent coefficients, with the SR-STE backward.
+        decay: SR-STE ``lambda_w`` when ``interval > 0``.
+    """
+
+    method = 'unstructured'
+
+    def __init__(self, weight_shape, n, m, density: Optional[float] = None, interval: int = 0,
+                 decay: float = 2e-4):
+        super().__init__(weight_shape, n, m)
+        self.density = self.n / self.m if density is None else float(density)
+        if not 0.0 < self.density <= 1.0:
+            raise ConfigError(f'density must be in (0, 1], got {self.density}')
+        if interval < 0:
+            raise ConfigError(f'interval must be >= 0, got {interval}')
+        self.interval = int(interval)
+        self.decay = float(decay)
+
+    def forward(self, weight):
+        if self.interval:
+            return srste(weight, self.mask, self.decay)
+        return weight * self.mask
+
+    def initialize(self, weight):
+        self.mask.copy_(unstructured_mask(weight, self.density))
+        self.needs_init = False
+        if not self.interval:
+            with torch.no_grad():
+                weight.mul_(self.mask)
+
+    def refresh(self, weight, iteration):
+        if self.needs_init or (self.interval and iteration % self.interval == 0):
+            self.initialize(weight)
+
+    def extra_repr(self):
+        return (f'unstructured density={self.density:.4g} (not N:M), interval={self.interval}'
+                + (f', decay={self.decay}' if self.interval else ''))
+
+
+LEARNERS = {cls.method: cls for cls in (SRSTEMask, FixedMask, UnstructuredMask)}
 
 
 def register_learner(cls):

@@ -180,6 +180,16 @@ class SpReBatchNorm2d(nn.BatchNorm2d):
         return super().forward(main) + self.rep_bn(rep)
 
     @torch.no_grad()
+    def branch_ratio(self, conv: SpReConv2d) -> float:
+        """How much the extra branch contributes: ``||K_rep|| / ||K_main||`` of the folded
+        kernels (Frobenius norms, running statistics). 0 while ``gamma_rep`` is 0: the block is
+        then exactly the plain N:M conv."""
+        mask = conv.sparsity.mask
+        k_main, _ = fold_batchnorm(conv.weight * mask, self)
+        k_rep, _ = fold_batchnorm(conv.weight_rep * (mask * conv.spatial), self.rep_bn)
+        return float(k_rep.norm() / k_main.norm().clamp_min(1e-12))
+
+    @torch.no_grad()
     def fold(self, conv: SpReConv2d) -> Tuple[nn.Conv2d, nn.BatchNorm2d]:
         """Merge both branches into one plain conv + a BN that adds the folded bias.
 

@@ -1,0 +1,157 @@
+"""Running the cells: one ``tools/train.py`` process per run, a few at a time, resumable."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Callable, Dict, Iterable, List, Optional
+
+import torch
+
+from .grid import DETECTION_METHODS, METHODS, Cell
+
+RESULTS = 'results.jsonl'
+
+
+def repo_root() -> str:
+    return osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def write_initial_weights(config: str, seed: int, path: str) -> str:
+    """The dense initial weights of ``config``'s model for ``seed``, saved once and loaded by
+    every method of that seed (``load_from``): the same start for all of them. SpRe's extra
+    branch and LBC's scores, which a dense model has not, start from their own init."""
+    if osp.isfile(path):
+        return path
+    from mmengine.config import Config
+    from mmengine.runner import set_random_seed
+    from ..deploy import build_model
+    set_random_seed(seed)
+    model = build_model(Config.fromfile(osp.join(repo_root(), config)))
+    model.init_weights()
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    torch.save({'state_dict': model.state_dict(), 'meta': dict(seed=seed, config=config)},
+               path + '.tmp')
+    os.replace(path + '.tmp', path)
+    return path
+
+
+def last_metrics(work_dir: str, key: str) -> Dict[str, float]:
+    """The last logged record holding ``key`` (mmengine's ``vis_data/scalars.json``)."""
+    found = None
+    for root, _, files in os.walk(work_dir):
+        if 'scalars.json' in files and root.endswith('vis_data'):
+            with open(osp.join(root, 'scalars.json')) as f:
+                for line in f:
+                    record = json.loads(line)
+                    if key in record:
+                        found = record
+    if found is None:
+        raise RuntimeError(f'No {key!r} was logged under {work_dir}: see its train.log.')
+    return found
+
+
+def _train(config: str, work_dir: str, options: List[str], threads: int) -> float:
+    """``tools/train.py config`` in a child process; returns its wall time in seconds."""
+    os.makedirs(work_dir, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join(p for p in (repo_root(), os.environ.get('PYTHONPATH'))
+                                          if p))
+    command = [sys.executable, osp.join(repo_root(), 'tools', 'train.py'),
+               osp.join(repo_root(), config), '--work-dir', work_dir, '--cfg-options', *options]
+    started = time.time()
+    with open(osp.join(work_dir, 'train.log'), 'w') as log:
+        log.write('$ ' + ' '.join(command) + '\n')
+        log.flush()
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=repo_root())
+    if result.returncode:
+        raise RuntimeError(f'{config} failed (exit {result.returncode}); see '
+                           f'{osp.join(work_dir, "train.log")}')
+    return time.time() - started
+
+
+def _checkpoint(work_dir: str) -> str:
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        return f.read().strip()
+
+
+def initial_weights(cell: Cell, out: str) -> str:
+    """The file holding the initial weights of ``cell``'s seed (written on first use)."""
+    if cell.task == 'cls':
+        return write_initial_weights(METHODS['dense'], cell.seed,
+                                     osp.join(out, 'init', f'cls_seed{cell.seed}.pth'))
+    return write_initial_weights(DETECTION_METHODS['dense'][0], cell.seed,
+                                 osp.join(out, 'init', f'det_cls_seed{cell.seed}.pth'))
+
+
+def run_cell(cell: Cell, out: str, threads: int = 1) -> dict:
+    """Train (and for detection, pretrain then fine-tune) one cell; returns its record."""
+    work = osp.join(out, 'runs', cell.name)
+    record = cell.asdict()
+    seed_options = [f'randomness.seed={cell.seed}', *cell.sparsity_options()]
+    init = initial_weights(cell, out)
+    if cell.task == 'cls':
+        record['wall_s'] = _train(METHODS[cell.method], work,
+                                  [*seed_options, f'load_from={init}'], threads)
+        metrics = last_metrics(work, 'accuracy/top1')
+        record.update(top1=metrics['accuracy/top1'], top5=metrics.get('accuracy/top5'))
+    else:
+        stage1, stage2 = DETECTION_METHODS[cell.method]
+        wall1 = _train(stage1, osp.join(work, 'stage1_cls'),
+                       [*seed_options, f'load_from={init}'], threads)
+        record['cls_top1'] = last_metrics(osp.join(work, 'stage1_cls'),
+                                          'accuracy/top1')['accuracy/top1']
+        backbone = _checkpoint(osp.join(work, 'stage1_cls'))
+        wall2 = _train(stage2, osp.join(work, 'stage2_det'),
+                       [*seed_options, f'model.backbone.init_cfg.checkpoint={backbone}'],
+                       threads)
+        metrics = last_metrics(osp.join(work, 'stage2_det'), 'coco/bbox_mAP')
+        record.update(bbox_mAP=metrics['coco/bbox_mAP'], segm_mAP=metrics['coco/segm_mAP'],
+                      wall_s=wall1 + wall2)
+    record['work_dir'] = work
+    return record
+
+
+def finished(out: str) -> Dict[str, dict]:
+    """The records of the cells already done (``results.jsonl``), by cell name."""
+    path = osp.join(out, RESULTS)
+    if not osp.isfile(path):
+        return {}
+    with open(path) as f:
+        return {r['name']: r for r in map(json.loads, filter(str.strip, f))}
+
+
+def run_grid(cells: Iterable[Cell], out: str, jobs: int = 2, threads: int = 1,
+             progress: Optional[Callable[[dict], None]] = None) -> List[dict]:
+    """Run every cell not yet in ``out/results.jsonl``, ``jobs`` at a time (each with
+    ``threads`` CPU threads), appending each record as it finishes. A failed cell is recorded
+    with its error and the others go on. Returns the records of all ``cells``."""
+    cells = list(cells)
+    os.makedirs(out, exist_ok=True)
+    done = finished(out)
+    todo = [c for c in cells if c.name not in done or done[c.name].get('error')]
+    for cell in todo:  # written once, before the parallel runs read them
+        initial_weights(cell, out)
+    lock = threading.Lock()
+
+    def one(cell):
+        try:
+            record = run_cell(cell, out, threads)
+        except Exception as e:  # noqa: BLE001  (recorded; the sweep goes on)
+            record = dict(cell.asdict(), error=str(e))
+        with lock:
+            with open(osp.join(out, RESULTS), 'a') as f:
+                f.write(json.dumps(record) + '\n')
+            done[cell.name] = record
+            if progress is not None:
+                progress(record)
+        return record
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in as_completed([pool.submit(one, cell) for cell in todo]):
+            future.result()
+    return [done[c.name] for c in cells]
