@@ -36,7 +36,7 @@ STOCK_TYPES = {'SparseResNet': 'ResNet', 'NMResNet': 'ResNet', 'NMResNet_CIFAR':
 SPARSE_RESNETS = ('SparseResNet', 'NMResNet', 'NMResNet_CIFAR')
 STOCK_DEPTHS = (18, 34, 50, 101, 152)
 SPARSE_CONV = 'NMConv2d'
-OUR_HOOKS = {'SparsityHook', 'ReparameterizeHook'}
+OUR_HOOKS = {'SparsityHook', 'ReparameterizeHook', 'EpochSeedHook'}
 #: deploy forms of interspace convs: N:M basis conv + 1x1, or merged dense k x k
 INTERSPACE_FORMS = ('basis', 'merged')
 

@@ -2,7 +2,7 @@
 """Generate the synthetic "toy classification" set (mmpretrain folder layout).
 
     python tools/make_toy_cls.py --out data/toy_cls
-    python tools/make_toy_cls.py --out data/toy_cls --num-train 6000 --num-val 2000 --size 32 \
+    python tools/make_toy_cls.py --out data/toy_cls --num-train 8000 --num-val 2000 --size 24 \
         --seed 0 [--force]
 
 Idempotent: if --out already holds the set generated with the same parameters (its meta.json
@@ -26,9 +26,9 @@ from spre_mmdet.errors import DatasetError  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--out', default='data/toy_cls', help='output folder')
-    p.add_argument('--num-train', type=int, default=6000)
+    p.add_argument('--num-train', type=int, default=8000)
     p.add_argument('--num-val', type=int, default=2000)
-    p.add_argument('--size', type=int, default=32, help='image side in pixels')
+    p.add_argument('--size', type=int, default=24, help='image side in pixels')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--force', action='store_true', help='regenerate even if present')
     return p.parse_args(argv)

@@ -1,4 +1,4 @@
-# ResNet-10 (one BasicBlock per stage, widths 16/32/64/128, 3x3 stem for 32x32 images) on the
+# ResNet-10 (one BasicBlock per stage, widths 16/32/64/128, 3x3 stem for small images) on the
 # synthetic classification set, trained from scratch on CPU: the network of the method sweep
 # (spre_mmdet.sweep). Dense here (sparsity.stages all False); the method configs make it sparse.
 # Every method gets the same recipe: SGD (as the references), cosine, masks every iteration.
@@ -31,7 +31,7 @@ model = dict(
         loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1),
         topk=(1, 5)))
 
-max_epochs = 4
+max_epochs = 3
 train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=max_epochs)
 val_cfg = dict()
 test_cfg = dict()
@@ -46,10 +46,10 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', by_epoch=True, begin=1, end=max_epochs, T_max=max_epochs - 1,
          eta_min=0.0, convert_to_iter_based=True),
 ]
-auto_scale_lr = dict(base_batch_size=128)
+auto_scale_lr = dict(base_batch_size=32)
 
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=20),
+    logger=dict(type='LoggerHook', interval=50),
     checkpoint=dict(type='CheckpointHook', interval=max_epochs, max_keep_ckpts=1))
 custom_hooks = [dict(type='EpochSeedHook')]
 randomness = dict(seed=0)

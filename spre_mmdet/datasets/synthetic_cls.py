@@ -152,8 +152,8 @@ def fingerprint(num_train: int, num_val: int, size: int, seed: int) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def generate_synthetic_classification(out: str, num_train: int = 6000, num_val: int = 2000,
-                                      size: int = 32, seed: int = 0,
+def generate_synthetic_classification(out: str, num_train: int = 8000, num_val: int = 2000,
+                                      size: int = 24, seed: int = 0,
                                       progress: Optional[Callable[[int], None]] = None) -> str:
     """Write the dataset into ``out`` (see the module doc); returns its fingerprint.
 

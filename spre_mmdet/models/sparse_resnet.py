@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from .sparse_pretrained import load_sparse_pretrained
 from ..sparsity import (InterspaceDeployConv2d, SpReBatchNorm2d, check_nm, check_sparsity_options,
                         interspace_incompatibility, interspace_layer, refresh_masks,
-                        sparse_layers, sparsify_layer)
+                        sparse_layers, sparsify_layer, spre_pairs)
 
 DEFAULT_SPARSITY = dict(
     n=2,
@@ -101,6 +101,8 @@ class SparseResNetMixin:
         learner = dict(cfg['learner'])
         method = learner.pop('type')
         spre, interspace = cfg['spre'], cfg['interspace']
+        # the options of the layers; rep_bn_train is the backbone's (see train())
+        block_spre = {k: v for k, v in (spre or {}).items() if k != 'rep_bn_train'}
         if spre is not None and interspace is not None:
             raise ConfigError('sparsity.spre and sparsity.interspace are alternative structures '
                              'for the k x k convs: set one of them to None.')
@@ -124,7 +126,7 @@ class SparseResNetMixin:
                 use_spre = spre is not None and not frozen and spatial
                 reason = sparsify_layer(block, conv_name, method, self.n, self.m,
                                         norm_name=norm_name if use_spre else None,
-                                        **(spre if use_spre else {}), **learner)
+                                        **(block_spre if use_spre else {}), **learner)
                 if reason:
                     dense[f'{prefix}.{conv_name}'] = reason
             downsample = block.downsample
@@ -155,6 +157,17 @@ class SparseResNetMixin:
         while hasattr(block, f'conv{index}'):
             yield f'conv{index}', getattr(block, f'norm{index}_name')
             index += 1
+
+    def train(self, mode: bool = True):
+        """As the dense ResNet (``norm_eval`` keeps every BN on its running statistics), except
+        that ``spre.rep_bn_train=True`` keeps the branch BNs in training mode: the extra branch
+        then normalizes with batch statistics while the main branch stays frozen."""
+        super().train(mode)
+        spre = self.sparsity_cfg['spre'] if hasattr(self, 'sparsity_cfg') else None
+        if mode and spre is not None and spre.get('rep_bn_train', False):
+            for _, _, norm in spre_pairs(self):
+                norm.rep_bn.train(True)
+        return self
 
     def _all_blocks(self):
         for layer_name in self.res_layers:

@@ -30,8 +30,9 @@ from .layers import SparseConv2d
 from .learners import DerivedStateMixin
 from .nm import unstructured_mask
 
-#: the options of SpRe's branch (``SparseResNet``'s ``sparsity.spre``)
-SPRE_OPTIONS = ('rep_gamma', 'spatial_interval')
+#: the options of SpRe's branch (``SparseResNet``'s ``sparsity.spre``); ``rep_bn_train`` keeps
+#: the branch BN on batch statistics while ``norm_eval`` freezes the others (the backbone's)
+SPRE_OPTIONS = ('rep_gamma', 'spatial_interval', 'rep_bn_train')
 
 
 def spatial_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:

