@@ -275,6 +275,7 @@ def _run_tool(args, env, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # runs the tools in subprocesses
 def test_tools_report_user_errors_without_traceback(hostile_ckpts, tmp_path, repo_root,
                                                     subprocess_env):
     marker, boom, _ = hostile_ckpts

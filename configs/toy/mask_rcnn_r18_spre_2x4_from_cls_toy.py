@@ -11,5 +11,5 @@ model = dict(
         init_cfg=dict(
             _delete_=True,
             type='SparsePretrained',
-            checkpoint='work_dirs/resnet18_spre_2x4_toy_cls64/epoch_4.pth',
+            checkpoint='work_dirs/resnet18_spre_2x4_toy_cls64/epoch_6.pth',
             prefix='backbone.')))

@@ -13,5 +13,5 @@ model = dict(
         init_cfg=dict(
             _delete_=True,
             type='Pretrained',
-            checkpoint='work_dirs/resnet18_dense_toy_cls64/epoch_4.pth',
+            checkpoint='work_dirs/resnet18_dense_toy_cls64/epoch_6.pth',
             prefix='backbone.')))

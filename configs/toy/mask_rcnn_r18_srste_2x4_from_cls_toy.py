@@ -5,4 +5,4 @@ _base_ = './mask_rcnn_r18_spre_2x4_from_cls_toy.py'
 model = dict(
     backbone=dict(
         sparsity=dict(spre=None),
-        init_cfg=dict(checkpoint='work_dirs/resnet18_srste_2x4_toy_cls64/epoch_4.pth')))
+        init_cfg=dict(checkpoint='work_dirs/resnet18_srste_2x4_toy_cls64/epoch_6.pth')))

@@ -122,6 +122,7 @@ def test_cli_writes_pngs_json_csv(tmp_path, capsys):
     assert str(out / 'overview.png') in printed
 
 
+@pytest.mark.slow  # runs the tool in a subprocess
 def test_cli_errors_clearly(tmp_path):
     """Bad prefix, missing file and invalid N:M give one-line errors, not tracebacks."""
     ckpt = tmp_path / 'tiny.pth'

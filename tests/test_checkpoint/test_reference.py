@@ -112,7 +112,9 @@ def release_cases():
     _SPRE_CASES.clear()
 
 
-@pytest.fixture(scope='module', params=[18, 50], ids=['resnet18', 'resnet50'])
+# ResNet-50 cases take tens of seconds on CPU: `make test` only (`make test-fast` skips them)
+@pytest.fixture(scope='module', params=[18, pytest.param(50, marks=pytest.mark.slow)],
+                ids=['resnet18', 'resnet50'])
 def spre(request):
     return spre_case(request.param)
 
@@ -211,7 +213,7 @@ def test_spre_deploy_form_is_stock_resnet_exactly_nm_and_matches_training_refere
 # --------------------------------------------------------------------------------------
 # SR-STE (NM-sparsity)
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize('depth', [18, 50])
+@pytest.mark.parametrize('depth', [18, pytest.param(50, marks=pytest.mark.slow)])
 def test_srste_masks_equal_reference_magnitude_masks_and_outputs_match(depth):
     """An NM-sparsity checkpoint is detected from its container; its boolean masks keep what
     Sparse_NHWC's magnitude masks keep, the stem's flattened mask is baked in, outputs match."""
@@ -447,6 +449,7 @@ def test_tool_refuses_bad_input_and_writes_nothing(tool, spre18, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('.')) == []
 
 
+@pytest.mark.slow  # runs the tool in a subprocess
 def test_tool_prints_one_error_line_without_traceback(tmp_path, subprocess_env):
     """From the command line a refusal is `ERROR: ...` on stderr and exit status 1."""
     torch.save({'encoder.weight': torch.zeros(2)}, tmp_path / 'unknown.pth')

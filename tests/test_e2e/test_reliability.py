@@ -13,6 +13,8 @@ import torch
 
 from e2e_tools import REPO, check, run, tiny_config, tiny_run_config, tool_env
 
+pytestmark = pytest.mark.slow  # trains detectors through the tools (minutes)
+
 TOY = REPO / 'configs' / 'toy'
 SPRE_TOY = TOY / 'mask_rcnn_r18_spre_2x4_toy.py'
 ONE_EPOCH = 'train_cfg = dict(max_epochs=1, val_interval=100)\n'

@@ -11,6 +11,8 @@ import torch
 from e2e_tools import REPO, check, run, tiny_run_config, tool_env
 from spre_mmdet.checkpoint import safe_torch_load
 
+pytestmark = pytest.mark.slow  # trains detectors through the tools (minutes)
+
 CONFIGS = {
     'spre': (REPO / 'configs' / 'toy' / 'mask_rcnn_r18_spre_2x4_toy.py', ''),
     # 2 epochs x 4 iterations; removal over the first 6: the epoch-1 checkpoint is mid-removal

@@ -15,6 +15,8 @@ import torch
 from e2e_tools import (REPO, check, load_state, logged_metric, run, stock_metrics,
                        tiny_run_config, tool_env)
 
+pytestmark = pytest.mark.slow  # trains detectors through the tools (minutes)
+
 SPRE_TOY = REPO / 'configs' / 'toy' / 'mask_rcnn_r18_spre_2x4_toy.py'
 
 OVERRIDES = '''

@@ -12,6 +12,8 @@ from e2e_tools import (REPO, check, load_state, logged_metric, run, stock_metric
 from spre_mmdet.datasets.synthetic_cls import generate_synthetic_classification
 from spre_mmdet.sparsity import check_nm_tensor
 
+pytestmark = pytest.mark.slow  # trains detectors through the tools (minutes)
+
 STAGE1 = REPO / 'configs' / 'toy' / 'cls' / 'resnet18_spre_2x4_toy_cls64.py'
 STAGE2 = REPO / 'configs' / 'toy' / 'mask_rcnn_r18_spre_2x4_from_cls_toy.py'
 STAGE2_SRSTE = REPO / 'configs' / 'toy' / 'mask_rcnn_r18_srste_2x4_from_cls_toy.py'
