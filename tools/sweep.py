@@ -9,7 +9,8 @@ Classification: {dense, unstructured, srste, spre, lbc, spre_lbc} x {2:4, 1:4, 1
 seeds, ResNet-10 on the synthetic classification set (configs/toy/cls/). Detection: {dense,
 srste, spre} x {2:4, 1:8} x seeds through the two-stage pipeline (ResNet-18 classification
 pretraining at 64x64, then Mask R-CNN on the synthetic COCO set; needs data/toy_cls64 and
-data/toy_coco). Every cell is one run of tools/train.py on a shipped config with the seed's
+data/toy_coco). Toy: every method's toy Mask R-CNN R-18 config from scratch (2:4, seed 0 by
+default), with step time, peak memory and deploy checks. Every cell is one run of tools/train.py on a shipped config with the seed's
 shared initial weights; finished cells are kept in OUT/results.jsonl, so an interrupted sweep
 continues where it stopped. Writes OUT/summary.md (mean ± std [95% interval] per cell, paired
 differences), OUT/accuracy_vs_sparsity.png and, for classification, the per-kernel-position
@@ -23,8 +24,8 @@ import time
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from spre_mmdet.cli import check_dataset_paths, run_tool  # noqa: E402
-from spre_mmdet.sweep import (DETECTION_METHODS, METHODS, classification_grid,  # noqa: E402
-                              detection_grid)
+from spre_mmdet.sweep import (DETECTION_METHODS, METHODS, TOY_METHODS,  # noqa: E402
+                              classification_grid, detection_grid, toy_grid)
 from spre_mmdet.sweep.grid import parse_pattern  # noqa: E402
 from spre_mmdet.sweep.report import deploy_kernels, write_report  # noqa: E402
 from spre_mmdet.sweep.run import repo_root, run_grid  # noqa: E402
@@ -37,7 +38,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default='work_dirs/sweep', help='output folder (resumable)')
-    p.add_argument('--task', choices=['cls', 'det'], default='cls')
+    p.add_argument('--task', choices=['cls', 'det', 'toy'], default='cls',
+                   help='cls: classification grid; det: two-stage detection; toy: every '
+                   'method\'s toy Mask R-CNN from scratch (the demo\'s setting)')
     p.add_argument('--methods', nargs='+', default=None)
     p.add_argument('--patterns', nargs='+', default=None, help='e.g. 2:4 1:8')
     p.add_argument('--seeds', nargs='+', type=int, default=None)
@@ -50,8 +53,8 @@ def parse_args(argv=None):
 
 def _check_data(task):
     from mmengine.config import Config
-    configs = ([METHODS['dense']] if task == 'cls' else
-               [DETECTION_METHODS['dense'][0], DETECTION_METHODS['dense'][1]])
+    configs = {'cls': [METHODS['dense']], 'toy': [TOY_METHODS['dense']],
+               'det': list(DETECTION_METHODS['dense'])}[task]
     for config in configs:
         cfg = Config.fromfile(osp.join(repo_root(), config))
         check_dataset_paths(cfg, ['train_dataloader', 'val_dataloader'])
@@ -66,7 +69,7 @@ def main(argv=None):
         kwargs['patterns'] = [parse_pattern(p) for p in args.patterns]
     if args.seeds:
         kwargs['seeds'] = args.seeds
-    cells = (classification_grid if args.task == 'cls' else detection_grid)(**kwargs)
+    cells = dict(cls=classification_grid, det=detection_grid, toy=toy_grid)[args.task](**kwargs)
     started = time.time()
     if args.report_only:
         from spre_mmdet.sweep.run import finished

@@ -8,8 +8,9 @@ processes, resumable: finished cells are kept in ``results.jsonl``), :mod:`.stat
 (mean, spread, paired differences with 95% intervals) and :mod:`.report` writes the table, the
 plots and the per-kernel-position analysis. ``tools/sweep.py`` is the command line.
 """
-from .grid import DETECTION_METHODS, METHODS, Cell, classification_grid, detection_grid
+from .grid import (DETECTION_METHODS, METHODS, TOY_METHODS, Cell, classification_grid,
+                   detection_grid, toy_grid)
 from .stats import paired_difference, summarize
 
-__all__ = ['DETECTION_METHODS', 'METHODS', 'Cell', 'classification_grid', 'detection_grid',
-           'paired_difference', 'summarize']
+__all__ = ['DETECTION_METHODS', 'METHODS', 'TOY_METHODS', 'Cell', 'classification_grid',
+           'detection_grid', 'paired_difference', 'summarize', 'toy_grid']

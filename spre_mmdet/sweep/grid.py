@@ -25,6 +25,18 @@ DETECTION_METHODS: Dict[str, Tuple[str, str]] = {
              'configs/toy/mask_rcnn_r18_spre_2x4_from_cls_toy.py'),
 }
 
+#: detection from scratch on the synthetic COCO set, one shipped toy config per method (what
+#: ``make demo`` trains for SpRe): method -> config
+TOY_METHODS: Dict[str, str] = {
+    'dense': 'configs/mask_rcnn_r18_dense_toy.py',
+    'asp': 'configs/toy/mask_rcnn_r18_asp_2x4_toy.py',
+    'srste': 'configs/toy/mask_rcnn_r18_srste_2x4_toy.py',
+    'lbc': 'configs/toy/mask_rcnn_r18_lbc_2x4_toy.py',
+    'spre': 'configs/toy/mask_rcnn_r18_spre_2x4_toy.py',
+    'spre_lbc': 'configs/toy/mask_rcnn_r18_spre_lbc_2x4_toy.py',
+    'ip_srste': 'configs/toy/mask_rcnn_r18_ip_srste_2x4_toy.py',
+}
+
 DEFAULT_PATTERNS = ((2, 4), (1, 4), (1, 8), (1, 16))
 
 
@@ -85,6 +97,16 @@ def detection_grid(methods: Sequence[str] = tuple(DETECTION_METHODS),
         raise ValueError(f'Unknown detection methods {unknown}; choose from '
                          f'{sorted(DETECTION_METHODS)}.')
     return _cells('det', methods, patterns, seeds)
+
+
+def toy_grid(methods: Sequence[str] = tuple(TOY_METHODS),
+             patterns: Sequence[Tuple[int, int]] = ((2, 4), ),
+             seeds: Sequence[int] = (0, )) -> List[Cell]:
+    """Detection from scratch on the synthetic COCO set (every method's toy config)."""
+    unknown = sorted(set(methods) - set(TOY_METHODS))
+    if unknown:
+        raise ValueError(f'Unknown toy methods {unknown}; choose from {sorted(TOY_METHODS)}.')
+    return _cells('toy', methods, patterns, seeds)
 
 
 def parse_pattern(text: str) -> Tuple[int, int]:

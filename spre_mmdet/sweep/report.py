@@ -13,7 +13,7 @@ from .stats import paired_difference, summarize
 #: (a, b) pairs whose paired difference the report lists, the first being the question asked
 COMPARISONS = (('spre', 'srste'), ('spre_lbc', 'lbc'), ('lbc', 'srste'), ('srste', 'dense'),
                ('unstructured', 'srste'))
-METHOD_ORDER = ('dense', 'unstructured', 'srste', 'spre', 'lbc', 'spre_lbc')
+METHOD_ORDER = ('dense', 'unstructured', 'asp', 'srste', 'spre', 'lbc', 'spre_lbc', 'ip_srste')
 
 
 def _density(pattern: str) -> float:
@@ -174,10 +174,39 @@ def plot_kernel_positions(analysis: Dict[str, Dict[str, dict]], path: str) -> st
     return path
 
 
+def cost_table(records: Sequence[dict]) -> str:
+    """Markdown: per method, median step time (also relative to dense and to SR-STE), peak
+    resident memory of its training process, and deploy checks, averaged over seeds."""
+    by_method: Dict[str, List[dict]] = {}
+    for record in records:
+        by_method.setdefault(record['method'], []).append(record)
+
+    def mean(method, key):
+        values = [r[key] for r in by_method.get(method, []) if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    dense, srste = mean('dense', 'step_s'), mean('srste', 'step_s')
+    lines = ['| method | step (s, median) | step / dense | step / SR-STE | peak RSS (MiB) | '
+             'deploy N:M valid | deploy params |', '|---|---|---|---|---|---|---|']
+    for method in sorted(by_method, key=lambda m: METHOD_ORDER.index(m)
+                         if m in METHOD_ORDER else len(METHOD_ORDER)):
+        step, rss = mean(method, 'step_s'), mean(method, 'peak_rss_mb')
+        deploy = by_method[method][0].get('deploy') or {}
+        lines.append(' | '.join([
+            f'| {method}', f'{step:.3f}' if step else '-',
+            f'{step / dense:.2f}' if step and dense else '-',
+            f'{step / srste:.2f}' if step and srste else '-',
+            f'{rss:.0f}' if rss else '-',
+            f'{deploy["valid"]}/{deploy["checked"]}' if deploy.get('checked') else 'dense',
+            str(deploy.get('params', '-'))]) + ' |')
+    return '\n'.join(lines)
+
+
 def write_report(records: Sequence[dict], out: str, analysis: Optional[dict] = None) -> str:
     """``summary.md`` (+ plots and ``kernel_positions.json``) from the cells' records."""
     cls = [r for r in records if r['task'] == 'cls' and not r.get('error')]
     det = [r for r in records if r['task'] == 'det' and not r.get('error')]
+    toy = [r for r in records if r['task'] == 'toy' and not r.get('error')]
     failed = [r for r in records if r.get('error')]
     parts = ['# Sweep summary', '']
     if cls:
@@ -192,6 +221,15 @@ def write_report(records: Sequence[dict], out: str, analysis: Optional[dict] = N
                       tables(det, metric, label), '']
         plot_metric(det, 'bbox_mAP', 'box mAP', osp.join(out, 'detection_map.png'))
         parts += ['![detection](detection_map.png)', '']
+    if toy:
+        for metric, label in (('bbox_mAP', 'box mAP'), ('segm_mAP', 'mask mAP'),
+                              ('bbox_mAP_50', 'box AP50'), ('segm_mAP_50', 'mask AP50')):
+            parts += [f'## Detection from scratch on the synthetic COCO set: {label}', '',
+                      tables(toy, metric, label), '']
+        parts += ['## Training cost (each run alone in its process; wall-clock on shared '
+                  'cores)', '', cost_table(toy), '']
+    if cls:
+        parts += ['## Training cost of the classification runs', '', cost_table(cls), '']
     if analysis:
         with open(osp.join(out, 'kernel_positions.json'), 'w') as f:
             json.dump(analysis, f, indent=1)

@@ -2,6 +2,7 @@
 import json
 import os
 import os.path as osp
+import statistics
 import subprocess
 import sys
 import threading
@@ -11,7 +12,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from .grid import DETECTION_METHODS, METHODS, Cell
+from .grid import DETECTION_METHODS, METHODS, TOY_METHODS, Cell
 
 RESULTS = 'results.jsonl'
 
@@ -54,8 +55,21 @@ def last_metrics(work_dir: str, key: str) -> Dict[str, float]:
     return found
 
 
-def _train(config: str, work_dir: str, options: List[str], threads: int) -> float:
-    """``tools/train.py config`` in a child process; returns its wall time in seconds."""
+def step_time(work_dir: str, skip: float = 0.1) -> Optional[float]:
+    """Median seconds per training iteration (mmengine's logged ``time``), leaving out the
+    first ``skip`` of the run (warm-up, first allocations)."""
+    times = []
+    for root, _, files in os.walk(work_dir):
+        if 'scalars.json' in files and root.endswith('vis_data'):
+            with open(osp.join(root, 'scalars.json')) as f:
+                records = [json.loads(line) for line in f if '"loss"' in line]
+            times += [r['time'] for r in records[int(len(records) * skip):] if 'time' in r]
+    return statistics.median(times) if times else None
+
+
+def _train(config: str, work_dir: str, options: List[str], threads: int) -> dict:
+    """``tools/train.py config`` in a child process; returns its wall time (s), peak resident
+    memory (MiB, that process alone) and median step time (s)."""
     os.makedirs(work_dir, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONPATH=os.pathsep.join(p for p in (repo_root(), os.environ.get('PYTHONPATH'))
@@ -66,12 +80,15 @@ def _train(config: str, work_dir: str, options: List[str], threads: int) -> floa
     with open(osp.join(work_dir, 'train.log'), 'w') as log:
         log.write('$ ' + ' '.join(command) + '\n')
         log.flush()
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=repo_root())
-    if result.returncode:
-        raise RuntimeError(f'{config} failed (exit {result.returncode}); see '
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                 cwd=repo_root())
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak memory
+        child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise RuntimeError(f'{config} failed (exit {child.returncode}); see '
                            f'{osp.join(work_dir, "train.log")}')
-    return time.time() - started
+    return dict(wall_s=time.time() - started, peak_rss_mb=usage.ru_maxrss / 1024,
+                step_s=step_time(work_dir))
 
 
 def _checkpoint(work_dir: str) -> str:
@@ -79,8 +96,11 @@ def _checkpoint(work_dir: str) -> str:
         return f.read().strip()
 
 
-def initial_weights(cell: Cell, out: str) -> str:
-    """The file holding the initial weights of ``cell``'s seed (written on first use)."""
+def initial_weights(cell: Cell, out: str) -> Optional[str]:
+    """The file holding the initial weights of ``cell``'s seed (written on first use); the
+    from-scratch detection comparison has none (each config initializes itself)."""
+    if cell.task == 'toy':
+        return None
     if cell.task == 'cls':
         return write_initial_weights(METHODS['dense'], cell.seed,
                                      osp.join(out, 'init', f'cls_seed{cell.seed}.pth'))
@@ -95,23 +115,30 @@ def run_cell(cell: Cell, out: str, threads: int = 1) -> dict:
     seed_options = [f'randomness.seed={cell.seed}', *cell.sparsity_options()]
     init = initial_weights(cell, out)
     if cell.task == 'cls':
-        record['wall_s'] = _train(METHODS[cell.method], work,
-                                  [*seed_options, f'load_from={init}'], threads)
+        record.update(_train(METHODS[cell.method], work,
+                             [*seed_options, f'load_from={init}'], threads))
         metrics = last_metrics(work, 'accuracy/top1')
         record.update(top1=metrics['accuracy/top1'], top5=metrics.get('accuracy/top5'))
+    elif cell.task == 'toy':  # from scratch: each config's own init for the seed
+        record.update(_train(TOY_METHODS[cell.method], work, seed_options, threads))
+        metrics = last_metrics(work, 'coco/bbox_mAP')
+        record.update({key.split('/')[1]: value for key, value in metrics.items()
+                       if key.startswith('coco/') and key.endswith(('mAP', 'mAP_50'))})
     else:
         stage1, stage2 = DETECTION_METHODS[cell.method]
-        wall1 = _train(stage1, osp.join(work, 'stage1_cls'),
+        first = _train(stage1, osp.join(work, 'stage1_cls'),
                        [*seed_options, f'load_from={init}'], threads)
         record['cls_top1'] = last_metrics(osp.join(work, 'stage1_cls'),
                                           'accuracy/top1')['accuracy/top1']
         backbone = _checkpoint(osp.join(work, 'stage1_cls'))
-        wall2 = _train(stage2, osp.join(work, 'stage2_det'),
-                       [*seed_options, f'model.backbone.init_cfg.checkpoint={backbone}'],
-                       threads)
+        second = _train(stage2, osp.join(work, 'stage2_det'),
+                        [*seed_options, f'model.backbone.init_cfg.checkpoint={backbone}'],
+                        threads)
         metrics = last_metrics(osp.join(work, 'stage2_det'), 'coco/bbox_mAP')
         record.update(bbox_mAP=metrics['coco/bbox_mAP'], segm_mAP=metrics['coco/segm_mAP'],
-                      wall_s=wall1 + wall2)
+                      wall_s=first['wall_s'] + second['wall_s'],
+                      peak_rss_mb=max(first['peak_rss_mb'], second['peak_rss_mb']),
+                      step_s=second['step_s'])
     record['work_dir'] = work
     return record
 
