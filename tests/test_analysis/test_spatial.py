@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from spre_mmdet.analysis import spatial as sp
+from spre_mmdet.errors import CheckpointError
 from spre_mmdet.sparsity import nm_mask, spatial_mask
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
@@ -133,7 +134,7 @@ def test_cli_errors_clearly(tmp_path):
     assert "under prefix 'neck.'" in proc.stderr and "'backbone.'" in proc.stderr
     assert '--prefix' in proc.stderr
     tool = _tool()
-    with pytest.raises(FileNotFoundError, match='not found'):
+    with pytest.raises(CheckpointError, match='not found'):
         tool.main([str(tmp_path / 'missing.pth')])
     with pytest.raises(SystemExit):
         tool.parse_args([str(ckpt), '--n', '4', '--m', '4'])
