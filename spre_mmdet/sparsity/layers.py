@@ -13,6 +13,8 @@ class SparseLayerMixin:
     """What every sparse layer offers: its learner, a mask refresh and a deploy form."""
 
     sparsity: MaskLearner
+    #: attribute name (and state-dict key prefix) of the learner submodule
+    LEARNER = 'sparsity'
     #: appended to the learner's name in reports (e.g. '+spre')
     report_suffix = ''
 
@@ -42,7 +44,8 @@ class SparseConv2d(SparseLayerMixin, nn.Conv2d):
                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                     conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
         layer._copy_dense(conv)
-        layer.sparsity = build_learner(method, conv.weight.shape, n, m, **learner_kwargs)
+        layer.add_module(cls.LEARNER, build_learner(method, conv.weight.shape, n, m,
+                                                    **learner_kwargs))
         layer.sparsity.to(conv.weight.device)
         return layer
 
@@ -68,7 +71,8 @@ class SparseLinear(SparseLayerMixin, nn.Linear):
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
                     device=linear.weight.device, dtype=linear.weight.dtype)
         layer._copy_dense(linear)
-        layer.sparsity = build_learner(method, linear.weight.shape, n, m, **learner_kwargs)
+        layer.add_module(cls.LEARNER, build_learner(method, linear.weight.shape, n, m,
+                                                    **learner_kwargs))
         layer.sparsity.to(linear.weight.device)
         return layer
 

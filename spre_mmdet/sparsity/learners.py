@@ -50,12 +50,14 @@ class MaskLearner(DerivedStateMixin, nn.Module):
 
     #: name used in configs and reports
     method: str = ''
-    derived_state = ('mask',)
+    #: attribute name (and state-dict key suffix) of the mask buffer
+    MASK = 'mask'
+    derived_state = (MASK,)
 
     def __init__(self, weight_shape: torch.Size, n: int, m: int):
         super().__init__()
         self.n, self.m = check_nm(n, m)
-        self.register_buffer('mask', torch.ones(weight_shape, dtype=torch.bool))
+        self.register_buffer(self.MASK, torch.ones(weight_shape, dtype=torch.bool))
         # True until the mask was computed from real weights or loaded from a sparse checkpoint.
         self.needs_init = True
 

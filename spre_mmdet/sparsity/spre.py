@@ -72,7 +72,10 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
         spatial_interval: refresh ``S`` every this many iterations.
     """
 
-    derived_state = ('spatial',)
+    #: attribute names (and state-dict key suffixes) of the extra weight and of ``S``
+    REP_WEIGHT = 'weight_rep'
+    SPATIAL = 'spatial'
+    derived_state = (SPATIAL,)
     report_suffix = '+spre'
     # nn.Conv2d is listed among the direct bases so that mmengine's init_cfg (layer='Conv2d'),
     # which matches direct base names only, initializes the main weight like a dense conv.
@@ -89,10 +92,10 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
                               f'every this many iterations), got {spatial_interval!r}.')
         layer = super().from_dense(conv, method, n, m, **learner_kwargs)
         layer.spatial_interval = int(spatial_interval)
-        layer.weight_rep = nn.Parameter(torch.empty_like(conv.weight))
+        layer.register_parameter(cls.REP_WEIGHT, nn.Parameter(torch.empty_like(conv.weight)))
         nn.init.kaiming_normal_(layer.weight_rep, mode='fan_in')
-        layer.register_buffer('spatial', torch.ones(conv.kernel_size, dtype=conv.weight.dtype,
-                                                    device=conv.weight.device))
+        layer.register_buffer(cls.SPATIAL, torch.ones(conv.kernel_size, dtype=conv.weight.dtype,
+                                                      device=conv.weight.device))
         return layer
 
     def refresh(self, iteration: int) -> None:
