@@ -8,7 +8,10 @@ from typing import Dict, Iterable, List, Mapping, Tuple
 
 import torch
 
+from ..sparsity.layers import SparseLayerMixin
+from ..sparsity.learners import MaskLearner
 from ..sparsity.nm import check_nm, nm_incompatibility
+from ..sparsity.spre import SpReConv2d
 from .positions import AnalysisError, LayerAnalysis, SkippedLayer, analyze_layer
 
 __all__ = [
@@ -17,9 +20,11 @@ __all__ = [
 ]
 
 
-MASK_SUFFIX = '.sparsity.mask'
-SPATIAL_SUFFIX = '.spatial'
-REP_SUFFIX = '.weight_rep'
+#: State-dict key suffixes, after a conv's name, of its learner's N:M mask ``B``, of SpRe's
+#: spatial mask ``S`` and of SpRe's extra weight: the names the layer classes register them under.
+MASK_SUFFIX = f'.{SparseLayerMixin.LEARNER}.{MaskLearner.MASK}'
+SPATIAL_SUFFIX = f'.{SpReConv2d.SPATIAL}'
+REP_SUFFIX = f'.{SpReConv2d.REP_WEIGHT}'
 
 
 def extract_state_dict(checkpoint) -> Mapping[str, torch.Tensor]:

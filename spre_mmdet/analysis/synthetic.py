@@ -8,6 +8,7 @@ import torch
 
 from ..sparsity.nm import nm_mask
 from ..sparsity.spre import spatial_mask
+from .state_dict import MASK_SUFFIX, REP_SUFFIX, SPATIAL_SUFFIX
 
 __all__ = ['synthetic_weight', 'synthetic_state_dict']
 
@@ -49,7 +50,7 @@ def synthetic_state_dict(num_layers: int = 8, n: int = 2, m: int = 4, prefix: st
         state[name.replace('conv2', 'conv1') + '.weight'] = torch.randn(channels, channels, 1, 1,
                                                                          generator=gen)
         if k % 2:
-            state[name + '.weight_rep'] = torch.randn_like(weight)
-            state[name + '.spatial'] = spatial_mask(weight, n, m)
-            state[name + '.sparsity.mask'] = nm_mask(weight, n, m)
+            state[name + REP_SUFFIX] = torch.randn_like(weight)
+            state[name + SPATIAL_SUFFIX] = spatial_mask(weight, n, m)
+            state[name + MASK_SUFFIX] = nm_mask(weight, n, m)
     return state
