@@ -95,6 +95,7 @@ class LayerAnalysis:
 
     @property
     def kernel(self) -> Tuple[int, int]:
+        """The kernel size ``(kh, kw)``."""
         return tuple(self.shape[2:])
 
     @property
@@ -104,10 +105,12 @@ class LayerAnalysis:
 
     @property
     def main_density(self) -> np.ndarray:
+        """Kept fraction of the main N:M branch per position (``1 - nm``)."""
         return 1.0 - self.nm
 
     @property
     def rep_density(self) -> np.ndarray:
+        """Kept fraction of the extra branch ``W_rep * B * S`` per position."""
         return self.main_density * self.spatial
 
     @property
@@ -132,6 +135,7 @@ class LayerAnalysis:
 
     @property
     def spatial_agrees(self) -> bool:
+        """Whether ``S`` equals ``spatial_mask`` of the analysed weight."""
         return bool(np.array_equal(self.spatial, self.spatial_computed))
 
 
@@ -215,6 +219,7 @@ class KernelSummary:
 
     @property
     def label(self) -> str:
+        """Row name in tables and CSVs, e.g. ``'overall[3x3]'``."""
         return f'overall[{self.kernel[0]}x{self.kernel[1]}]'
 
 
