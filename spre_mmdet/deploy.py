@@ -25,9 +25,8 @@ from mmengine.config import Config
 from torch import nn
 
 from .errors import ExportError
-from .sparsity import (MERGED, InterspaceConv2d, InterspaceDeployConv2d, check_nm_tensor,
-                       format_report, merge_interspace, reparameterize, sparse_kinds,
-                       sparse_layers, sparsity_report)
+from .sparsity import (SparseLayerRecord, check_nm_tensor, format_report, reparameterize,
+                       sparse_layer_records, sparse_layers, sparsity_report)
 
 #: sparse module types of this package -> the stock mmdet types their deploy form fits
 STOCK_TYPES = {'SparseResNet': 'ResNet', 'NMResNet': 'ResNet', 'NMResNet_CIFAR': 'ResNet_CIFAR',
@@ -124,43 +123,40 @@ def _needs_package(model_cfg) -> bool:
     return False
 
 
-def verify_deploy(train_model: nn.Module, deploy_model: nn.Module) -> None:
-    """Every layer that was N:M during training is exactly N:M in the deploy model (for an
-    interspace conv in basis form: its 1x1 weight; merged or unstructured ones are not N:M,
-    and the report says so)."""
-    deployed = dict(deploy_model.named_modules())
+def verify_deploy(deploy_model: nn.Module, records: Sequence[SparseLayerRecord]) -> None:
+    """Every record that must be N:M is exactly its pattern in the deploy model (an interspace
+    conv in basis form: its 1x1 GEMM weight). Records that are not N:M by design (unstructured
+    learners, interspace convs merged into dense convs) are reported, not checked."""
+    state = deploy_model.state_dict()
     problems = []
-    for name, layer in sparse_layers(train_model):
-        module = deployed[name]
-        if isinstance(layer, InterspaceConv2d):
-            if layer.pruning != 'nm' or not isinstance(module, InterspaceDeployConv2d):
-                continue
-            module = module.gemm
-        weight = module.weight
-        check = check_nm_tensor(weight, layer.sparsity.n, layer.sparsity.m)
-        if not check.ok:
-            problems.append(f'{name}: {check.explain()}')
+    for record in records:
+        if record.nm:
+            check = check_nm_tensor(state[record.tensor], record.n, record.m)
+            if not check.ok:
+                problems.append(f'{record.name}: {check.explain()}')
     if problems:
         raise ExportError('The re-parameterized model is not exactly N:M:\n' +
                           '\n'.join(problems))
 
 
-def interspace_summary(model: nn.Module, interspace_form: str) -> Optional[str]:
-    """One sentence on how ``model``'s interspace convs are exported, or ``None`` if it has
-    none (for the report and the logs)."""
-    layers = [layer for _, layer in sparse_layers(model) if isinstance(layer, InterspaceConv2d)]
+def interspace_summary(records: Sequence[SparseLayerRecord],
+                       interspace_form: str) -> Optional[str]:
+    """One sentence on how the interspace convs among ``records`` are exported, or ``None`` if
+    there are none (for the report and the logs)."""
+    layers = [record for record in records if record.structure == 'interspace']
     if not layers:
         return None
-    n, m = layers[0].sparsity.n, layers[0].sparsity.m
+    pattern = layers[0].pattern
     if interspace_form == 'merged':
         return (f'{len(layers)} interspace convs exported in MERGED form: dense k x k convs in a '
-                f'stock ResNet (not {n}:{m}, no sparse speed-up; deploy_config.py does not import '
-                f'spre_mmdet). For the {n}:{m} form export with interspace_form="basis".')
-    unstructured = sum(layer.pruning != 'nm' for layer in layers)
+                f'stock ResNet (not {pattern}, no sparse speed-up; deploy_config.py does not '
+                f'import spre_mmdet). For the {pattern} form export with '
+                'interspace_form="basis".')
+    unstructured = sum(not record.nm for record in layers)
     return (f'{len(layers)} interspace convs exported in BASIS form: basis conv (k*k filters) + '
-            f'{n}:{m} 1x1 conv, built by SparseResNet(sparsity.deploy=True), so deploy_config.py '
-            'imports spre_mmdet' +
-            (f'; {unstructured} have unstructured coefficients and are not {n}:{m}'
+            f'{pattern} 1x1 conv, built by SparseResNet(sparsity.deploy=True), so '
+            'deploy_config.py imports spre_mmdet' +
+            (f'; {unstructured} have unstructured coefficients and are not {pattern}'
              if unstructured else '') +
             '. For a stock mmdet checkpoint (dense k x k convs) export with '
             'interspace_form="merged".')
@@ -324,26 +320,23 @@ def export_deploy(model: nn.Module, cfg: Config, out_dir: str, force: bool = Fal
         raise ExportError(f'The checkpoint holds no N:M masks (e.g. for {stale[0]}): it is not '
                           'from a sparse training run. Export a checkpoint written by a sparse '
                           'config (its state dict has "...sparsity.mask" entries).')
-    n, m = layers[0][1].sparsity.n, layers[0][1].sparsity.m
-    kinds = sparse_kinds(model)
-    interspace = [name for name, layer in layers if isinstance(layer, InterspaceConv2d)]
-    merge = bool(interspace) and interspace_form == 'merged'
-    for name in interspace:
-        kinds[name] += MERGED if merge else ''
+    records = sparse_layer_records(model, interspace_form)
     was_training = model.training
     model.eval()
-    deploy_model = reparameterize(merge_interspace(model) if merge else model)
+    deploy_model = reparameterize(model, interspace_form=interspace_form)
     model.train(was_training)
-    verify_deploy(model, deploy_model)
-    report = format_report(sparsity_report(deploy_model, n, m, trained=kinds))
-    summary = interspace_summary(model, interspace_form)
+    verify_deploy(deploy_model, records)
+    report = format_report(sparsity_report(deploy_model, records))
+    summary = interspace_summary(records, interspace_form)
     if summary:
         report += '\n' + summary
     state = {k: v.detach().cpu() for k, v in deploy_model.state_dict().items()}
     config = deploy_config(cfg, interspace_form)
     _check_loadable(config, state)
-    meta = dict(meta or {}, sparsity=f'{n}:{m}', deploy=True)
-    if interspace:
+    patterns = sorted({record.pattern for record in records})
+    meta = dict(meta or {}, sparsity=patterns[0] if len(patterns) == 1 else patterns,
+                deploy=True, sparse_layers=[record.to_dict() for record in records])
+    if any(record.structure == 'interspace' for record in records):
         meta['interspace_form'] = interspace_form
 
     def write(folder):

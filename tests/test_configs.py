@@ -9,8 +9,8 @@ from mmengine.config import Config
 
 import spre_mmdet.classification  # noqa: F401  (registers NMResNet for the mmpretrain configs)
 from spre_mmdet.deploy import INTERSPACE_FORMS, SPARSE_RESNETS, build_model, deploy_config
-from spre_mmdet.sparsity import (InterspaceConv2d, check_nm_tensor, merge_interspace,
-                                 refresh_masks, reparameterize, sparse_layers)
+from spre_mmdet.sparsity import (InterspaceConv2d, check_nm_tensor, refresh_masks,
+                                 reparameterize, sparse_layers)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / 'configs').rglob('*.py')
@@ -66,7 +66,7 @@ def test_config_builds_and_deploys(path):
     model.eval()
     interspace = any(isinstance(layer, InterspaceConv2d) for layer in layers.values())
     for form in INTERSPACE_FORMS if interspace else INTERSPACE_FORMS[:1]:
-        deployed = reparameterize(merge_interspace(model) if form == 'merged' else model)
+        deployed = reparameterize(model, interspace_form=form)
         target = build_model(deploy_config(cfg, form))
         target.load_state_dict(deployed.state_dict(), strict=True)
         modules = dict(target.named_modules())

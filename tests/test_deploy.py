@@ -69,7 +69,7 @@ def test_basis_form_export_is_nm_loads_and_matches(ip_detector, tmp_path):
     assert_same_features(model, deployed)
     report = open(paths['sparsity_report.txt']).read()
     assert '16 interspace convs exported in BASIS form' in report
-    assert report.count('srste+ip basis+1x1') == 16
+    assert report.count('srste+interspace') == 16
     layers = [line for line in report.splitlines() if line.startswith('backbone.layer')]
     assert len(layers) == 19 and all('2:4 valid' in line for line in layers)  # 16 + 3 downsample
 
@@ -86,8 +86,11 @@ def test_merged_form_export_is_stock_and_matches(ip_detector, tmp_path):
     assert_same_features(model, deployed)
     report = open(paths['sparsity_report.txt']).read()
     assert 'exported in MERGED form' in report
-    rows = [line for line in report.splitlines() if 'srste+ip merged' in line]
-    assert len(rows) == 16 and all('not 2:4 by design' in row for row in rows)
+    rows = [line for line in report.splitlines() if 'srste+interspace' in line]
+    assert len(rows) == 16 and all('merged into a dense k x k conv' in row and
+                                   'not N:M by design' in row for row in rows)
+    records = {r['name']: r for r in meta['sparse_layers']}
+    assert sum(not r['nm'] for r in records.values()) == 16 and len(records) == 19
     downsample = [line for line in report.splitlines() if 'downsample.0 ' in line]
     assert downsample and all(' srste ' in row and '2:4 valid' in row for row in downsample)
 

@@ -7,7 +7,7 @@ from mmengine.registry import HOOKS  # the root registry: found from mmdet and m
 
 from ..deploy import check_export_target, check_interspace_form, export_deploy, interspace_summary
 from ..errors import ConfigError
-from ..sparsity import sparse_layers
+from ..sparsity import sparse_layer_records, sparse_layers
 
 
 @HOOKS.register_module()
@@ -61,6 +61,7 @@ class ReparameterizeHook(Hook):
                               protected=[runner.work_dir])
         runner.logger.info('Re-parameterized deploy model written: ' +
                            ', '.join(paths.values()))
-        summary = interspace_summary(model, self.interspace_form)
+        summary = interspace_summary(sparse_layer_records(model, self.interspace_form),
+                                     self.interspace_form)
         if summary:
             runner.logger.info(summary)

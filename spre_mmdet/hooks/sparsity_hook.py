@@ -97,10 +97,10 @@ class SparsityHook(Hook):
 
     def after_train(self, runner) -> None:
         model = self._model(runner)
-        n, m = next(((l.sparsity.n, l.sparsity.m) for _, l in sparse_layers(model)))
-        rows = sparsity_report(model, n, m)
+        rows = sparsity_report(model)
         table = format_report(rows)
-        runner.logger.info(f'Sparsity report ({n}:{m}):\n{table}')
+        patterns = sorted({row.pattern for row in rows if row.pattern})
+        runner.logger.info(f'Sparsity report ({", ".join(patterns)}):\n{table}')
         if runner.rank == 0:
             with open(osp.join(runner.work_dir, 'sparsity_report.txt'), 'w') as f:
                 f.write(table + '\n')

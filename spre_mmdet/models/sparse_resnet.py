@@ -10,7 +10,7 @@ from mmengine.logging import print_log
 from ..errors import ConfigError
 from .sparse_pretrained import load_sparse_pretrained
 from ..sparsity import (InterspaceDeployConv2d, SpReBatchNorm2d, check_nm, check_sparsity_options,
-                        interspace_incompatibility, interspace_layer, refresh_masks,
+                        interspace_incompatibility, refresh_masks,
                         sparse_layers, sparsify_layer, spre_pairs)
 
 DEFAULT_SPARSITY = dict(
@@ -120,8 +120,9 @@ class SparseResNetMixin:
             for conv_name, norm_name in self._conv_norm_pairs(block):
                 conv = getattr(block, conv_name)
                 spatial = conv.kernel_size != (1, 1)
-                if interspace is not None and spatial and not interspace_layer(
-                        block, conv_name, method, self.n, self.m, **interspace, **learner):
+                if interspace is not None and spatial and not sparsify_layer(
+                        block, conv_name, method, self.n, self.m, interspace=interspace,
+                        **learner):
                     continue
                 use_spre = spre is not None and not frozen and spatial
                 reason = sparsify_layer(block, conv_name, method, self.n, self.m,

@@ -1,29 +1,33 @@
-"""N:M sparsity core in plain PyTorch: masks, SR-STE, mask learners, SpRe, model conversion.
+"""N:M sparsity core in plain PyTorch: masks, SR-STE, mask learners, SpRe, interspace convs,
+the conversion of a model, its per-layer records and re-parameterization.
 
-Nothing here imports mmengine or mmdet.
+Nothing here imports mmengine or mmdet. A new mask learner is a :class:`MaskLearner` subclass
+registered with :func:`register_learner` (its ``method`` name is then valid everywhere: configs,
+:func:`sparsify_layer`, interspace coefficients, reports); that is the only place to register it.
 """
-from .convert import (MERGED, LayerReport, NotFinalError, check_sparsity_options, format_report,
-                      initialize_masks, spre_pairs,
-                      refresh_masks, reparameterize, sparse_kinds, sparse_layers,
-                      sparsify_layer, sparsity_report)
-from .interspace import (InterspaceConv2d, InterspaceDeployConv2d, interspace_incompatibility,
-                         interspace_layer, merge_interspace, pixel_basis)
+from .convert import (LayerReport, NotFinalError, check_sparsity_options, format_report,
+                      initialize_masks, refresh_masks, reparameterize, sparse_layer_records,
+                      sparse_layers, sparsify_layer, sparsity_report, spre_pairs)
+from .interspace import (InterspaceConv2d, InterspaceDeployConv2d, coefficient_learner,
+                         interspace_incompatibility, pixel_basis)
 from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
-from .learners import (FixedMask, MaskLearner, SRSTEMask, build_learner, register_learner)
 from .lbc import LBCMask, cubic_survivors, subset_matrix
+from .learners import (FixedMask, MaskLearner, SRSTEMask, UnstructuredMask, build_learner,
+                       register_learner)
 from .nm import (NMCheck, check_nm, check_nm_tensor, from_groups, nm_incompatibility, nm_mask,
                  to_groups, unstructured_mask)
+from .record import SparseLayerRecord
 from .spre import SpReBatchNorm2d, SpReConv2d, fold_batchnorm, spatial_mask
 from .srste import SRSTEFunction, srste
 
 __all__ = [
-    'InterspaceConv2d', 'InterspaceDeployConv2d', 'interspace_incompatibility',
-    'interspace_layer', 'merge_interspace', 'pixel_basis', 'LBCMask', 'cubic_survivors',
-    'subset_matrix', 'MERGED', 'check_sparsity_options', 'LayerReport', 'NotFinalError', 'format_report',
-    'initialize_masks', 'refresh_masks', 'reparameterize', 'sparse_kinds', 'sparse_layers',
-    'sparsify_layer', 'sparsity_report', 'spre_pairs', 'SparseConv2d', 'SparseLayerMixin', 'SparseLinear',
-    'FixedMask', 'MaskLearner', 'SRSTEMask', 'build_learner', 'register_learner', 'NMCheck',
-    'check_nm', 'check_nm_tensor', 'from_groups', 'nm_incompatibility', 'nm_mask', 'to_groups',
-    'unstructured_mask', 'SpReBatchNorm2d', 'SpReConv2d', 'fold_batchnorm', 'spatial_mask',
-    'SRSTEFunction', 'srste'
+    'FixedMask', 'InterspaceConv2d', 'InterspaceDeployConv2d', 'LBCMask', 'LayerReport',
+    'MaskLearner', 'NMCheck', 'NotFinalError', 'SRSTEFunction', 'SRSTEMask', 'SparseConv2d',
+    'SparseLayerMixin', 'SparseLayerRecord', 'SparseLinear', 'SpReBatchNorm2d', 'SpReConv2d',
+    'UnstructuredMask', 'build_learner', 'check_nm', 'check_nm_tensor', 'check_sparsity_options',
+    'coefficient_learner', 'cubic_survivors', 'fold_batchnorm', 'format_report', 'from_groups',
+    'initialize_masks', 'interspace_incompatibility', 'nm_incompatibility', 'nm_mask',
+    'pixel_basis', 'refresh_masks', 'register_learner', 'reparameterize', 'sparse_layer_records',
+    'sparse_layers', 'sparsify_layer', 'sparsity_report', 'spre_pairs', 'spatial_mask', 'srste',
+    'subset_matrix', 'to_groups', 'unstructured_mask'
 ]

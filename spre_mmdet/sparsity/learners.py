@@ -50,6 +50,10 @@ class MaskLearner(DerivedStateMixin, nn.Module):
 
     #: name used in configs and reports
     method: str = ''
+    #: whether the deployed weight is exactly N:M (an unstructured mask is not, by design)
+    nm = True
+    #: what reports say of a layer whose deployed weight is not N:M by design
+    not_nm_note = ''
     #: attribute name (and state-dict key suffix) of the mask buffer
     MASK = 'mask'
     derived_state = (MASK,)
@@ -163,6 +167,8 @@ class UnstructuredMask(MaskLearner):
     """
 
     method = 'unstructured'
+    nm = False
+    not_nm_note = 'unstructured magnitude mask: not N:M by design'
 
     def __init__(self, weight_shape, n, m, density: Optional[float] = None, interval: int = 0,
                  decay: float = 2e-4):

@@ -76,7 +76,7 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
     REP_WEIGHT = 'weight_rep'
     SPATIAL = 'spatial'
     derived_state = (SPATIAL,)
-    report_suffix = '+spre'
+    structure = 'spre'
     # nn.Conv2d is listed among the direct bases so that mmengine's init_cfg (layer='Conv2d'),
     # which matches direct base names only, initializes the main weight like a dense conv.
 
@@ -121,7 +121,7 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
         weight = torch.cat([self.sparsity(self.weight), self.rep_weight()])
         return self._conv_forward(x, weight, None)  # 2 * O channels: [main | rep]
 
-    def to_deploy(self):
+    def to_deploy(self, interspace_form: str = 'basis'):
         raise RuntimeError('A SpReConv2d is deployed together with its SpReBatchNorm2d: use '
                            'SpReBatchNorm2d.fold (reparameterize() does).')
 

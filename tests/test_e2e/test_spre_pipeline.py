@@ -53,9 +53,9 @@ def test_training_writes_report_and_exactly_nm_deploy(trained):
     report = (trained['full'] / 'sparsity_report.txt').read_text()
     assert 'backbone.conv1' in report and 'not divisible by M=4' in report
     rows = json.loads((trained['full'] / 'sparsity_report.json').read_text())
-    sparse = [r for r in rows if r['kind'] != 'dense']
+    sparse = [r for r in rows if r['method'] != 'dense']
     assert sparse and all(r['valid'] for r in sparse)
-    assert any(r['kind'] == 'srste+spre' for r in sparse)
+    assert any(r['method'] == 'srste+spre' for r in sparse)
     deploy = load_state(trained['full'] / 'deploy' / 'deploy.pth')
     assert not any('sparsity' in k or 'rep' in k or 'spatial' in k for k in deploy)
     convs = [k for k in deploy if k.startswith('backbone.layer') and k.endswith('weight')

@@ -75,7 +75,7 @@ class TestSparsityHook(RunnerTestCase):
         assert density == 2 / 4  # linear1: 1 of 2 kept; linear2 is dense and not counted
         rows = json.load(open(osp.join(runner.work_dir, 'sparsity_report.json')))
         assert [r['name'] for r in rows] == ['linear1', 'linear2']
-        assert rows[0]['valid'] and rows[0]['kind'] == 'srste'
+        assert rows[0]['valid'] and rows[0]['method'] == 'srste' and rows[0]['pattern'] == '1:2'
         assert 'dense' in rows[1]['status']
 
     def test_refuses_a_model_without_sparse_layers(self):
