@@ -91,6 +91,25 @@ def _train(config: str, work_dir: str, options: List[str], threads: int) -> dict
                 step_s=step_time(work_dir))
 
 
+def deploy_summary(work_dir: str) -> Optional[dict]:
+    """The deploy checkpoint the run's ReparameterizeHook wrote, checked against its own
+    records: how many layers must be N:M and are, and its parameter count (``None`` if the run
+    wrote none, e.g. dense or unstructured)."""
+    path = osp.join(work_dir, 'deploy', 'deploy.pth')
+    if not osp.isfile(path):
+        return None
+    from ..checkpoint import safe_torch_load
+    from ..sparsity import SparseLayerRecord, check_nm_tensor
+    checkpoint = safe_torch_load(path)
+    state = checkpoint['state_dict']
+    records = [SparseLayerRecord.from_dict(r) for r in checkpoint['meta']['sparse_layers']]
+    must = [r for r in records if r.nm]
+    valid = sum(check_nm_tensor(state[r.tensor], r.n, r.m).ok for r in must)
+    params = sum(v.numel() for k, v in state.items()
+                 if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))
+    return dict(checked=len(must), valid=valid, params=params)
+
+
 def _checkpoint(work_dir: str) -> str:
     with open(osp.join(work_dir, 'last_checkpoint')) as f:
         return f.read().strip()
@@ -118,12 +137,14 @@ def run_cell(cell: Cell, out: str, threads: int = 1) -> dict:
         record.update(_train(METHODS[cell.method], work,
                              [*seed_options, f'load_from={init}'], threads))
         metrics = last_metrics(work, 'accuracy/top1')
-        record.update(top1=metrics['accuracy/top1'], top5=metrics.get('accuracy/top5'))
+        record.update(top1=metrics['accuracy/top1'], top5=metrics.get('accuracy/top5'),
+                      deploy=deploy_summary(work))
     elif cell.task == 'toy':  # from scratch: each config's own init for the seed
         record.update(_train(TOY_METHODS[cell.method], work, seed_options, threads))
         metrics = last_metrics(work, 'coco/bbox_mAP')
         record.update({key.split('/')[1]: value for key, value in metrics.items()
                        if key.startswith('coco/') and key.endswith(('mAP', 'mAP_50'))})
+        record['deploy'] = deploy_summary(work)
     else:
         stage1, stage2 = DETECTION_METHODS[cell.method]
         first = _train(stage1, osp.join(work, 'stage1_cls'),
@@ -138,7 +159,8 @@ def run_cell(cell: Cell, out: str, threads: int = 1) -> dict:
         record.update(bbox_mAP=metrics['coco/bbox_mAP'], segm_mAP=metrics['coco/segm_mAP'],
                       wall_s=first['wall_s'] + second['wall_s'],
                       peak_rss_mb=max(first['peak_rss_mb'], second['peak_rss_mb']),
-                      step_s=second['step_s'])
+                      step_s=second['step_s'],
+                      deploy=deploy_summary(osp.join(work, 'stage2_det')))
     record['work_dir'] = work
     return record
 
