@@ -22,20 +22,15 @@ N:M, an unsupported depth, a file with pickled code, an existing DST) print ``ER
 and exit with status 1; nothing is written then.
 """
 import argparse
-import os
 import os.path as osp
 import sys
-import tempfile
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
 import spre_mmdet  # noqa: E402,F401  (must come first: safe weights-only checkpoint loading)
-from spre_mmdet.checkpoint import FORMATS, convert_reference, safe_torch_load  # noqa: E402
-from spre_mmdet.checkpoint.reference import usage_snippets  # noqa: E402
+from spre_mmdet.checkpoint import FORMATS  # noqa: E402
+from spre_mmdet.checkpoint.importing import describe, import_reference_file  # noqa: E402
 from spre_mmdet.cli import run_tool  # noqa: E402
-from spre_mmdet.errors import CheckpointError  # noqa: E402
-
-import torch  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -57,70 +52,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_reference(path: str):
-    """Load ``path`` weights-only. Both references save only tensors, dicts, lists, numbers and
-    strings (SpRe: imagenet.py ``save_checkpoint({'epoch', 'arch', 'state_dict', 'best_acc1',
-    ..., 'optimizer'})``, convert.py a bare state dict; NM-sparsity: train_imagenet.py
-    ``{'epoch', 'model', 'state_dict', 'best_prec1', 'optimizer'}``), so no global needs to be
-    allowed: a file that pickles anything else (code, argparse.Namespace, ...) is refused by
-    :func:`safe_torch_load` before any of it runs, and a broken file is called corrupt."""
-    if not osp.isfile(path):
-        raise CheckpointError(f'Checkpoint not found: {path!r}'
-                              + (' (a folder: pass the file inside)' if osp.isdir(path) else ''))
-    return safe_torch_load(path, map_location='cpu')
-
-
-def written_by_this_tool(path: str) -> bool:
-    """Whether ``path`` is a checkpoint this tool wrote (its meta names a reference format)."""
-    try:
-        meta = safe_torch_load(path, map_location='cpu').get('meta', {})
-    except Exception:  # noqa: BLE001  (unreadable: certainly not ours to replace)
-        return False
-    return isinstance(meta, dict) and meta.get('source_format') in FORMATS
-
-
-def write_atomically(checkpoint: dict, out: str) -> None:
-    """``torch.save`` to a temporary file next to ``out``, then rename: a crash or an error
-    never leaves a partial ``out``."""
-    parent = osp.dirname(osp.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix='.import-', suffix='.pth', dir=parent)
-    os.close(handle)
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if osp.isdir(args.out):
-        raise CheckpointError(f'--out {args.out} is a folder; give the file to write, e.g. '
-                              f'{osp.join(args.out, "converted.pth")}.')
-    if osp.exists(args.out):
-        if not args.force:
-            raise CheckpointError(f'{args.out} exists; choose another --out or pass --force to '
-                                  'replace it (only a file this tool wrote is replaced).')
-        if not written_by_this_tool(args.out):
-            raise CheckpointError(f'{args.out} exists and was not written by this tool, so it '
-                                  'is not replaced, even with --force; choose another --out.')
-    converted = convert_reference(load_reference(args.src), args.format, args.n, args.m,
-                                  allow_repruning=args.allow_repruning)
-    converted.meta['source_file'] = osp.basename(args.src)
-    write_atomically(converted.checkpoint(), args.out)
-
-    print(f'{args.src}:')
-    for line in converted.summary:
-        print(f'  {line}')
-    print(f'Wrote {args.out} ({len(converted.state_dict)} tensors: backbone.* and head.fc.*)')
-    snippets = usage_snippets(converted.meta, args.out)
-    print('\nImageNet evaluation with mmpretrain (a config file):\n')
-    print(snippets['mmpretrain'])
-    print('Detection backbone (in a detection config of this package):\n')
-    print(snippets['detection'])
+    converted = import_reference_file(args.src, args.out, args.format, args.n, args.m,
+                                      args.force, args.allow_repruning)
+    print(describe(converted, args.src, args.out))
     return 0
 
 

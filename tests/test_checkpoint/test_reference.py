@@ -7,7 +7,6 @@ with ``rtol=1e-5`` and ``atol=1e-5 * max|reference output|`` (float32; our SpRe 
 one fused conv, so sums are ordered differently; measured differences are about 1e-6 of the
 output magnitude).
 """
-import importlib.util
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from reference_nets import (LAYERS, NMBasicBlock, NMBottleneck, NMResNet, nm_res
                             spre_deploy_state_dict, spre_resnet)
 from spre_mmdet.checkpoint import (ReferenceFormatError, convert_reference, detect_depth,
                                    detect_layout, extract_state_dict)
+from spre_mmdet.checkpoint.importing import describe, import_reference_file
 from spre_mmdet.checkpoint.reference import usage_snippets
 from spre_mmdet.errors import CheckpointError
 from spre_mmdet.models import SparseResNet
@@ -340,14 +340,6 @@ def test_stale_spatial_mask_is_kept_and_reported(spre18):
 # --------------------------------------------------------------------------------------
 # The tool
 # --------------------------------------------------------------------------------------
-@pytest.fixture(scope='module')
-def tool():
-    spec = importlib.util.spec_from_file_location('import_reference', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class RunsCommandOnLoad:
     """Pickles as a call of os.system: full unpickling would run the command."""
 
@@ -359,20 +351,16 @@ class RunsCommandOnLoad:
 
 
 @pytest.fixture(scope='module')
-def converted_file(tool, spre18, tmp_path_factory):
-    """The tool run on a SpRe ResNet-18 training checkpoint: (dst, printed output)."""
+def converted_file(spre18, tmp_path_factory):
+    """The import of a SpRe ResNet-18 training checkpoint: (dst, what the tool prints)."""
     folder = tmp_path_factory.mktemp('import')
     src, dst = folder / 'r18_spre.pth', folder / 'out' / 'r18_converted.pth'
     torch.save(spre_checkpoint(spre18.model), src)
-    import contextlib
-    import io
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert tool.main([str(src), '--out', str(dst)]) == 0
-    return dst, printed.getvalue()
+    converted = import_reference_file(str(src), str(dst))
+    return dst, describe(converted, str(src), str(dst))
 
 
-def test_tool_writes_checkpoint_and_summary(converted_file):
+def test_import_writes_checkpoint_and_summary(converted_file):
     """The tool writes {'state_dict', 'meta'} atomically and prints what it found and the
     configs that load the file."""
     dst, printed = converted_file
@@ -415,21 +403,21 @@ def test_printed_mmpretrain_config_evaluates_the_classifier(converted_file, spre
         assert_close_to_reference(classifier(X, mode='tensor'), spre18.logits)
 
 
-def test_tool_refuses_bad_input_and_writes_nothing(tool, spre18, tmp_path):
+def test_import_refuses_bad_input_and_writes_nothing(spre18, tmp_path):
     """Unknown layout, dense as SpRe, wrong N:M, unsupported depth, pickled code (never run),
     a non-checkpoint file and an existing output are refused, naming the fix; nothing is
     written."""
     model = spre18.model
     marker = tmp_path / 'code_ran'
     inputs = {
-        'unknown.pth': ({'head.weight': torch.zeros(2)}, [], 'Unknown checkpoint layout'),
-        'dense.pth': (stock_state(18), ['--format', 'spre'], 'Not a SpRe checkpoint'),
-        'deploy.pth': (spre_deploy_state_dict(model), ['--n', '1'], 'is not 1:4'),
+        'unknown.pth': ({'head.weight': torch.zeros(2)}, {}, 'Unknown checkpoint layout'),
+        'dense.pth': (stock_state(18), dict(fmt='spre'), 'Not a SpRe checkpoint'),
+        'deploy.pth': (spre_deploy_state_dict(model), dict(n=1), 'is not 1:4'),
         'cifar.pth': ({k: v for k, v in stock_state(18).items() if not k.startswith('layer4')},
-                      ['--format', 'srste'], 'Unsupported depth'),
-        'code.pth': ({'state_dict': stock_state(18), 'hook': RunsCommandOnLoad(marker)}, [],
+                      dict(fmt='srste'), 'Unsupported depth'),
+        'code.pth': ({'state_dict': stock_state(18), 'hook': RunsCommandOnLoad(marker)}, {},
                      'Refusing to load.*posix.system'),
-        'garbage.pth': (b'not a checkpoint', [], 'corrupt or truncated'),
+        'garbage.pth': (b'not a checkpoint', {}, 'corrupt or truncated'),
     }
     for name, (content, options, message) in inputs.items():
         if isinstance(content, bytes):
@@ -437,14 +425,15 @@ def test_tool_refuses_bad_input_and_writes_nothing(tool, spre18, tmp_path):
         else:
             torch.save(content, tmp_path / name)
         with pytest.raises((ReferenceFormatError, RuntimeError), match=message):
-            tool.main([str(tmp_path / name), '--out', str(tmp_path / 'out.pth'), *options])
+            import_reference_file(str(tmp_path / name), str(tmp_path / 'out.pth'), **options)
         assert not (tmp_path / 'out.pth').exists(), name
     assert not marker.exists()
     (tmp_path / 'out.pth').write_bytes(b'keep')
     with pytest.raises(CheckpointError, match='exists.*--force'):
-        tool.main([str(tmp_path / 'deploy.pth'), '--out', str(tmp_path / 'out.pth')])
+        import_reference_file(str(tmp_path / 'deploy.pth'), str(tmp_path / 'out.pth'))
     with pytest.raises(CheckpointError, match='not written by this tool'):
-        tool.main([str(tmp_path / 'deploy.pth'), '--out', str(tmp_path / 'out.pth'), '--force'])
+        import_reference_file(str(tmp_path / 'deploy.pth'), str(tmp_path / 'out.pth'),
+                              force=True)
     assert (tmp_path / 'out.pth').read_bytes() == b'keep'
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('.')) == []
 
