@@ -476,9 +476,10 @@ def test_summary_lines_list_steps_scope_and_failures():
 
 
 # ------------------------------------------------------------------------------------- main
-def test_main_with_faked_device_steps(tmp_path, monkeypatch, capsys):
-    """main runs every step in order, announces the backbone scope loudly when mmcv's CUDA ops
-    are missing, records each step's failures and exits 1 when one failed."""
+@pytest.fixture
+def faked_device(monkeypatch):
+    """gpu_check's device-dependent parts replaced by fakes: an sm90 GPU with cuSPARSELt and no
+    mmcv CUDA ops, passing CUDA tests, GEMMs at 1.2x, a backbone benchmark with 52 layers."""
     monkeypatch.setattr(gc, 'cuda_available', lambda: True)
     monkeypatch.setattr(gc.signal, 'signal', lambda *a: None)
     monkeypatch.setattr(gc.torch.cuda, 'get_device_capability', lambda *a: (9, 0))
@@ -496,13 +497,19 @@ def test_main_with_faked_device_steps(tmp_path, monkeypatch, capsys):
         return row
 
     monkeypatch.setattr(gc, 'bench_gemm', fake_gemm)
-    monkeypatch.setattr(gc, 'run_training', lambda report, record, *a: record['failures'].append(
-        'lbc fp32: loss not finite at step 2: nan'))
     monkeypatch.setattr(gc, 'backbone_model', lambda dtype: (nn.Identity(), R50_SPARSE_LAYERS))
     monkeypatch.setattr(gc, 'benchmark_backbone', lambda model, num, batch, *a, **k: dict(
         layers=[dict(name=f'l{i}', sparse_ms=1.0, numerics=dict(ok=True))
                 for i in range(R50_SPARSE_LAYERS)],
         end_to_end={'backbone': _e2e(10.0, 9.0, 9.5)}))
+    return monkeypatch
+
+
+def test_main_with_faked_device_steps(tmp_path, faked_device, capsys):
+    """main runs every step in order, announces the backbone scope loudly when mmcv's CUDA ops
+    are missing, records each step's failures and exits 1 when one failed."""
+    faked_device.setattr(gc, 'run_training', lambda report, record, *a: record[
+        'failures'].append('lbc fp32: loss not finite at step 2: nan'))
     code = gc.main(['--out', str(tmp_path)])
     out = capsys.readouterr().out
     assert code == gc.EXIT_FAILED
@@ -518,6 +525,49 @@ def test_main_with_faked_device_steps(tmp_path, monkeypatch, capsys):
     assert data['anchors']['violations'] == 0 and data['status'] == 'failed'
 
 
+def test_main_detector_scope_when_mmcv_ops_work(tmp_path, faked_device, capsys):
+    """With mmdet and mmcv's CUDA ops, step d exports the Mask R-CNN deploy model once and runs
+    the benchmark tool per batch size; no scope banner; all passing gives exit status 0."""
+    calls = []
+    faked_device.setattr(gc, 'detector_support', lambda: (True, None, dict(mmcv='2.1.0')))
+    faked_device.setattr(gc, 'run_training', lambda *a: None)
+    faked_device.setattr(gc, 'make_detector_deploy', lambda folder: calls.append(folder) or {
+        'deploy_config.py': 'c.py', 'deploy.pth': 'd.pth'})
+
+    def fake_tool(deploy, batch, out_dir, warmup, repeats, timeout_s):
+        calls.append((batch, deploy['deploy.pth'], timeout_s > 0))
+        return dict(layers=[dict(name='backbone.layer1.0.conv1', sparse_ms=1.0,
+                                 numerics=dict(ok=True))],
+                    end_to_end={'detector': _e2e(50.0, 45.0, 47.0)})
+
+    faked_device.setattr(gc, 'benchmark_detector', fake_tool)
+    assert gc.main(['--out', str(tmp_path)]) == gc.EXIT_OK
+    assert 'SCOPE' not in capsys.readouterr().out
+    data = json.loads((tmp_path / 'gpu_check.json').read_text())
+    assert data['status'] == 'passed' and data['scope'] == 'detector'
+    assert data['scope_reason'] is None and data['environment']['mmcv_imported'] == '2.1.0'
+    assert calls[0].endswith('deploy') and calls[1:] == [(1, 'd.pth', True), (8, 'd.pth', True)]
+    assert data['steps']['benchmark']['deploy_of'] == gc.DETECTOR_CONFIG
+
+
+def test_main_stopped_by_sigterm_keeps_what_it_did(tmp_path, faked_device, capsys):
+    """A SIGTERM (the wrapper's time limit) during a step ends the run with status 124; the
+    JSON says terminated, keeps the steps done and names the step that was stopped."""
+    def stopped(*args):
+        raise gc.Terminated()
+
+    faked_device.setattr(gc, 'run_training', stopped)
+    assert gc.main(['--out', str(tmp_path)]) == gc.EXIT_TERMINATED
+    data = json.loads((tmp_path / 'gpu_check.json').read_text())
+    assert data['status'] == 'terminated'
+    assert list(data['steps']) == ['environment', 'cuda_tests', 'gemm', 'training']
+    assert data['steps']['gemm']['status'] == 'ok'
+    assert data['steps']['training']['failures'] == [
+        'stopped: terminated (SIGTERM, e.g. the time limit)']
+    assert data['anchors'] is not None
+    assert 'TERMINATED' in capsys.readouterr().out
+
+
 @pytest.mark.slow  # a fresh interpreter importing torch and mmdet (~10 s on a loaded CPU)
 def test_refuses_without_cuda_in_one_line(repo_root, subprocess_env):
     """With no CUDA GPU visible the check refuses at once: exit status 2, nothing on stdout,
@@ -530,6 +580,35 @@ def test_refuses_without_cuda_in_one_line(repo_root, subprocess_env):
     assert proc.stdout == ''
     assert proc.stderr.strip() == gc.NO_CUDA_MESSAGE
     assert not (repo_root / 'work_dirs' / 'never_written').exists()
+
+
+@pytest.mark.slow  # the wrapper starts a fresh interpreter (~10 s on a loaded CPU)
+def test_wrapper_installs_carried_wheels_and_reports_the_refusal(tmp_path, repo_root,
+                                                                  subprocess_env):
+    """scripts/gpu_check.sh installs every carried wheel into its site folder, runs the check
+    with it on PYTHONPATH, and without CUDA exits 2 with the refusal in its log."""
+    import zipfile
+    wheels = tmp_path / 'wheels'
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / 'carried_probe-0.1-py3-none-any.whl', 'w') as whl:
+        whl.writestr('carried_probe/__init__.py', 'VALUE = 1\n')
+        whl.writestr('carried_probe-0.1.dist-info/METADATA',
+                     'Metadata-Version: 2.1\nName: carried-probe\nVersion: 0.1\n')
+        whl.writestr('carried_probe-0.1.dist-info/WHEEL',
+                     'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n'
+                     'Tag: py3-none-any\n')
+        whl.writestr('carried_probe-0.1.dist-info/RECORD', '')
+    site, out = tmp_path / 'site', tmp_path / 'out'
+    env = dict(subprocess_env, CUDA_VISIBLE_DEVICES='', PYTHON=sys.executable,
+               GPU_CHECK_WHEELS=str(wheels), GPU_CHECK_SITE=str(site))
+    proc = subprocess.run(['bash', str(repo_root / 'scripts' / 'gpu_check.sh'), str(out)],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (site / 'carried_probe' / '__init__.py').exists()
+    log = (out / 'gpu_check.log').read_text()
+    assert 'installing 1 carried wheel(s)' in log
+    assert gc.NO_CUDA_MESSAGE in log and 'REFUSED: no CUDA GPU visible' in log
+    assert not (out / 'gpu_check.json').exists()
 
 
 # ------------------------------------------------------------------------------------- cuda
