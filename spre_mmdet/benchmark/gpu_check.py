@@ -56,7 +56,7 @@ from torch import nn
 from ..sparsity import (InterspaceDeployConv2d, SparseLayerMixin, check_nm_tensor, refresh_masks,
                         reparameterize, sparse_layers, spre_pairs)
 from ..sparsity.nm import nm_mask
-from .gemm import GemmLayer, forced_backend
+from .gemm import GemmLayer, forced_backend, resolve_backend
 from .layers import capture_input_shapes, check_layers
 from .report import _clean, build_report
 from .runner import (bench_end_to_end, bench_layer_cuda, compare, compare_outputs,
@@ -330,7 +330,7 @@ def junit_summary(path: str) -> dict:
 def run_cuda_tests(out_dir: str, timeout_s: float, repo: Path = REPO_ROOT) -> dict:
     """Run the ``cuda``-marked tests in a subprocess and summarize them."""
     files = cuda_test_files(repo)
-    xml = osp.join(out_dir, 'cuda_tests.xml')
+    xml = osp.abspath(osp.join(out_dir, 'cuda_tests.xml'))  # pytest runs in the repo root
     if osp.exists(xml):
         os.remove(xml)
     env = dict(os.environ)
@@ -556,7 +556,8 @@ def train_check(spec: MethodSpec, base: nn.Module, device, precision: str = 'fp3
                 precision=precision, steps=steps, batch=batch, size=size,
                 num_sparse_layers=len(list(sparse_layers(model))), losses=losses,
                 grad_norms=grad_norms, grad_clip=GRAD_CLIP,
-                build_s=round(build_s, 3), first_step_ms=step_ms[0] if step_ms else None,
+                build_s=round(build_s, 3), step_ms=step_ms,
+                first_step_ms=step_ms[0] if step_ms else None,
                 step_ms_median=sorted(timed)[len(timed) // 2] if timed else None,
                 deploy=deploy, problems=problems, ok=not problems)
 
@@ -761,7 +762,8 @@ def benchmark_backbone(model: nn.Module, num_sparse: int, batch: int, height: in
     meta = dict(model='2:4 deploy form of a SpRe (SR-STE) ResNet-50 (torchvision) + dense FPN '
                       '(torchvision, 5 levels)', input_size=[height, width],
                 padded_size=list(padded_size(height, width)), batch_size=batch,
-                dtype=str(dtype).replace('torch.', ''), backend=backend, scope='backbone',
+                dtype=str(dtype).replace('torch.', ''), backend=resolve_backend(backend),
+                scope='backbone',
                 warmup=warmup, repeats=repeats, cudnn_benchmark=True,
                 num_sparse_training_layers=num_sparse)
     return benchmark_model(model, runners, 'backbone', ['backbone'], dtype, backend, warmup,
@@ -936,7 +938,10 @@ def step_gemm(report: CheckReport, record: dict, warmup: int, repeats: int,
     capability = torch.cuda.get_device_capability(0)
     expect_no_cutlass = cutlass_expected_unavailable(capability)
     record.update(layers=list(GEMM_LAYERS), input_size=list(INPUT_SIZE), dtype='fp16',
-                  cutlass_expected_unavailable=expect_no_cutlass, rows=[])
+                  cutlass_expected_unavailable=expect_no_cutlass, rows=[],
+                  cache='operands are not flushed between repeats: a shape whose operands fit '
+                        'in L2 (batch 1) is timed cache-warm, dense and sparse alike, as a '
+                        'layer reading what the previous one just wrote')
     for batch in BATCH_SIZES:
         for shape in r50_gemm_shapes(*INPUT_SIZE, batch):
             if time.monotonic() > deadline:

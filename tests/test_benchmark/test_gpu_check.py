@@ -368,6 +368,21 @@ def test_cuda_test_files_are_the_marked_ones(repo_root):
         assert 'pytest.mark.cuda' in (repo_root / path).read_text()
 
 
+@pytest.mark.slow  # pytest in a subprocess (~20 s on a loaded CPU)
+def test_run_cuda_tests_without_a_gpu_reports_every_skip(tmp_path, repo_root):
+    """The real pytest run of step b selects every cuda-marked test; where none can run (no
+    GPU here) each one is reported as a skipped check, not counted as passed."""
+    result = gc.run_cuda_tests(str(tmp_path), 600, repo_root)
+    assert result['returncode'] == 0, result.get('output_tail')
+    assert (tmp_path / 'cuda_tests.xml').exists()
+    assert result['total'] >= 15 and result['skipped'] == result['total']
+    assert result['passed'] == 0 and len(result['problems']) == result['total']
+    assert all(': skipped: needs a CUDA GPU' in p for p in result['problems'])
+    names = [c['name'] for c in result['cases']]
+    assert any('test_cuda::test_sparse_conv_matches_dense_fp16' in n for n in names)
+    assert any('test_gpu_check::test_bench_gemm_small_shape_on_cuda' in n for n in names)
+
+
 def _gemm_row(batch, speedup, ok=True, numerics_ok=True):
     num = dict(ok=numerics_ok, rel_err=1e-3)
     sparse = dict(ok=True, gemm_speedup=speedup, vs_dense=num, vs_fp32=num) if ok else \
