@@ -19,8 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..sparsity import (check_sparsity_options, interspace_layer, refresh_masks, reparameterize,
-                        sparsify_layer)
+from ..sparsity import check_sparsity_options, refresh_masks, reparameterize, sparsify_layer
 from .gemm import gemm_dims
 from .layers import capture_input_shapes
 
@@ -103,8 +102,9 @@ def sparsify_torchvision_resnet(model: nn.Module, method: str, n: int = 2, m: in
                 conv_name, norm_name = f'conv{conv_index}', f'bn{conv_index}'
                 conv_index += 1
                 spatial = getattr(block, conv_name).kernel_size != (1, 1)
-                if interspace is not None and spatial and not interspace_layer(
-                        block, conv_name, method, n, m, **interspace, **learner_kwargs):
+                if interspace is not None and spatial and not sparsify_layer(
+                        block, conv_name, method, n, m, interspace=interspace,
+                        **learner_kwargs):
                     continue
                 use_spre = spre is not None and spatial
                 reason = sparsify_layer(block, conv_name, method, n, m,
