@@ -55,7 +55,12 @@ def main():
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--epochs', type=int, default=None,
                         help='training epochs (default: the config\'s schedule)')
+    parser.add_argument('--threads', type=int, default=2,
+                        help='CPU threads of every step (default 2: training numerics, and so '
+                             'the mAP, depend on the thread count; docs/reproducibility.md)')
     args = parser.parse_args()
+    # before torch is imported anywhere: the tools below inherit it
+    os.environ['OMP_NUM_THREADS'] = str(args.threads)
     work = osp.join(args.work_dir, 'spre_2x4')
     started = time.time()
     # the tools below run with this interpreter and inherit this process's environment

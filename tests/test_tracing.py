@@ -1,5 +1,4 @@
-"""tools/trace_run.py: digests and the comparison of two traces (no training)."""
-import importlib.util
+"""spre_mmdet.tracing (tools/trace_run.py): digests and the comparison of two traces (no training)."""
 import json
 from pathlib import Path
 
@@ -11,10 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope='module')
 def tr():
-    spec = importlib.util.spec_from_file_location('trace_run', ROOT / 'tools' / 'trace_run.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from spre_mmdet import tracing
+    return tracing
 
 
 def test_state_digest_sees_one_ulp(tr):
