@@ -3,7 +3,7 @@
 PYTHON ?= python
 export PYTHON
 
-.PHONY: install demo test
+.PHONY: install demo test test-fast
 
 install:
 	bash scripts/install.sh
@@ -13,3 +13,9 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q
+
+# Development loop: everything except the tests marked slow (training through the tools,
+# distributed runs, subprocess CLI checks). `make test` (and CI) still runs them all.
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not slow"
+

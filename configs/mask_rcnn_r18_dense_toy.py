@@ -6,3 +6,5 @@ _base_ = [
     '_base_/datasets/toy_coco_instance.py',
 ]
 custom_imports = dict(imports=['spre_mmdet'], allow_failed_imports=False)
+# per-epoch reseeding: --resume continues exactly like an uninterrupted run
+custom_hooks = [dict(type='EpochSeedHook')]

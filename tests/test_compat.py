@@ -1,4 +1,5 @@
-"""spre_mmdet.compat: safe checkpoint loading, CPU DDP, torchvision:// and tool errors."""
+"""spre_mmdet.compat's patches (safe checkpoint loading in mmengine, CPU DDP, torchvision://),
+the safe loader behind them, and the tools' error reporting."""
 import copy
 import gc
 import os
@@ -12,8 +13,9 @@ import torch
 import torch.nn as nn
 
 import spre_mmdet  # noqa: F401
-from spre_mmdet import compat
-from spre_mmdet.compat import (DatasetNotFoundError, TorchvisionUnavailableError,
+from spre_mmdet import cli, compat
+from spre_mmdet.checkpoint import safe_load
+from spre_mmdet.errors import (DatasetError, DatasetNotFoundError, TorchvisionUnavailableError,
                                UnsafeCheckpointError)
 
 from mmengine.runner import Runner
@@ -118,7 +120,7 @@ def test_hostile_checkpoint_refused_everywhere(toy_runner_case, hostile_ckpts, t
     with pytest.raises(UnsafeCheckpointError) as info:
         _load_checkpoint(str(boom), map_location='cpu')
     msg = str(info.value)
-    assert 'system' in msg and 'add_safe_globals' in msg and compat.TRUST_ENV in msg
+    assert 'system' in msg and 'add_safe_globals' in msg and safe_load.TRUST_ENV in msg
     assert any('system' in g for g in info.value.unsafe_globals)
 
     with pytest.raises(UnsafeCheckpointError, match='_Custom'):
@@ -148,10 +150,10 @@ def test_opt_in_paths_for_trusted_files(hostile_ckpts, monkeypatch):
     with torch.serialization.safe_globals([_Custom]):
         assert _load_checkpoint(str(custom), map_location='cpu')['meta'].value == 3
     # conscious full-pickle opt-in
-    monkeypatch.setenv(compat.TRUST_ENV, '1')
-    with pytest.warns(UserWarning, match=compat.TRUST_ENV):
+    monkeypatch.setenv(safe_load.TRUST_ENV, '1')
+    with pytest.warns(UserWarning, match=safe_load.TRUST_ENV):
         assert _load_checkpoint(str(custom), map_location='cpu')['meta'].value == 3
-    monkeypatch.delenv(compat.TRUST_ENV)
+    monkeypatch.delenv(safe_load.TRUST_ENV)
     with pytest.raises(UnsafeCheckpointError):
         _load_checkpoint(str(custom), map_location='cpu')
 
@@ -159,23 +161,25 @@ def test_opt_in_paths_for_trusted_files(hostile_ckpts, monkeypatch):
 def test_restricted_getattr_only_for_history_buffer():
     import pickle
     from mmengine.logging.history_buffer import HistoryBuffer
-    assert compat._restricted_getattr(HistoryBuffer, 'mean') is HistoryBuffer.mean
+    assert safe_load._restricted_getattr(HistoryBuffer, 'mean') is HistoryBuffer.mean
     for obj, name in ((HistoryBuffer, '__init__'), (os, 'system'), (HistoryBuffer, 'nope')):
         with pytest.raises(pickle.UnpicklingError):
-            compat._restricted_getattr(obj, name)
+            safe_load._restricted_getattr(obj, name)
 
 
 # ------------------------------------------------------------------------- torchvision://
-def _has_torchvision():
-    try:
-        import torchvision  # noqa: F401
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+def test_torchvision_scheme_clear_error(monkeypatch):
+    """Without an importable torchvision, torchvision:// names both fixes (install it, or a
+    local init_cfg.checkpoint) instead of failing deep inside mmengine."""
+    import importlib
+    real_import = importlib.import_module
 
+    def no_torchvision(name, *args, **kwargs):
+        if name.split('.')[0] == 'torchvision':
+            raise ImportError("No module named 'torchvision'")
+        return real_import(name, *args, **kwargs)
 
-@pytest.mark.skipif(_has_torchvision(), reason='torchvision is installed')
-def test_torchvision_scheme_clear_error():
+    monkeypatch.setattr(compat.importlib, 'import_module', no_torchvision)
     with pytest.raises(TorchvisionUnavailableError) as info:
         CheckpointLoader.load_checkpoint('torchvision://resnet50', map_location='cpu')
     msg = str(info.value)
@@ -216,6 +220,8 @@ def test_cpu_ddp_wrapper_drops_device_ids_and_syncbn(free_port, monkeypatch):
 
 # ------------------------------------------------------------------ errors in the tools
 def test_check_dataset_paths(tmp_path):
+    """A missing dataset folder or annotation file, and an empty, '{}', broken or non-COCO
+    annotation file, are refused before training, naming the file and the fix."""
     from mmengine.config import Config
     root = tmp_path / 'coco'
     cfg = Config(dict(train_dataloader=dict(dataset=dict(
@@ -223,12 +229,19 @@ def test_check_dataset_paths(tmp_path):
         dataset=dict(type='CocoDataset', data_root=str(root) + '/',
                      ann_file='annotations/train.json')))))
     with pytest.raises(DatasetNotFoundError, match='make_toy_coco'):
-        compat.check_dataset_paths(cfg, ['train_dataloader'])
+        cli.check_dataset_paths(cfg, ['train_dataloader'])
     (root / 'annotations').mkdir(parents=True)
     with pytest.raises(DatasetNotFoundError, match='train.json'):
-        compat.check_dataset_paths(cfg, ['train_dataloader'])
-    (root / 'annotations' / 'train.json').write_text('{}')
-    compat.check_dataset_paths(cfg, ['train_dataloader', 'val_dataloader'])
+        cli.check_dataset_paths(cfg, ['train_dataloader'])
+    ann = root / 'annotations' / 'train.json'
+    for content, problem in (('', 'empty'), ('{}', "no 'images', 'annotations', 'categories'"),
+                             ('{"images": [', 'not valid JSON'), ('[]', 'JSON list')):
+        ann.write_text(content)
+        with pytest.raises(DatasetError, match='train.json') as info:
+            cli.check_dataset_paths(cfg, ['train_dataloader'])
+        assert problem in str(info.value) and 'make_toy_coco' in str(info.value)
+    ann.write_text('{"images": [], "annotations": [], "categories": []}')
+    cli.check_dataset_paths(cfg, ['train_dataloader', 'val_dataloader'])
 
 
 def _write_tool_cfg(tmp_path, **extra):
@@ -262,6 +275,7 @@ def _run_tool(args, env, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # runs the tools in subprocesses
 def test_tools_report_user_errors_without_traceback(hostile_ckpts, tmp_path, repo_root,
                                                     subprocess_env):
     marker, boom, _ = hostile_ckpts

@@ -1,25 +1,28 @@
-"""Every shipped config: it builds its detector, a sparse one deploys to a config that builds a
-model taking the re-parameterized weights strictly, and the COCO configs point at COCO."""
+"""Every shipped config: it builds its model, a sparse one deploys to a config that builds a
+model taking the re-parameterized weights strictly, and the COCO / ImageNet configs point at
+their datasets."""
 from pathlib import Path
 
 import pytest
 import torch
 from mmengine.config import Config
-from mmdet.registry import MODELS
 
-from spre_mmdet.deploy import INTERSPACE_FORMS, deploy_config
-from spre_mmdet.sparsity import (InterspaceConv2d, check_nm_tensor, merge_interspace,
-                                 refresh_masks, reparameterize, sparse_layers)
+import spre_mmdet.classification  # noqa: F401  (registers NMResNet for the mmpretrain configs)
+from spre_mmdet.deploy import INTERSPACE_FORMS, SPARSE_RESNETS, build_model, deploy_config
+from spre_mmdet.sparsity import (InterspaceConv2d, check_nm_tensor, refresh_masks,
+                                 reparameterize, sparse_layers)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / 'configs').rglob('*.py')
                  if '_base_' not in p.parts)
+#: the R-50 COCO / ImageNet configs take 5-10 s each to build and deploy: `make test` only
+PARAMS = [pytest.param(p, marks=pytest.mark.slow) if '/toy/' not in p else p for p in CONFIGS]
 
 
 def build(cfg):
-    cfg.model.backbone.init_cfg = None  # no pretrained download; weights do not matter here
+    cfg.model.backbone.init_cfg = None  # no pretrained weights here; they do not matter
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
+    model = build_model(cfg)
     model.init_weights()
     return model
 
@@ -31,22 +34,31 @@ def finish_masks(model):
             layer.sparsity.finish_by_magnitude(layer.weight)
 
 
+def expects_sparse(cfg) -> bool:
+    backbone = cfg.model.backbone
+    return backbone.type in SPARSE_RESNETS and any(
+        (backbone.get('sparsity') or {}).get('stages', (True, ) * 4))
+
+
 def test_all_configs_are_listed():
     """The parametrization below sees every config (guards the glob)."""
-    assert len(CONFIGS) >= 20 and 'configs/mask_rcnn_r50_spre_2x4.py' in CONFIGS
+    assert len(CONFIGS) >= 40 and 'configs/mask_rcnn_r50_spre_2x4.py' in CONFIGS
 
 
-@pytest.mark.parametrize('path', CONFIGS)
+@pytest.mark.parametrize('path', PARAMS)
 def test_config_builds_and_deploys(path):
-    """The detector builds; a sparse one has 2:4 backbone layers, and each deploy config (both
-    interspace forms) builds a model that loads the re-parameterized state dict strictly."""
+    """The model builds; a sparse one has sparse backbone layers, and each deploy config (both
+    interspace forms) builds a model that loads the re-parameterized state dict strictly, with
+    every N:M layer exactly N:M."""
     cfg = Config.fromfile(str(REPO / path))
-    if not path.startswith('configs/toy/') and 'toy' not in Path(path).stem:
+    if path.startswith('configs/imagenet/'):
+        assert cfg.train_dataloader.dataset.data_root == 'data/imagenet'
+    elif 'toy' not in path:  # toy configs (configs/toy/, *_toy.py) run the synthetic sets
         assert cfg.train_dataloader.dataset.data_root == 'data/coco/'
         assert cfg.model.backbone.depth == 50
     model = build(cfg)
     layers = dict(sparse_layers(model))
-    if 'dense' in path:
+    if not expects_sparse(cfg):
         assert not layers
         return
     assert any(name.startswith('backbone.layer') for name in layers)
@@ -54,12 +66,13 @@ def test_config_builds_and_deploys(path):
     model.eval()
     interspace = any(isinstance(layer, InterspaceConv2d) for layer in layers.values())
     for form in INTERSPACE_FORMS if interspace else INTERSPACE_FORMS[:1]:
-        deployed = reparameterize(merge_interspace(model) if form == 'merged' else model)
-        target = MODELS.build(deploy_config(cfg, form).model)
+        deployed = reparameterize(model, interspace_form=form)
+        target = build_model(deploy_config(cfg, form))
         target.load_state_dict(deployed.state_dict(), strict=True)
         modules = dict(target.named_modules())
         for name, layer in layers.items():
-            if isinstance(layer, InterspaceConv2d) and form == 'merged':
+            if (isinstance(layer, InterspaceConv2d) and form == 'merged') or \
+                    layer.sparsity.method == 'unstructured':  # not N:M by design
                 continue
             weight = getattr(modules[name], 'gemm', modules[name]).weight
             assert check_nm_tensor(weight, layer.sparsity.n, layer.sparsity.m).ok, name

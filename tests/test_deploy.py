@@ -3,12 +3,16 @@
 Tolerance: deploy vs training-time FPN features, ``rtol=1e-4`` and ``atol=1e-4 * max|feature|``
 (float32, same function summed in a different order).
 """
+import os
+import stat
+
 import pytest
 import torch
 from mmengine.config import Config
 from mmdet.registry import MODELS
 
-from spre_mmdet.deploy import ExportError, deploy_config, export_deploy
+from spre_mmdet.deploy import (DEPLOY_FILES, DEPLOY_MARKER, ExportError, check_export_target,
+                               deploy_config, export_deploy)
 from spre_mmdet.hooks import ReparameterizeHook
 from spre_mmdet.sparsity import InterspaceConv2d, check_nm_tensor, refresh_masks
 
@@ -65,7 +69,7 @@ def test_basis_form_export_is_nm_loads_and_matches(ip_detector, tmp_path):
     assert_same_features(model, deployed)
     report = open(paths['sparsity_report.txt']).read()
     assert '16 interspace convs exported in BASIS form' in report
-    assert report.count('srste+ip basis+1x1') == 16
+    assert report.count('srste+interspace') == 16
     layers = [line for line in report.splitlines() if line.startswith('backbone.layer')]
     assert len(layers) == 19 and all('2:4 valid' in line for line in layers)  # 16 + 3 downsample
 
@@ -82,8 +86,11 @@ def test_merged_form_export_is_stock_and_matches(ip_detector, tmp_path):
     assert_same_features(model, deployed)
     report = open(paths['sparsity_report.txt']).read()
     assert 'exported in MERGED form' in report
-    rows = [line for line in report.splitlines() if 'srste+ip merged' in line]
-    assert len(rows) == 16 and all('not 2:4 by design' in row for row in rows)
+    rows = [line for line in report.splitlines() if 'srste+interspace' in line]
+    assert len(rows) == 16 and all('merged into a dense k x k conv' in row and
+                                   'not N:M by design' in row for row in rows)
+    records = {r['name']: r for r in meta['sparse_layers']}
+    assert sum(not r['nm'] for r in records.values()) == 16 and len(records) == 19
     downsample = [line for line in report.splitlines() if 'downsample.0 ' in line]
     assert downsample and all(' srste ' in row and '2:4 valid' in row for row in downsample)
 
@@ -118,3 +125,56 @@ def test_config_that_does_not_fit_the_checkpoint_is_refused(ip_detector, tmp_pat
     with pytest.raises(ExportError, match='does not match the deploy checkpoint'):
         export_deploy(model, wrong, str(tmp_path / 'out'))
     assert not (tmp_path / 'out').exists() and list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ the export target
+def test_target_holding_foreign_files_is_refused_even_with_force(tmp_path):
+    """A folder with files the export did not write (checkpoints, anything) is refused, with or
+    without force, and nothing in it is touched."""
+    (tmp_path / 'epoch_12.pth').write_bytes(b'weights')
+    for force in (False, True):
+        with pytest.raises(ExportError, match='did not write .*epoch_12.pth'):
+            check_export_target(str(tmp_path), force=force)
+    assert (tmp_path / 'epoch_12.pth').read_bytes() == b'weights'
+
+
+@pytest.mark.parametrize('where', ['input', 'cwd', 'cwd-parent', 'empty'])
+def test_target_holding_input_or_current_folder_is_refused(tmp_path, monkeypatch, where):
+    """A target that is, or contains, the input checkpoint or the current folder is refused."""
+    work = tmp_path / 'work'
+    (work / 'sub').mkdir(parents=True)
+    ckpt = work / 'epoch_1.pth'
+    ckpt.write_bytes(b'x')
+    monkeypatch.chdir(work / 'sub')
+    target = {'input': str(work), 'cwd': '.', 'cwd-parent': str(work), 'empty': ''}[where]
+    with pytest.raises(ExportError):
+        check_export_target(target, force=True, protected=[str(ckpt)])
+
+
+def test_earlier_export_replaced_only_with_force_and_only_its_files(ip_detector, tmp_path):
+    """Without force an earlier export is kept; with force its files are replaced and the
+    folder has the usual permissions (not the 0700 of a temporary folder)."""
+    cfg, model = ip_detector
+    out = tmp_path / 'deploy'
+    export_deploy(model, cfg, str(out))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o777 & ~umask
+    first = (out / 'deploy.pth').stat().st_mtime_ns
+    with pytest.raises(ExportError, match='--force'):
+        export_deploy(model, cfg, str(out))
+    assert (out / 'deploy.pth').stat().st_mtime_ns == first
+    export_deploy(model, cfg, str(out), force=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*DEPLOY_FILES, DEPLOY_MARKER])
+    assert not any(p.name.startswith('.deploy-') for p in tmp_path.iterdir())
+
+
+def test_unwritable_target_is_a_clear_error(ip_detector, tmp_path):
+    """A target below a regular file cannot be created: one clear error, nothing written."""
+    cfg, model = ip_detector
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')
+    with pytest.raises(ExportError, match='Cannot (create|write)'):
+        export_deploy(model, cfg, str(blocker / 'deploy'))
+    assert blocker.read_text() == 'x'

@@ -25,8 +25,9 @@ import sys
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
 import spre_mmdet  # noqa: E402,F401  (must come first: safe weights-only checkpoint loading)
-from spre_mmdet.analysis import spatial  # noqa: E402
-from spre_mmdet.compat import USER_ERRORS  # noqa: E402
+from spre_mmdet import analysis  # noqa: E402
+from spre_mmdet.cli import run_tool  # noqa: E402
+from spre_mmdet.errors import CheckpointError  # noqa: E402
 from spre_mmdet.sparsity import check_nm  # noqa: E402
 
 
@@ -61,45 +62,45 @@ def parse_args(argv=None):
 def load_state_dict(path: str):
     """The model state dict of ``path`` (mmengine checkpoint or plain state dict)."""
     if not osp.isfile(path):
-        raise FileNotFoundError(
+        raise CheckpointError(
             f'Checkpoint not found: {path!r}' + (' (it is a folder; pass the .pth file inside)'
                                                  if osp.isdir(path) else ''))
     from mmengine.runner import CheckpointLoader
     checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    return spatial.extract_state_dict(checkpoint)
+    return analysis.extract_state_dict(checkpoint)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.demo:
-        state_dict = spatial.synthetic_state_dict(n=args.n, m=args.m, prefix=args.prefix)
+        state_dict = analysis.synthetic_state_dict(n=args.n, m=args.m, prefix=args.prefix)
         source = f'synthetic demo weights ({args.n}:{args.m})'
     else:
         state_dict = load_state_dict(args.checkpoint)
         source = args.checkpoint
-    layers, skipped = spatial.analyze_state_dict(state_dict, args.n, args.m, args.prefix,
-                                                 progress=not args.no_progress)
+    layers, skipped = analysis.analyze_state_dict(state_dict, args.n, args.m, args.prefix,
+                                                  progress=not args.no_progress)
     if not layers:
-        raise spatial.AnalysisError(
+        raise analysis.AnalysisError(
             f'None of the k x k convs under {args.prefix!r} can be {args.n}:{args.m}: '
             + '; '.join(f'{s.name}: {s.reason}' for s in skipped))
 
     print(f'{source}: {len(layers)} k x k conv(s) under {args.prefix!r}'
           + (f', {len(skipped)} skipped' if skipped else ''))
-    print(spatial.format_table(layers, skipped, prefix=args.prefix))
+    print(analysis.format_table(layers, skipped, prefix=args.prefix))
 
     out = args.out_dir
     os.makedirs(out, exist_ok=True)
     written = [
-        spatial.write_spatial_json(layers, osp.join(out, 'spatial_masks.json')),
-        spatial.write_csv(layers, osp.join(out, 'position_sparsity.csv')),
+        analysis.write_spatial_json(layers, osp.join(out, 'spatial_masks.json')),
+        analysis.write_csv(layers, osp.join(out, 'position_sparsity.csv')),
     ]
     if not args.no_plots:
-        written.append(spatial.plot_overview(
+        written.append(analysis.plot_overview(
             layers, osp.join(out, 'overview.png'),
             title=f'{osp.basename(source) if not args.demo else source}: per-position sparsity '
             f'of {len(layers)} k x k convs under {args.prefix!r}'))
-        written += spatial.plot_layers(layers, osp.join(out, 'layers.png'), prefix=args.prefix)
+        written += analysis.plot_layers(layers, osp.join(out, 'layers.png'), prefix=args.prefix)
     print('\nWrote:')
     for path in written:
         print(f'  {path}')
@@ -107,8 +108,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, spatial.AnalysisError, *USER_ERRORS) as e:
-        print(f'ERROR: {e}', file=sys.stderr)
-        sys.exit(1)
+    run_tool(main)

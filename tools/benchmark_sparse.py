@@ -23,6 +23,8 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import spre_mmdet  # noqa: E402,F401  (registers modules, applies compat fixes)
+from spre_mmdet.cli import run_tool  # noqa: E402
+from spre_mmdet.errors import ConfigError  # noqa: E402
 from spre_mmdet.benchmark import (DTYPES, GemmLayer, bench_end_to_end,  # noqa: E402
                                   bench_layer_cuda, build_report, capture_input_shapes,
                                   check_layer_cpu, check_layers, compare_outputs,
@@ -32,6 +34,9 @@ from spre_mmdet.benchmark import (DTYPES, GemmLayer, bench_end_to_end,  # noqa: 
                                   write_all)
 from spre_mmdet.benchmark.detector import (SCOPE_PREFIXES, SCOPES, load_detector,  # noqa: E402
                                            make_inputs, scope_runners)
+from spre_mmdet.benchmark.layers import KERNEL_PATTERN  # noqa: E402
+from spre_mmdet.benchmark.report import layer_row, no_timing_row  # noqa: E402
+from spre_mmdet.sparsity import SparseLayerRecord  # noqa: E402
 from spre_mmdet.sparsity.nm import nm_mask  # noqa: E402
 
 
@@ -64,15 +69,20 @@ def main(argv=None) -> int:
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     can_time, reason = sparse_support(device)
     if device == 'cuda' and not torch.cuda.is_available():
-        device = 'cpu'
+        raise ConfigError('--device cuda was asked for, but no CUDA GPU is available to this '
+                          'process (torch.cuda.is_available() is False). Run on a machine with '
+                          'an NVIDIA Ampere or newer GPU for timings, or leave --device out for '
+                          'the CPU validity and numerics check.')
     run_device = device if can_time or device == 'cpu' else 'cpu'
     dtype = DTYPES[args.dtype] if can_time else torch.float32
     os.makedirs(args.out_dir, exist_ok=True)
-    n, m = 2, 4
+    n, m = KERNEL_PATTERN
 
-    model = load_detector(args.config, args.checkpoint)
+    model, checkpoint_meta = load_detector(args.config, args.checkpoint, return_meta=True)
+    records = [SparseLayerRecord.from_dict(r) for r in checkpoint_meta['sparse_layers']] \
+        if 'sparse_layers' in checkpoint_meta else None  # what each layer was trained as
     prefixes = SCOPE_PREFIXES[args.scope]
-    checks = check_layers(model, prefixes, n, m)
+    checks = check_layers(model, prefixes, n, m, records)
     print('2:4 validity (hardware layout: groups of 4 consecutive input channels at fixed '
           'kernel position):')
     print(format_checks(checks))
@@ -99,11 +109,7 @@ def main(argv=None) -> int:
     for name in names:
         module = model.get_submodule(name)
         check = next(c for c in checks if c.name == name)
-        row = dict(name=name, kind=check.kind, weight_shape=list(check.weight_shape),
-                   valid=True, calls=layer_calls(module, shapes[name]), dense_ms=None,
-                   sparse_ms=None, im2col_ms=None, sparse_gemm_ms=None, dense_gemm_ms=None,
-                   dense_iqr_ms=None, sparse_iqr_ms=None, speedup=None, gemm_speedup=None,
-                   dispatch=None, note=None)
+        row = layer_row(name, check.kind, check.weight_shape, layer_calls(module, shapes[name]))
         if not shapes[name]:
             row['note'] = 'not called in this forward'
         elif can_time:
@@ -140,9 +146,7 @@ def main(argv=None) -> int:
                                             mask=nm_mask(model.get_submodule(name).weight, n, m))
                 for name in names if shapes[name]}
         for scope in ('backbone', 'backbone+neck', 'detector'):
-            row = dict(dense_ms=None, dispatch_ms=None, all_sparse_ms=None,
-                       dispatch_speedup=None, all_sparse_speedup=None, num_sparse_all=len(refs),
-                       note='no timing (needs an sm80+ GPU)')
+            row = no_timing_row(len(refs))
             if scope in runners and scope != 'detector':
                 row['numerics_all_sparse'] = compare_outputs(model, runners[scope], refs,
                                                              torch.float32)
@@ -190,4 +194,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_tool(main)

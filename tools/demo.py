@@ -11,7 +11,9 @@
 5. the sparse tensor core benchmark (tools/benchmark_sparse.py): on a machine without an
    NVIDIA Ampere+ GPU it checks 2:4 validity and numerics only, and says so;
 6. a summary of the results and of where every artefact is.
-Each step is a separate process running the same tool a user would run.
+Each step is a separate process running the same tool a user would run. The software stack,
+thread count and CPU the figures were measured with go to ``<work-dir>/environment.json``:
+the mAP is reproducible bit for bit only in the same environment (docs/reproducibility.md).
 """
 import argparse
 import ast
@@ -23,6 +25,10 @@ import sys
 import time
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+sys.path.insert(0, REPO)
+
+from spre_mmdet.environment import write_environment  # noqa: E402
+
 CONFIG = 'configs/toy/mask_rcnn_r18_spre_2x4_toy.py'
 DATA = 'data/toy_coco'
 
@@ -49,9 +55,23 @@ def main():
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--epochs', type=int, default=None,
                         help='training epochs (default: the config\'s schedule)')
+    parser.add_argument('--threads', type=int, default=2,
+                        help='CPU threads of every step (default 2: training numerics, and so '
+                             'the mAP, depend on the thread count; docs/reproducibility.md)')
     args = parser.parse_args()
+    # before torch is imported anywhere: the tools below inherit it
+    os.environ['OMP_NUM_THREADS'] = str(args.threads)
     work = osp.join(args.work_dir, 'spre_2x4')
     started = time.time()
+    # the tools below run with this interpreter and inherit this process's environment
+    env_path = osp.join(args.work_dir, 'environment.json')
+    env = write_environment(osp.join(REPO, env_path))
+    threads = env['torch']['num_threads']
+    env_line = (f'python {env["python"]}, torch {env["torch"]["version"]} ({threads} thread'
+                f'{"s" if threads != 1 else ""}), mmcv {env["mmcv"]["version"]}, '
+                f'mmdet {env["mmdet"]}, numpy {env["numpy"]}, opencv {env["opencv"]["version"]}, '
+                f'{env["cpu"]["model"]} ({env["torch"]["cpu_capability"]})')
+    print(f'environment: {env_line}')
 
     step('1/6 synthetic COCO dataset')
     run(['tools/make_toy_coco.py', '--out', DATA])
@@ -78,7 +98,7 @@ def main():
 
     step('4/6 sparsity report and spatial sparsity per kernel position')
     with open(osp.join(REPO, work, 'sparsity_report.json')) as f:
-        sparse_rows = [row for row in json.load(f) if row['kind'] != 'dense']
+        sparse_rows = [row for row in json.load(f) if row['valid'] is not None]
     valid = sum(row['valid'] for row in sparse_rows)
     with open(osp.join(REPO, deploy, 'sparsity_report.txt')) as f:
         print(f.read())
@@ -98,8 +118,10 @@ def main():
           'sparse layers valid):')
     print(f'  bbox mAP {metrics["coco/bbox_mAP"]:.3f} (AP50 {metrics["coco/bbox_mAP_50"]:.3f})'
           f'   segm mAP {metrics["coco/segm_mAP"]:.3f} (AP50 {metrics["coco/segm_mAP_50"]:.3f})')
+    print(f'Measured in: {env_line}')
     print('Artefacts:')
     for name, path in [
+            ('environment record', env_path),
             ('training log, checkpoints', work),
             ('per-layer sparsity report', osp.join(work, 'sparsity_report.txt')),
             ('deploy checkpoint', osp.join(deploy, 'deploy.pth')),

@@ -1,4 +1,5 @@
-"""Re-parameterize a sparse training checkpoint into a plain N:M mmdet detector.
+"""Re-parameterize a sparse training checkpoint into a plain N:M mmdet detector (or, from an
+mmpretrain config, a plain N:M ResNet classifier).
 
     python tools/reparameterize.py CONFIG CHECKPOINT --out DIR [--force] [--finish-by-magnitude]
         [--interspace-form {basis,merged}]
@@ -10,6 +11,10 @@ stock mmdet: python tools/test.py DIR/deploy_config.py DIR/deploy.pth
 Interspace convs are written in basis form by default (basis conv + N:M 1x1 conv; the config
 then keeps SparseResNet(sparsity.deploy=True) and imports spre_mmdet); --interspace-form merged
 writes them as dense k x k convs of a stock ResNet instead. The report says which was used.
+
+The checkpoint must fit the config exactly (a mismatch names the keys and the likely cause), and
+--out must be a new or empty folder, or an earlier export (replaced with --force): the tool never
+deletes files it did not write, and refuses a folder holding its input or the current folder.
 """
 import argparse
 import os.path as osp
@@ -18,22 +23,24 @@ import sys
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
 import spre_mmdet  # noqa: E402,F401  (must come first: safe checkpoint loading)
-from spre_mmdet.compat import run_tool  # noqa: E402
-from spre_mmdet.deploy import INTERSPACE_FORMS, ExportError, export_deploy  # noqa: E402
-from spre_mmdet.sparsity import NotFinalError, sparse_layers  # noqa: E402
+from spre_mmdet.checkpoint import load_checkpoint_checked  # noqa: E402
+from spre_mmdet.cli import run_tool  # noqa: E402
+from spre_mmdet.deploy import INTERSPACE_FORMS, build_model, export_deploy  # noqa: E402
+from spre_mmdet.errors import CheckpointError  # noqa: E402
+from spre_mmdet.sparsity import sparse_layers  # noqa: E402
 
 from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import load_checkpoint  # noqa: E402
-from mmdet.registry import MODELS  # noqa: E402
-from mmdet.utils import register_all_modules  # noqa: E402
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Re-parameterize a sparse detector to deploy')
     parser.add_argument('config', help='the training config of the sparse run')
     parser.add_argument('checkpoint', help='a checkpoint written by that run')
-    parser.add_argument('--out', required=True, help='output directory (must be empty)')
-    parser.add_argument('--force', action='store_true', help='replace a non-empty --out')
+    parser.add_argument('--out', required=True,
+                        help='output folder: new or empty (or an earlier export, with --force)')
+    parser.add_argument('--force', action='store_true',
+                        help='replace the files of an earlier export in --out (never other '
+                        'files)')
     parser.add_argument('--finish-by-magnitude', action='store_true',
                         help='end unfinished mask schedules (LBC before t_f) now, keeping the '
                         'best subset of each group, instead of refusing to export')
@@ -48,16 +55,14 @@ def parse_args():
 def main():
     args = parse_args()
     if not osp.isfile(args.checkpoint):
-        raise ExportError(f'Checkpoint {args.checkpoint} does not exist.')
-    register_all_modules()
+        raise CheckpointError(f'Checkpoint {args.checkpoint} does not exist.')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     if cfg.model.backbone.get('init_cfg'):
         cfg.model.backbone.init_cfg = None  # the checkpoint provides all weights
-    model = MODELS.build(cfg.model)
-    checkpoint = load_checkpoint(model, args.checkpoint, map_location='cpu', strict=False,
-                                 logger='silent')
+    model = build_model(cfg)  # a detector (mmdet) or a classifier (mmpretrain)
+    checkpoint = load_checkpoint_checked(model, args.checkpoint)
     if args.finish_by_magnitude:
         for name, layer in sparse_layers(model):
             if not layer.sparsity.is_final:
@@ -66,7 +71,7 @@ def main():
     meta = dict(source_checkpoint=osp.basename(args.checkpoint),
                 iter=checkpoint.get('meta', {}).get('iter'))
     paths = export_deploy(model, cfg, args.out, force=args.force, meta=meta,
-                          interspace_form=args.interspace_form)
+                          interspace_form=args.interspace_form, protected=[args.checkpoint])
     with open(paths['sparsity_report.txt']) as f:
         print(f.read())
     print('Deploy model written:')
@@ -76,13 +81,5 @@ def main():
           f'{paths["deploy.pth"]}')
 
 
-def _main():
-    try:
-        main()
-    except (ExportError, NotFinalError) as e:
-        print(f'ERROR: {e}', file=sys.stderr)
-        sys.exit(1)
-
-
 if __name__ == '__main__':
-    run_tool(_main)
+    run_tool(main)

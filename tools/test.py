@@ -12,11 +12,13 @@ from copy import deepcopy
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
 import spre_mmdet  # noqa: E402,F401  (must come first: applies spre_mmdet.compat)
-from spre_mmdet.compat import check_dataset_paths, run_tool  # noqa: E402
+from spre_mmdet.checkpoint import load_state_checked, state_dict_of  # noqa: E402
+from spre_mmdet.cli import check_dataset_paths, run_tool  # noqa: E402
 
 from mmengine import ConfigDict  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.model import BaseTTAModel, is_model_wrapper  # noqa: E402
+from mmengine.runner import CheckpointLoader, Runner  # noqa: E402
 
 from mmdet.engine.hooks.utils import trigger_visualization_hook  # noqa: E402
 from mmdet.evaluation import DumpDetResults  # noqa: E402
@@ -94,7 +96,9 @@ def main():
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
 
-    cfg.load_from = args.checkpoint
+    # loaded below, and only if it fits the model: mmengine would load a mismatching checkpoint
+    # partially (with a warning) and evaluate a model that is partly random
+    cfg.load_from = None
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
@@ -147,6 +151,13 @@ def main():
         # build customized runner from the registry
         # if 'runner_type' is set in the cfg
         runner = RUNNERS.build(cfg)
+
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    if isinstance(model, BaseTTAModel):
+        model = model.module
+    checkpoint = CheckpointLoader.load_checkpoint(args.checkpoint, map_location='cpu')
+    load_state_checked(model, state_dict_of(checkpoint), source=args.checkpoint)
+    runner.logger.info(f'Load checkpoint from {args.checkpoint} (every key matched)')
 
     # add `DumpResults` dummy metric
     if args.out is not None:

@@ -10,7 +10,7 @@ import sys
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
 import spre_mmdet  # noqa: E402,F401  (must come first: applies spre_mmdet.compat)
-from spre_mmdet.compat import check_dataset_paths, run_tool  # noqa: E402
+from spre_mmdet.cli import check_dataset_paths, run_tool  # noqa: E402
 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402

@@ -1,9 +1,10 @@
-# LBC 2:4 Mask R-CNN R-18 on the toy set: subsets removed between iterations 100 and 600 of the
-# 1200 (12 epochs x 100 iterations at batch 4), exactly 2:4 for the second half of training.
+# LBC 2:4 Mask R-CNN R-18 on the toy set: subsets removed from 1/6 to 1/2 of the run (iterations
+# 100-300 of the 600), exactly 2:4 for the second half of training. The span is a fraction of
+# the run, so it fits any --cfg-options train_cfg.max_epochs=... as well.
 _base_ = './mask_rcnn_r18_spre_2x4_toy.py'
 
 model = dict(
     backbone=dict(
-        sparsity=dict(learner=dict(_delete_=True, type='lbc', t_i=100, t_f=600), spre=None)))
+        sparsity=dict(learner=dict(_delete_=True, type='lbc', span=(1 / 6, 1 / 2)), spre=None)))
 optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'.sparsity.scores': dict(decay_mult=0.0)}))
 find_unused_parameters = True

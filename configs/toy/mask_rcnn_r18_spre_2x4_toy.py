@@ -20,6 +20,7 @@ model = dict(
             # from scratch: the branch is on from the start (rep_gamma=1, kaiming W_rep)
             spre=dict(rep_gamma=1.0, spatial_interval=5))))
 custom_hooks = [
+    dict(type='EpochSeedHook'),
     dict(type='SparsityHook', log_interval=10),
     dict(type='ReparameterizeHook', out_dir='deploy'),
 ]

@@ -10,12 +10,13 @@ SCOPE_PREFIXES = {'backbone': ['backbone'], 'backbone+neck': ['backbone', 'neck'
                   'detector': None}
 
 
-def load_detector(config: str, checkpoint: Optional[str],
-                  cfg_options: Optional[dict] = None) -> nn.Module:
-    """Config -> ``MODELS.build`` -> ``load_checkpoint`` (CPU, eval mode)."""
+def load_detector(config: str, checkpoint: Optional[str], cfg_options: Optional[dict] = None,
+                  return_meta: bool = False):
+    """Config -> ``MODELS.build`` -> the checkpoint, only if it fits (CPU, eval mode); with
+    ``return_meta``, also the checkpoint's ``meta`` (``{}`` without a checkpoint)."""
     import spre_mmdet  # noqa: F401  (registers modules, applies compat fixes)
     from mmengine.config import Config
-    from mmengine.runner import load_checkpoint
+    from ..checkpoint import load_checkpoint_checked
     from mmengine.utils import import_modules_from_strings
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -27,9 +28,8 @@ def load_detector(config: str, checkpoint: Optional[str],
         import_modules_from_strings(**cfg['custom_imports'])
     register_all_modules()
     model = MODELS.build(cfg.model)
-    if checkpoint:
-        load_checkpoint(model, checkpoint, map_location='cpu')
-    return model.eval()
+    meta = load_checkpoint_checked(model, checkpoint).get('meta', {}) if checkpoint else {}
+    return (model.eval(), meta) if return_meta else model.eval()
 
 
 def make_inputs(model: nn.Module, batch: int, height: int, width: int, device, dtype

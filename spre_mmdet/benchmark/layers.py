@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..sparsity.nm import check_nm_tensor, nm_incompatibility
+from ..sparsity.record import SparseLayerRecord
 
 
 @dataclass
@@ -52,9 +53,35 @@ def in_scope(name: str, prefixes: Optional[Sequence[str]]) -> bool:
     return any(name == p or name.startswith(p + '.') for p in prefixes)
 
 
+#: the pattern NVIDIA's sparse tensor cores run (cuSPARSELt / CUTLASS semi-structured)
+KERNEL_PATTERN = (2, 4)
+
+
+def _record_reason(record: Optional[SparseLayerRecord], n: int, m: int) -> Optional[str]:
+    """Why a layer with this record (``None``: not trained sparse) is no sparse-kernel
+    candidate, or ``None`` if it is."""
+    if record is None:
+        return 'not trained sparse (no record in the checkpoint)'
+    if not record.nm:
+        return record.note
+    if (record.n, record.m) != (n, m):
+        return f'trained {record.pattern}: the sparse tensor cores run {n}:{m} only'
+    return None
+
+
 def check_layers(model: nn.Module, scope_prefixes: Optional[Sequence[str]] = None, n: int = 2,
-                 m: int = 4) -> List[LayerCheck]:
-    """Every Conv2d/Linear of ``model``: is it a candidate, is it N:M, and why (not)."""
+                 m: int = 4, records: Optional[Sequence[SparseLayerRecord]] = None
+                 ) -> List[LayerCheck]:
+    """Every Conv2d/Linear of ``model``: is it a candidate for the ``n:m`` sparse kernels, is it
+    ``n:m``, and why (not).
+
+    Args:
+        records: the sparse-layer records of the checkpoint (``meta['sparse_layers']`` of a
+            deploy checkpoint this package wrote): then only the layers trained ``n:m`` are
+            candidates, each as its record says. Without records every layer whose layout
+            allows it is checked against ``n:m``.
+    """
+    by_tensor = None if records is None else {r.tensor: r for r in records}
     rows = []
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -63,6 +90,8 @@ def check_layers(model: nn.Module, scope_prefixes: Optional[Sequence[str]] = Non
         kind = 'conv%dx%d' % tuple(module.kernel_size) if isinstance(module, nn.Conv2d) \
             else 'linear'
         reason = candidate_reason(module, m)
+        if reason is None and by_tensor is not None:
+            reason = _record_reason(by_tensor.get(f'{name}.weight'), n, m)
         density = float((weight != 0).float().mean())
         if reason is not None:
             rows.append(LayerCheck(name, kind, tuple(weight.shape), in_scope(name, scope_prefixes),

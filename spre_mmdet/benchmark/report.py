@@ -13,6 +13,22 @@ JSON_KEYS = ('meta', 'timings_available', 'timing_unavailable_reason', 'toleranc
              'layers', 'end_to_end', 'summary')
 
 
+def layer_row(name: str, kind: str, weight_shape: Sequence[int], calls: list) -> Dict[str, object]:
+    """A benchmarked layer's row (every key present; timings filled in by the run, ``None``
+    where they could not be measured)."""
+    return dict(name=name, kind=kind, weight_shape=list(weight_shape), valid=True, calls=calls,
+                dense_ms=None, sparse_ms=None, im2col_ms=None, sparse_gemm_ms=None,
+                dense_gemm_ms=None, dense_iqr_ms=None, sparse_iqr_ms=None, speedup=None,
+                gemm_speedup=None, dispatch=None, note=None)
+
+
+def no_timing_row(num_sparse: int) -> Dict[str, object]:
+    """An end-to-end row without timings (no sparse tensor cores here)."""
+    return dict(dense_ms=None, dispatch_ms=None, all_sparse_ms=None, dispatch_speedup=None,
+                all_sparse_speedup=None, num_sparse_all=num_sparse,
+                note='no timing (needs an sm80+ GPU)')
+
+
 def _fmt(v, digits=3) -> str:
     if v is None:
         return '-'

@@ -5,10 +5,11 @@ from collections import defaultdict
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmdet.registry import HOOKS
+from mmengine.registry import HOOKS  # the root registry: found from mmdet and mmpretrain configs
 
+from ..errors import ConfigError
 from ..sparsity import (forget_mask_sources, format_report, refresh_masks, sparse_layers,
-                        sparsity_report)
+                        sparsity_report, spre_pairs)
 
 
 @HOOKS.register_module()
@@ -35,13 +36,29 @@ class SparsityHook(Hook):
         return model.module if is_model_wrapper(model) else model
 
     def before_train(self, runner) -> None:
+        """Check the mask schedules against the run, then derive the masks of weights loaded
+        after init (``load_from`` a dense checkpoint).
+
+        Mask schedules given relative to the run (LBC ``span``) are fixed here from
+        ``runner.max_iters``; a schedule that cannot end by the last iteration is refused now,
+        not at export time after training.
+        """
         model = self._model(runner)
-        if not any(True for _ in sparse_layers(model)):
-            raise RuntimeError('SparsityHook is configured but the model has no sparse layers: '
-                               'use a sparse backbone (e.g. type="SparseResNet") or drop the '
-                               'hook.')
-        # derives masks from weights loaded after init (load_from a dense checkpoint); every
-        # due mask is recomputed once here, whatever wrote the weights since init
+        layers = list(sparse_layers(model))
+        if not layers:
+            raise ConfigError('SparsityHook is configured but the model has no sparse layers: '
+                              'use a sparse backbone (e.g. type="SparseResNet") or drop the '
+                              'hook.')
+        problems = []
+        for name, layer in layers:
+            layer.sparsity.resolve_schedule(runner.max_iters)
+            problem = layer.sparsity.schedule_problem(runner.max_iters)
+            if problem:
+                problems.append(f'{name} ({layer.sparsity.method}): {problem}')
+        if problems:
+            raise ConfigError(f'{len(problems)} sparse layers would not be final when this '
+                              f'{runner.max_iters}-iteration run ends, e.g. {problems[0]}.')
+        # every due mask is recomputed once here, whatever wrote the weights since init
         forget_mask_sources(model)
         refresh_masks(model, runner.iter)
 
@@ -51,6 +68,23 @@ class SparsityHook(Hook):
         if self.every_n_train_iters(runner, self.log_interval):
             for key, value in self.densities(model).items():
                 runner.message_hub.update_scalar(f'train/density/{key}', value)
+            for key, value in self.spre_branch(model).items():
+                runner.message_hub.update_scalar(f'train/spre/{key}', value)
+
+    @staticmethod
+    @torch.no_grad()
+    def spre_branch(model) -> dict:
+        """What SpRe's extra branch contributes, averaged over its blocks (empty without
+        SpRe): ``branch_ratio``, ``||K_rep|| / ||K_main||`` of the folded kernels, and
+        ``gamma_rep``, the mean |gamma| of the branch BNs. Both near 0 mean a dead branch: the
+        model is then plain N:M under SpRe's name."""
+        ratios, gammas = [], []
+        for _, conv, norm in spre_pairs(model):
+            ratios.append(norm.branch_ratio(conv))
+            gammas.append(float(norm.rep_bn.weight.abs().mean()))
+        if not ratios:
+            return {}
+        return dict(branch_ratio=sum(ratios) / len(ratios), gamma_rep=sum(gammas) / len(gammas))
 
     @staticmethod
     @torch.no_grad()
@@ -66,10 +100,10 @@ class SparsityHook(Hook):
 
     def after_train(self, runner) -> None:
         model = self._model(runner)
-        n, m = next(((l.sparsity.n, l.sparsity.m) for _, l in sparse_layers(model)))
-        rows = sparsity_report(model, n, m)
+        rows = sparsity_report(model)
         table = format_report(rows)
-        runner.logger.info(f'Sparsity report ({n}:{m}):\n{table}')
+        patterns = sorted({row.pattern for row in rows if row.pattern})
+        runner.logger.info(f'Sparsity report ({", ".join(patterns)}):\n{table}')
         if runner.rank == 0:
             with open(osp.join(runner.work_dir, 'sparsity_report.txt'), 'w') as f:
                 f.write(table + '\n')

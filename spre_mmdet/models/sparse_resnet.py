@@ -1,4 +1,5 @@
-"""mmdet's ResNet made N:M sparse from config alone."""
+"""OpenMMLab ResNets made N:M sparse from config alone (mmdet's here; mmpretrain's in
+:mod:`spre_mmdet.classification`)."""
 import copy
 from typing import Optional, Sequence
 
@@ -6,9 +7,11 @@ from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
-from ..sparsity import (InterspaceDeployConv2d, SpReBatchNorm2d, check_nm, initialize_masks,
-                        interspace_incompatibility, interspace_layer, sparse_layers,
-                        sparsify_layer)
+from ..errors import ConfigError
+from .sparse_pretrained import load_sparse_pretrained
+from ..sparsity import (InterspaceDeployConv2d, SpReBatchNorm2d, check_nm, check_sparsity_options,
+                        interspace_incompatibility, refresh_masks,
+                        sparse_layers, sparsify_layer, spre_pairs)
 
 DEFAULT_SPARSITY = dict(
     n=2,
@@ -27,45 +30,46 @@ DEFAULT_SPARSITY = dict(
 )
 
 
-@MODELS.register_module()
-class SparseResNet(ResNet):
-    """mmdet ``ResNet`` (any depth; ``deep_stem=True, avg_down=True`` is ResNet-V1d) whose
-    layer1-4 convs are N:M sparse (SPEC section 7).
+class SparseResNetMixin:
+    """N:M sparsity for an OpenMMLab ResNet, from config alone.
 
-    The module tree and state-dict keys of the dense ResNet are kept (sparse layers only add
-    their own buffers/parameters), so dense pretrained checkpoints load unchanged; masks are
-    then derived from the loaded weights.
+    mmdet's and mmpretrain's ResNets share their module tree (``res_layers``, blocks with
+    ``conv1..3`` / ``norm1..3_name``, ``downsample``), so one mixin makes either sparse:
+    :class:`SparseResNet` (mmdet registry) and ``spre_mmdet.classification.SparseResNet``
+    (mmpretrain registry). The module tree and state-dict keys of the dense ResNet are kept
+    (sparse layers only add their own buffers/parameters), so dense pretrained checkpoints load
+    unchanged and their masks are derived from the loaded weights; a checkpoint of a sparse run
+    (e.g. the ImageNet stage) loads with its masks, S, extra branches and LBC state.
 
-    Args:
-        sparsity (dict): ``n``, ``m``; ``learner``: dict(type='srste'|'asp'|'lbc', **kwargs);
-            ``spre``: None or dict(rep_gamma=0.0, spatial_interval=1) to add SpRe's branch to
-            every k x k conv; ``interspace``: None or dict(pruning='nm', ...) to make every
-            k x k conv an interspace (filter-basis) conv with N:M coefficients (not together
-            with ``spre``); ``stages``: 4 bools; ``deploy``: build the re-parameterized
-            structure to load a deploy checkpoint into (what ``spre_mmdet.deploy`` writes for
-            interspace convs kept in their N:M basis form). See ``DEFAULT_SPARSITY``.
-        All other arguments are those of :class:`mmdet.models.backbones.ResNet`.
+    Sparsity config (``sparsity=dict(...)``, defaults in :data:`DEFAULT_SPARSITY`): ``n``, ``m``;
+    ``learner``: dict(type='srste'|'asp'|'lbc', **options); ``spre``: None or
+    dict(rep_gamma=0.0, spatial_interval=1) to add SpRe's branch to every k x k conv;
+    ``interspace``: None or dict(pruning='nm', ...) to make every k x k conv an interspace
+    (filter-basis) conv with N:M coefficients (not together with ``spre``); ``stages``: 4 bools
+    (all False: an explicitly dense network, e.g. the dense baseline of a comparison);
+    ``deploy``: build the re-parameterized structure to load a deploy checkpoint into (what
+    ``spre_mmdet.deploy`` writes for interspace convs kept in their N:M basis form).
 
     Frozen stages (``frozen_stages >= i``) never update: their N:M mask is the one-shot
     magnitude mask of the loaded weights, and SpRe's branch is not added there (it could not
     learn). This is logged, not silent.
     """
 
-    def __init__(self, *args, sparsity: Optional[dict] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.dcn is not None:
-            raise ValueError('SparseResNet does not support dcn: deformable convs have no N:M '
-                             'kernel. Remove `dcn` or use a dense ResNet.')
+    def _setup_sparsity(self, sparsity: Optional[dict]) -> None:
         cfg = copy.deepcopy(DEFAULT_SPARSITY)
         cfg.update(sparsity or {})
         unknown = set(cfg) - set(DEFAULT_SPARSITY)
         if unknown:
-            raise ValueError(f'Unknown sparsity options {sorted(unknown)}; valid ones are '
-                             f'{sorted(DEFAULT_SPARSITY)}.')
+            raise ConfigError(f'Unknown sparsity options {sorted(unknown)}; valid ones are '
+                              f'{sorted(DEFAULT_SPARSITY)}.')
         self.n, self.m = check_nm(cfg['n'], cfg['m'])
         if len(cfg['stages']) != self.num_stages:
-            raise ValueError(f'sparsity.stages needs {self.num_stages} entries, got '
-                             f'{cfg["stages"]}.')
+            raise ConfigError(f'sparsity.stages needs {self.num_stages} entries, got '
+                              f'{cfg["stages"]}.')
+        if not cfg['deploy']:
+            learner = dict(cfg['learner'])
+            check_sparsity_options(learner.pop('type', None), learner, cfg['spre'],
+                                   cfg['interspace'])
         self.sparsity_cfg = cfg
         if cfg['deploy']:
             self._build_deploy(cfg)
@@ -97,8 +101,10 @@ class SparseResNet(ResNet):
         learner = dict(cfg['learner'])
         method = learner.pop('type')
         spre, interspace = cfg['spre'], cfg['interspace']
+        # the options of the layers; rep_bn_train is the backbone's (see train())
+        block_spre = {k: v for k, v in (spre or {}).items() if k != 'rep_bn_train'}
         if spre is not None and interspace is not None:
-            raise ValueError('sparsity.spre and sparsity.interspace are alternative structures '
+            raise ConfigError('sparsity.spre and sparsity.interspace are alternative structures '
                              'for the k x k convs: set one of them to None.')
         dense = {}
         for stage in range(1, min(self.frozen_stages, self.num_stages) + 1):
@@ -114,13 +120,14 @@ class SparseResNet(ResNet):
             for conv_name, norm_name in self._conv_norm_pairs(block):
                 conv = getattr(block, conv_name)
                 spatial = conv.kernel_size != (1, 1)
-                if interspace is not None and spatial and not interspace_layer(
-                        block, conv_name, method, self.n, self.m, **interspace, **learner):
+                if interspace is not None and spatial and not sparsify_layer(
+                        block, conv_name, method, self.n, self.m, interspace=interspace,
+                        **learner):
                     continue
                 use_spre = spre is not None and not frozen and spatial
                 reason = sparsify_layer(block, conv_name, method, self.n, self.m,
                                         norm_name=norm_name if use_spre else None,
-                                        **(spre if use_spre else {}), **learner)
+                                        **(block_spre if use_spre else {}), **learner)
                 if reason:
                     dense[f'{prefix}.{conv_name}'] = reason
             downsample = block.downsample
@@ -131,11 +138,14 @@ class SparseResNet(ResNet):
                                                 **learner)
                         if reason:
                             dense[f'{prefix}.downsample.{name}'] = reason
-        if not any(True for _ in sparse_layers(self)):
-            raise ValueError(
+        if not any(cfg['stages']):
+            print_log(f'{type(self).__name__}: no stage selected (sparsity.stages all False): '
+                      'a dense network', logger='current')
+        elif not any(True for _ in sparse_layers(self)):
+            raise ConfigError(
                 f'M={self.m} divides the input channels of no selected layer, so nothing can be '
-                f'{self.n}:{self.m} sparse (e.g. {next(iter(dense.values()), "no stage selected")}'
-                '). Use M=4 or 8 (ResNet widths are multiples of 64) or select more stages.')
+                f'{self.n}:{self.m} sparse (e.g. {next(iter(dense.values()))}). Use M=4 or 8 '
+                '(ResNet widths are multiples of 64) or select more stages.')
         for name, reason in dense.items():
             print_log(f'{name} stays dense: {reason}', logger='current')
 
@@ -149,24 +159,80 @@ class SparseResNet(ResNet):
             yield f'conv{index}', getattr(block, f'norm{index}_name')
             index += 1
 
+    def train(self, mode: bool = True):
+        """As the dense ResNet (``norm_eval`` keeps every BN on its running statistics), except
+        that ``spre.rep_bn_train=True`` keeps the branch BNs in training mode: the extra branch
+        then normalizes with batch statistics while the main branch stays frozen."""
+        super().train(mode)
+        spre = self.sparsity_cfg['spre'] if hasattr(self, 'sparsity_cfg') else None
+        if mode and spre is not None and spre.get('rep_bn_train', False):
+            for _, _, norm in spre_pairs(self):
+                norm.rep_bn.train(True)
+        return self
+
+    def _all_blocks(self):
+        for layer_name in self.res_layers:
+            yield from getattr(self, layer_name)
+
     def init_weights(self):
-        super().init_weights()
-        from_scratch = not (isinstance(self.init_cfg, dict) and
-                            self.init_cfg.get('type') == 'Pretrained')
-        if from_scratch and self.sparsity_cfg['spre'] is not None:
-            # the generic BN init sets every BN's gamma to 1, rep_bn included: restore SpRe's
+        """Initialize (or load) the weights, then derive what depends on them.
+
+        ``init_cfg=dict(type='SparsePretrained', checkpoint=..., prefix='backbone.')`` loads a
+        sparse run's backbone with everything it learned (see
+        :func:`~spre_mmdet.models.sparse_pretrained.load_sparse_pretrained`); any other
+        ``init_cfg`` runs as in the dense ResNet. SpRe's branch (``rep_bn``'s gamma) starts at
+        ``rep_gamma`` wherever it was not loaded from a sparse checkpoint, and at 0 in every
+        channel whose main BN starts at gamma 0 (``zero_init_residual``), so that the branch
+        starts switched off exactly where the main branch does: no asymmetry with a plain N:M
+        network.
+        """
+        init_cfg = self.init_cfg if isinstance(self.init_cfg, dict) else {}
+        if init_cfg.get('type') == 'SparsePretrained':
+            options = {k: v for k, v in init_cfg.items() if k != 'type'}
+            load_sparse_pretrained(self, **options)
+            self._is_init = True
+            print_log(f'{type(self).__name__}: loaded the sparse backbone of '
+                      f'{init_cfg.get("checkpoint")} (masks, branches and BNs included)',
+                      logger='current')
+        else:
+            super().init_weights()
+        if self.sparsity_cfg['spre'] is not None and not self.sparsity_cfg['deploy']:
             rep_gamma = self.sparsity_cfg['spre'].get('rep_gamma', 0.0)
-            for module in self.modules():
-                if isinstance(module, SpReBatchNorm2d):
-                    module.rep_bn.weight.data.fill_(rep_gamma)
+            for block in self._all_blocks():
+                for conv_name, norm_name in self._conv_norm_pairs(block):
+                    conv, norm = getattr(block, conv_name), getattr(block, norm_name)
+                    if isinstance(norm, SpReBatchNorm2d) and conv.needs_init:
+                        norm.rep_bn.weight.data.copy_(
+                            rep_gamma * (norm.weight.detach() != 0).to(norm.weight.dtype))
         if self.sparsity_cfg['deploy']:
-            print_log(f'SparseResNet (deploy): {self._num_deploy_interspace()} interspace convs '
+            print_log(f'{type(self).__name__} (deploy): {self._num_deploy_interspace()} interspace convs '
                       f'in basis conv + {self.n}:{self.m} 1x1 form, all other convs plain',
                       logger='current')
             return
-        initialize_masks(self)
+        # masks and S of weights that just changed (random init, dense pretrained weights);
+        # those loaded from a sparse checkpoint are kept (refresh at iteration 0 rederives
+        # SR-STE masks and S from the same weights, and leaves LBC's loaded state alone)
+        refresh_masks(self, 0)
         structure = [name for name in ('spre', 'interspace')
                      if self.sparsity_cfg[name] is not None]
-        print_log(f'SparseResNet: {len(list(sparse_layers(self)))} layers are '
+        print_log(f'{type(self).__name__}: {len(list(sparse_layers(self)))} layers are '
                   f'{self.n}:{self.m} sparse ({self.sparsity_cfg["learner"]["type"]}'
                   f'{"".join("+" + name for name in structure)})', logger='current')
+
+
+@MODELS.register_module()
+class SparseResNet(SparseResNetMixin, ResNet):
+    """mmdet ``ResNet`` (any depth; ``deep_stem=True, avg_down=True`` is ResNet-V1d) whose
+    layer1-4 convs are N:M sparse: see :class:`SparseResNetMixin`.
+
+    Args:
+        sparsity (dict): see :class:`SparseResNetMixin` and ``DEFAULT_SPARSITY``.
+        All other arguments are those of :class:`mmdet.models.backbones.ResNet`.
+    """
+
+    def __init__(self, *args, sparsity: Optional[dict] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.dcn is not None:
+            raise ConfigError('SparseResNet does not support dcn: deformable convs have no N:M '
+                              'kernel. Remove `dcn` or use a dense ResNet.')
+        self._setup_sparsity(sparsity)

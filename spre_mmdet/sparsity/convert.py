@@ -5,16 +5,20 @@ through ``SpReBatchNorm2d.fold``); the functions here only walk the model.
 """
 import copy
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from .interspace import InterspaceDeployConv2d
+from ..errors import ConfigError, ExportError, NotFinalError
+from .interspace import (INTERSPACE_OPTIONS, InterspaceConv2d, InterspaceDeployConv2d,
+                         interspace_incompatibility)
 from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
-from .learners import DerivedStateMixin, compute_magnitude_masks
+from .learners import (DerivedStateMixin, check_options, compute_magnitude_masks,
+                       learner_options)
 from .nm import check_nm, check_nm_tensor, nm_incompatibility
-from .spre import SpReBatchNorm2d, SpReConv2d
+from .record import SparseLayerRecord
+from .spre import SPRE_OPTIONS, SpReBatchNorm2d, SpReConv2d
 
 
 def sparse_layers(model: nn.Module) -> Iterator[Tuple[str, SparseLayerMixin]]:
@@ -59,21 +63,69 @@ def initialize_masks(model: nn.Module) -> None:
         layer.refresh(0)
 
 
-def sparsify_layer(parent: nn.Module, name: str, method: str, n: int, m: int,
-                   norm_name: Optional[str] = None, rep_gamma: float = 0.0,
-                   spatial_interval: int = 1, **learner_kwargs) -> Optional[str]:
-    """Replace ``parent.<name>`` (a Conv2d or Linear) by its sparse version, in place.
+def check_sparsity_options(method: str, learner_kwargs: dict, spre: Optional[dict] = None,
+                           interspace: Optional[dict] = None) -> None:
+    """Check each section of a sparsity config against its own options, so that a misplaced
+    key is named where it was written (e.g. ``spre=dict(interval=50)``) instead of being passed
+    on to another part or blamed on the learner.
 
-    With ``norm_name`` (the BN right after a k x k conv) the pair becomes a SpRe block.
+    Raises:
+        ConfigError: naming the section, the unknown keys and the valid ones.
+    """
+    check_options(f'learner ({method!r})', learner_kwargs, learner_options(method))
+    if spre is not None:
+        check_options('spre', spre, SPRE_OPTIONS)
+    if interspace is not None:
+        pruning = interspace.get('pruning', 'nm')
+        if pruning not in INTERSPACE_OPTIONS:
+            raise ConfigError(f'Unknown interspace pruning {pruning!r}; choose one of '
+                              f'{sorted(INTERSPACE_OPTIONS)}.')
+        check_options(f'interspace (pruning={pruning!r})', interspace,
+                      INTERSPACE_OPTIONS[pruning])
+
+
+def spre_pairs(model: nn.Module) -> Iterator[Tuple[str, SpReConv2d, SpReBatchNorm2d]]:
+    """``(conv name, conv, norm)`` of every SpRe block of ``model``."""
+    for parent_name, parent in model.named_modules():
+        for name, child in parent.named_children():
+            if isinstance(child, SpReBatchNorm2d):
+                conv_name = f'{parent_name}.{child.conv_name}' if parent_name else child.conv_name
+                yield conv_name, getattr(parent, child.conv_name), child
+
+
+def sparsify_layer(parent: nn.Module, name: str, method: str, n: int, m: int,
+                   norm_name: Optional[str] = None, interspace: Optional[dict] = None,
+                   rep_gamma: float = 0.0, spatial_interval: int = 1,
+                   **learner_kwargs) -> Optional[str]:
+    """Replace ``parent.<name>`` (a Conv2d or Linear) by its sparse version, in place: the one
+    conversion of every structure, each layer built with the one learner factory.
+
+    Args:
+        parent, name: where the layer is.
+        method: its mask learner (``'srste'``, ``'asp'``, ``'lbc'``, ``'unstructured'``).
+        n, m: the pattern.
+        norm_name: the BN right after a k x k conv: the pair becomes a SpRe block
+            (``rep_gamma``, ``spatial_interval``).
+        interspace: ``dict(pruning='nm'|'unstructured', ...)``: the k x k conv becomes an
+            interspace (filter-basis) conv with pruned coefficients.
+        **learner_kwargs: options of the learner.
 
     Returns:
-        ``None`` if the layer was made sparse, else why it cannot be N:M (it stays dense).
+        ``None`` if the layer was made sparse, else why it cannot be (it stays as it was).
     """
     check_nm(n, m)
     layer = getattr(parent, name)
     if type(layer) not in (nn.Conv2d, nn.Linear):
         raise TypeError(f'{name}: only plain nn.Conv2d / nn.Linear can be made sparse, got '
                         f'{type(layer).__name__}.')
+    if interspace is not None:
+        options = dict(interspace)
+        pruning = options.pop('pruning', 'nm')
+        reason = interspace_incompatibility(layer, m, pruning)
+        if reason is None:
+            setattr(parent, name, InterspaceConv2d.from_dense(
+                layer, method, n, m, pruning, **options, **learner_kwargs))
+        return reason
     reason = nm_incompatibility(layer.weight.shape, m)
     if reason is None and isinstance(layer, nn.Conv2d) and layer.groups != 1:
         reason = f'grouped conv (groups={layer.groups})'
@@ -95,24 +147,23 @@ def sparsify_layer(parent: nn.Module, name: str, method: str, n: int, m: int,
     return None
 
 
-class NotFinalError(RuntimeError):
-    """A mask learner is not exactly N:M yet (e.g. LBC before the end of its schedule)."""
-
-
 @torch.no_grad()
-def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """The deploy model: every sparse layer replaced by a plain layer with exactly N:M weights,
-    every SpRe pair folded into one conv + BN. The result imports nothing from this package.
+def reparameterize(model: nn.Module, inplace: bool = False,
+                   interspace_form: str = 'basis') -> nn.Module:
+    """The deploy model: every sparse layer replaced by its deploy form (a plain layer with
+    exactly N:M weights; an interspace conv in ``interspace_form``), every SpRe pair folded into
+    one conv + BN. The result imports nothing from this package, except the interspace basis
+    form (:class:`~spre_mmdet.sparsity.interspace.InterspaceDeployConv2d`).
 
     Raises:
         NotFinalError: if a layer's mask is not final (its learner says how to proceed).
-        ValueError: if the model has no sparse layer at all (not from a sparse run).
+        ExportError: if the model has no sparse layer at all (not from a sparse run).
     """
     layers = list(sparse_layers(model))
     if not layers:
-        raise ValueError('This model has no sparse layers: it is not from a sparse run, so '
-                         'there is nothing to re-parameterize. Train with a sparse config '
-                         '(e.g. configs/mask_rcnn_r50_spre_2x4.py) first.')
+        raise ExportError('This model has no sparse layers: it is not from a sparse run, so '
+                          'there is nothing to re-parameterize. Train with a sparse config '
+                          '(e.g. configs/mask_rcnn_r50_spre_2x4.py) first.')
     not_final = [(name, layer) for name, layer in layers if not layer.sparsity.is_final]
     if not_final:
         raise NotFinalError(
@@ -129,81 +180,89 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
                 setattr(parent, name, bn)
         for name, child in list(parent.named_children()):
             if isinstance(child, SparseLayerMixin):
-                setattr(parent, name, child.to_deploy())
+                setattr(parent, name, child.to_deploy(interspace_form))
     return model
+
+
+def sparse_layer_records(model: nn.Module,
+                         interspace_form: str = 'basis') -> List[SparseLayerRecord]:
+    """The record of every sparse layer of a training-time ``model``."""
+    return [layer.record(name, interspace_form) for name, layer in sparse_layers(model)]
 
 
 @dataclass
 class LayerReport:
-    """One row of the sparsity report."""
+    """One row of the sparsity report: a conv/linear layer and its N:M status.
+
+    ``valid`` is whether its weight is exactly its pattern, for layers that must be N:M; it is
+    ``None`` for dense layers and for sparse layers that are not N:M by design.
+    """
 
     name: str
-    kind: str
+    method: str
+    pattern: str
     shape: Tuple[int, ...]
     density: float
     status: str
-    valid: bool
+    valid: Optional[bool]
 
 
-#: marks, in ``sparsity_report(trained=...)``, a layer deployed merged into a dense conv on
-#: purpose (an interspace conv for hardware without sparse support)
-MERGED = ' merged'
+def _report_row(name: str, weight: torch.Tensor, record: Optional[SparseLayerRecord],
+                m: int) -> LayerReport:
+    density = float((weight != 0).float().mean())
+    shape = tuple(weight.shape)
+    if record is None:  # dense: say why when the layout itself rules N:M out (the stem)
+        reason = nm_incompatibility(weight.shape, m)
+        status = f'dense: {reason}' if reason else 'dense (not selected)'
+        return LayerReport(name, 'dense', '', shape, density, status, None)
+    if not record.nm:
+        return LayerReport(name, record.label, record.pattern, shape, density, record.note,
+                           None)
+    check = check_nm_tensor(weight, record.n, record.m)
+    return LayerReport(name, record.label, record.pattern, shape, density, check.explain(),
+                       check.ok)
 
 
-def sparse_kinds(model: nn.Module) -> Dict[str, str]:
-    """``{name: method}`` of every sparse layer (e.g. ``'srste+spre'``): what the report of the
-    deployed model calls the plain layers they became."""
-    return {name: layer.sparsity.method + layer.report_suffix
-            for name, layer in sparse_layers(model)}
-
-
-def sparsity_report(model: nn.Module, n: int, m: int,
-                    trained: Optional[Dict[str, str]] = None) -> List[LayerReport]:
-    """Every conv/linear of ``model``: how it is sparsified and whether its (deploy) weight is
-    exactly N:M, or why not.
+def sparsity_report(model: nn.Module,
+                    records: Optional[Sequence[SparseLayerRecord]] = None) -> List[LayerReport]:
+    """Every conv/linear of ``model``: how it is sparse, and whether its weight is exactly its
+    own N:M pattern, or why not.
 
     Args:
-        model: a training-time model (sparse layers) or its deploy form.
-        n, m: the pattern to check.
-        trained: for a deploy model, :func:`sparse_kinds` of the training-time model, so the
-            plain layers that were sparse are reported under their method, not as dense. An
-            interspace deploy module is one row: its 1x1 GEMM weight is what must be N:M.
-            A kind ending in :data:`MERGED` is a layer deployed dense on purpose.
+        model: a training-time model (its sparse layers describe themselves; a layer whose
+            schedule has not ended is checked with its current mask) or a deploy model.
+        records: for a deploy model, the records of the model it came from (the deploy
+            checkpoint's ``meta['sparse_layers']``): the plain layers they name are reported
+            with their training method and pattern, not as dense. An interspace deploy module is
+            one row, its 1x1 GEMM weight.
     """
-    trained = trained or {}
-    rows, deploy_prefix = [], None  # the submodules of a deploy module are not rows
+    own = sparse_layer_records(model)
+    by_tensor = {record.tensor: record for record in records or ()}
+    m = next((r.m for r in [*own, *by_tensor.values()]), 4)  # for the dense layers' reason
+    rows, skip = [], None  # the submodules of a deploy module are not rows of their own
     for name, module in model.named_modules():
-        if deploy_prefix is not None and name.startswith(deploy_prefix):
+        if skip is not None and name.startswith(skip):
             continue
-        if isinstance(module, InterspaceDeployConv2d):
-            deploy_prefix = name + '.' if name else ''
-            weight = module.gemm.weight.detach()
-            kind = trained.get(name, 'ip') + ' basis+1x1'
-        elif not isinstance(module, (nn.Conv2d, nn.Linear)):
-            continue
-        elif isinstance(module, SparseLayerMixin):
-            weight = module.deploy_weight() if module.sparsity.is_final else \
-                module.weight * module.sparsity.mask
-            kind = module.sparsity.method + module.report_suffix
-        else:
-            weight, kind = module.weight.detach(), trained.get(name, 'dense')
-        check = check_nm_tensor(weight, n, m)
-        status = check.explain()
-        if kind.endswith(MERGED) and not check.ok:
-            status = (f'merged into a dense conv, not {n}:{m} by design '
-                      f'({check.num_violations}/{check.num_groups} groups over {n})')
-        elif kind == 'dense':
-            status = f'dense: {check.reason}' if check.reason else 'dense (not selected)'
-        rows.append(LayerReport(name, kind, tuple(weight.shape),
-                                float((weight != 0).float().mean()), status, check.ok))
+        if isinstance(module, SparseLayerMixin):
+            learner = module.sparsity
+            weight = module.deploy_weight() if learner.is_final else \
+                (module.weight * learner.mask).detach()
+            rows.append(_report_row(name, weight, module.record(name), m))
+        elif isinstance(module, InterspaceDeployConv2d):
+            skip = f'{name}.' if name else ''
+            key = f'{name}.gemm.weight' if name else 'gemm.weight'
+            rows.append(_report_row(name, module.gemm.weight.detach(), by_tensor.get(key), m))
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
+            key = f'{name}.weight' if name else 'weight'
+            rows.append(_report_row(name, module.weight.detach(), by_tensor.get(key), m))
     return rows
 
 
 def format_report(rows: List[LayerReport]) -> str:
     """The report as an aligned text table."""
-    header = ('layer', 'method', 'shape', 'density', 'N:M')
-    lines = [(r.name, r.kind, 'x'.join(map(str, r.shape)), f'{r.density:.3f}', r.status)
-             for r in rows]
+    header = ('layer', 'method', 'N:M', 'shape', 'density', 'status')
+    lines = [(r.name, r.method, r.pattern or '-', 'x'.join(map(str, r.shape)),
+              f'{r.density:.3f}', r.status) for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)] if lines else []
     fmt = '  '.join('{:<%d}' % w for w in widths[:-1]) + '  {}'
     return '\n'.join(fmt.format(*row) for row in [header, *lines])

@@ -18,16 +18,18 @@ protocol, so ``refresh_masks``, ``initialize_masks``, ``reparameterize`` and
 (3-D, ``(O, C, k*k)``): the tensor whose N:M-ness matters, the one the mask learner masks and
 the one the report checks. A dense checkpoint's 4-D ``weight`` loads into it (pixel basis).
 """
-from typing import Dict, Optional
+import dataclasses
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from ..errors import ConfigError
 from .layers import SparseLayerMixin
-from .learners import MaskLearner, build_learner
-from .nm import check_nm, nm_incompatibility, unstructured_mask
-from .srste import apply_mask, srste
+from .learners import build_learner
+from .nm import check_nm, nm_incompatibility
+from .record import SparseLayerRecord
 
 
 def pixel_basis(kernel_size, dtype=None, device=None) -> torch.Tensor:
@@ -36,55 +38,10 @@ def pixel_basis(kernel_size, dtype=None, device=None) -> torch.Tensor:
     return torch.eye(kh * kw, dtype=dtype, device=device).reshape(kh * kw, kh, kw)
 
 
-class UnstructuredMask(MaskLearner):
-    """Unstructured magnitude mask of the coefficients at a given density (the paper's setting).
-
-    NOT hardware-valid N:M: the sparsity report flags such layers as not N:M. ``n`` and ``m``
-    only set the default density ``n / m`` (same overall rate as the N:M runs).
-
-    Args:
-        density: fraction of coefficients kept, over the whole layer.
-        interval: ``0`` (default): one-shot mask of the loaded coefficients, then fixed, pruned
-            coefficients zeroed (ASP-like). ``> 0``: recompute the mask every ``interval``
-            iterations from the dense latent coefficients, with the SR-STE backward.
-        decay: SR-STE ``lambda_w`` when ``interval > 0``.
-    """
-
-    method = 'unstructured'
-
-    def __init__(self, weight_shape, n, m, density: Optional[float] = None, interval: int = 0,
-                 decay: float = 2e-4):
-        super().__init__(weight_shape, n, m)
-        self.density = self.n / self.m if density is None else float(density)
-        if not 0.0 < self.density <= 1.0:
-            raise ValueError(f'density must be in (0, 1], got {self.density}')
-        if interval < 0:
-            raise ValueError(f'interval must be >= 0, got {interval}')
-        self.interval = int(interval)
-        self.decay = float(decay)
-
-    def forward(self, weight):
-        if self.interval:
-            return srste(weight, self.mask, self.decay)
-        return apply_mask(weight, self.mask)
-
-    def initialize(self, weight):
-        self.mask.copy_(unstructured_mask(weight, self.density))
-        self.needs_init = False
-        if not self.interval:
-            with torch.no_grad():
-                weight.mul_(self.mask)
-
-    def refresh(self, weight, iteration):
-        if self.needs_init or (self.interval and iteration % self.interval == 0):
-            self.initialize(weight)
-
-    def extra_repr(self):
-        return (f'unstructured density={self.density:.4g} (not N:M), interval={self.interval}'
-                + (f', decay={self.decay}' if self.interval else ''))
-
-
 PRUNING_MODES = ('nm', 'unstructured')
+#: the options of ``SparseResNet``'s ``sparsity.interspace``, per pruning mode
+INTERSPACE_OPTIONS = {'nm': ('pruning',),
+                      'unstructured': ('pruning', 'density', 'interval', 'decay')}
 
 
 class InterspaceConv2d(SparseLayerMixin, nn.Conv2d):
@@ -104,7 +61,7 @@ class InterspaceConv2d(SparseLayerMixin, nn.Conv2d):
     or :meth:`to_dense_conv` (one merged dense conv).
     """
 
-    report_suffix = '+ip'
+    structure = 'interspace'
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode='zeros', device=None, dtype=None):
@@ -163,8 +120,8 @@ class InterspaceConv2d(SparseLayerMixin, nn.Conv2d):
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias.detach())
         layer.pruning = pruning
-        layer.sparsity = _build_coefficient_learner(method, layer.weight.shape, n, m, pruning,
-                                                    **learner_kwargs)
+        learner, options = coefficient_learner(method, pruning, learner_kwargs)
+        layer.sparsity = build_learner(learner, layer.weight.shape, n, m, **options)
         layer.sparsity.to(weight.device)
         layer.train(conv.training)
         return layer
@@ -192,11 +149,25 @@ class InterspaceConv2d(SparseLayerMixin, nn.Conv2d):
     # -- deploy -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def to_deploy(self) -> 'InterspaceDeployConv2d':
-        """The factored deploy form: basis conv + 1x1 conv with the exactly N:M weight ``L``
-        (for ``pruning='nm'``); see :class:`InterspaceDeployConv2d`."""
+    def to_deploy(self, interspace_form: str = 'basis') -> nn.Module:
+        """The deploy form: ``'basis'``, the factored form (basis conv + 1x1 conv with the
+        exactly N:M weight ``L``, for ``pruning='nm'``; see :class:`InterspaceDeployConv2d`), or
+        ``'merged'``, one dense ``k x k`` conv (:meth:`to_dense_conv`)."""
+        if interspace_form == 'merged':
+            return self.to_dense_conv()
         return InterspaceDeployConv2d.from_conv(self).set_factors(self.basis,
                                                                  self.deploy_weight(), self.bias)
+
+    def record(self, name: str, interspace_form: str = 'basis') -> SparseLayerRecord:
+        """As a sparse layer's, with the deploy tensor of ``interspace_form``: the 1x1 GEMM
+        weight of the basis form (N:M when the coefficients are), or the merged dense k x k
+        weight (not N:M by design)."""
+        record = super().record(name)
+        if interspace_form == 'merged':
+            return dataclasses.replace(
+                record, nm=False, note='merged into a dense k x k conv (interspace_form='
+                '"merged"): not N:M by design')
+        return dataclasses.replace(record, tensor=f'{name}.gemm.weight')
 
     @torch.no_grad()
     def to_dense_conv(self) -> nn.Conv2d:
@@ -320,21 +291,26 @@ class InterspaceDeployConv2d(nn.Module):
         return f'{self.in_channels}, {self.out_channels}: basis conv + 1x1 GEMM (interspace)'
 
 
-def _build_coefficient_learner(method, shape, n, m, pruning, **kwargs) -> MaskLearner:
+def coefficient_learner(method: str, pruning: str, kwargs: dict) -> Tuple[str, dict]:
+    """The learner (name and options, for :func:`~spre_mmdet.sparsity.learners.build_learner`)
+    of the coefficients: ``method`` itself for N:M pruning; for unstructured pruning the
+    ``'unstructured'`` learner, one-shot (``interval=0``) for ``'asp'`` and recomputed every
+    ``interval`` iterations (default 1) for ``'srste'``."""
     if pruning == 'nm':
-        return build_learner(method, shape, n, m, **kwargs)
-    if pruning == 'unstructured':
-        if method == 'asp':
-            kwargs.setdefault('interval', 0)
-        elif method == 'srste':
-            kwargs.setdefault('interval', 1)
-            if kwargs['interval'] < 1:
-                raise ValueError("pruning='unstructured' with method='srste' needs interval>=1")
-        else:
-            raise ValueError(f"pruning='unstructured' supports method 'asp' (one-shot) or "
-                             f"'srste' (recomputed), got {method!r}.")
-        return UnstructuredMask(shape, n, m, **kwargs)
-    raise ValueError(f'Unknown pruning {pruning!r}; choose one of {PRUNING_MODES}.')
+        return method, kwargs
+    if pruning != 'unstructured':
+        raise ConfigError(f'Unknown pruning {pruning!r}; choose one of {PRUNING_MODES}.')
+    kwargs = dict(kwargs)
+    if method == 'asp':
+        kwargs.setdefault('interval', 0)
+    elif method == 'srste':
+        kwargs.setdefault('interval', 1)
+        if kwargs['interval'] < 1:
+            raise ConfigError("pruning='unstructured' with method='srste' needs interval>=1")
+    else:
+        raise ConfigError(f"pruning='unstructured' supports method 'asp' (one-shot) or "
+                          f"'srste' (recomputed), got {method!r}.")
+    return 'unstructured', kwargs
 
 
 def interspace_incompatibility(conv: nn.Module, m: int, pruning: str = 'nm') -> Optional[str]:
@@ -348,36 +324,3 @@ def interspace_incompatibility(conv: nn.Module, m: int, pruning: str = 'nm') -> 
     if pruning == 'nm':
         return nm_incompatibility(conv.weight.shape, m)
     return None
-
-
-def interspace_layer(parent: nn.Module, name: str, method: str, n: int, m: int,
-                     pruning: str = 'nm', **learner_kwargs) -> Optional[str]:
-    """Replace ``parent.<name>`` (a plain ``k x k`` Conv2d) by its interspace version, in place.
-
-    Returns:
-        ``None`` if replaced, else why not (1x1, grouped, ``C % M != 0``): the layer is left
-        untouched, and the caller may make it sparse otherwise (e.g. ``sparsify_layer``).
-    """
-    check_nm(n, m)
-    conv = getattr(parent, name)
-    if type(conv) is not nn.Conv2d:
-        return f'not a plain nn.Conv2d ({type(conv).__name__})'
-    reason = interspace_incompatibility(conv, m, pruning)
-    if reason is None:
-        setattr(parent, name, InterspaceConv2d.from_dense(conv, method, n, m, pruning,
-                                                          **learner_kwargs))
-    return reason
-
-
-@torch.no_grad()
-def merge_interspace(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Replace every :class:`InterspaceConv2d` by its merged dense conv (:meth:`to_dense_conv`),
-    keeping the module names, so the result has a stock architecture (e.g. a plain ResNet)."""
-    if not inplace:
-        import copy
-        model = copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, InterspaceConv2d):
-                setattr(parent, name, child.to_dense_conv())
-    return model

@@ -27,11 +27,12 @@ Plain PyTorch: nothing here imports mmengine or mmdet.
 import itertools
 import math
 from fractions import Fraction
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, ConfigError, NotFinalError
 from .learners import MaskLearner, register_learner
 from .nm import from_groups, to_groups
 from .srste import apply_mask
@@ -94,11 +95,15 @@ class LBCMask(MaskLearner):
     Args:
         weight_shape, n, m: as :class:`MaskLearner`.
         t_i: iteration at which subset removal starts (0-based, inclusive; ``K`` survive there).
+            Default 0.
         t_f: iteration at which one subset per group is left and the mask is exactly N:M.
             The training loop must call :meth:`refresh` with an iteration ``>= t_f`` before
             training ends (e.g. ``t_f`` at 1/3 .. 3/4 of the run so the final mask is
-            fine-tuned). The mmengine hook converts epochs to iterations
-            (:meth:`set_schedule`).
+            fine-tuned). Default 1000.
+        span: instead of ``t_i``/``t_f``: ``(begin, end)`` as fractions of the run, e.g.
+            ``(0, 0.5)``: removal during the first half, exactly N:M for the second. The
+            iterations are fixed by :meth:`resolve_schedule` once the run's length is known
+            (``SparsityHook`` does so before training), so the schedule fits any run length.
         freeze_scores: at the end of the schedule set ``scores.requires_grad = False`` and
             ``grad = None`` (default), so optimizers skip them: no momentum or weight-decay
             drift. Under ``DistributedDataParallel`` a parameter that stops receiving gradients
@@ -118,10 +123,20 @@ class LBCMask(MaskLearner):
     method = 'lbc'
     derived_state = ('mask', 'scores', 'alive')
 
-    def __init__(self, weight_shape, n, m, t_i: int = 0, t_f: int = 1000,
+    def __init__(self, weight_shape, n, m, t_i: Optional[int] = None,
+                 t_f: Optional[int] = None, span: Optional[Sequence[float]] = None,
                  freeze_scores: bool = True):
         super().__init__(weight_shape, n, m)
-        self.t_i, self.t_f = self._check_schedule(t_i, t_f)
+        if span is None:
+            self.span = None
+            self.t_i, self.t_f = self._check_schedule(0 if t_i is None else t_i,
+                                                      1000 if t_f is None else t_f)
+        elif t_i is not None or t_f is not None:
+            raise ConfigError('LBC takes either t_i/t_f (iterations) or span (fractions of the '
+                              f'run), not both; got t_i={t_i}, t_f={t_f}, span={span}.')
+        else:
+            self.span = self._check_span(span)
+            self.t_i = self.t_f = None  # fixed by resolve_schedule
         self.freeze_scores = bool(freeze_scores)
         weight_shape = torch.Size(weight_shape)
         numel = weight_shape.numel()
@@ -142,19 +157,31 @@ class LBCMask(MaskLearner):
 
     # ----------------------------------------------------------------------------- helpers
     @staticmethod
+    def _check_span(span) -> Tuple[float, float]:
+        try:
+            begin, end = (float(x) for x in span)
+        except (TypeError, ValueError):
+            raise ConfigError(f'LBC span must be (begin, end) fractions of the run, e.g. '
+                              f'(0, 0.5), got {span!r}.') from None
+        if not 0.0 <= begin < end <= 1.0:
+            raise ConfigError(f'LBC span needs 0 <= begin < end <= 1 (fractions of the run), '
+                              f'got {span!r}; e.g. (0, 0.5) ends the removal halfway.')
+        return begin, end
+
+    @staticmethod
     def _check_schedule(t_i, t_f):
         for name, value in (('t_i', t_i), ('t_f', t_f)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                     int(value) != value:
-                raise ValueError(
+                raise ConfigError(
                     f'LBC {name} must be a whole number of iterations, got {value!r}. Convert '
                     'epochs to iterations first (epoch * iterations_per_epoch).')
         t_i, t_f = int(t_i), int(t_f)
         if t_i < 0:
-            raise ValueError(f'LBC t_i must be >= 0 (iterations are 0-based), got {t_i}. '
+            raise ConfigError(f'LBC t_i must be >= 0 (iterations are 0-based), got {t_i}. '
                              'Use t_i=0 to start removing subsets at the first iteration.')
         if t_f <= t_i:
-            raise ValueError(
+            raise ConfigError(
                 f'LBC needs t_f > t_i, got t_i={t_i}, t_f={t_f}: subsets are removed between '
                 f'them. Use e.g. t_i={t_i}, t_f={t_i + 1000}, with t_f before the end of '
                 'training so the final N:M mask is fine-tuned.')
@@ -165,6 +192,27 @@ class LBCMask(MaskLearner):
         iterations per epoch is known. Subsets already removed stay removed."""
         self.t_i, self.t_f = self._check_schedule(t_i, t_f)
 
+    def resolve_schedule(self, total_iters: int) -> None:
+        """Turn :attr:`span` into iterations of a run of ``total_iters`` (no-op without span).
+
+        The last refresh of a run is at iteration ``total_iters``, so ``span=(b, 1)`` still
+        ends exactly N:M.
+        """
+        if self.span is not None:
+            begin, end = self.span
+            t_i = int(round(begin * total_iters))
+            self.set_schedule(t_i, max(int(round(end * total_iters)), t_i + 1))
+
+    def schedule_problem(self, total_iters: int) -> Optional[str]:
+        if self.t_f is None:
+            return f'its span {self.span} has not been resolved (call resolve_schedule)'
+        if self.t_f > total_iters:
+            return (f'its removal ends at iteration t_f={self.t_f}, after the run\'s last mask '
+                    f'refresh at iteration {total_iters}, so its mask would not be exactly '
+                    f'{self.n}:{self.m} when training ends (give t_f <= {total_iters}, or a span '
+                    'of the run, e.g. span=(0, 0.5))')
+        return None
+
     @property
     def initial_score(self) -> float:
         """``1 / C(M-1, N-1)``: each weight lies in ``C(M-1, N-1)`` subsets, so its soft value
@@ -173,6 +221,12 @@ class LBCMask(MaskLearner):
 
     def survivors(self, iteration: int) -> int:
         """Subsets per group the schedule keeps at ``iteration``."""
+        if iteration <= 0:  # every schedule starts with all subsets (t_i >= 0)
+            return self.num_subsets
+        if self.t_f is None:
+            raise RuntimeError(f'The LBC span {self.span} is not resolved into iterations yet: '
+                               'call resolve_schedule(total_iters) before training (the '
+                               'SparsityHook does).')
         return cubic_survivors(iteration, self.num_subsets, self.t_i, self.t_f)
 
     def soft(self) -> torch.Tensor:
@@ -192,8 +246,8 @@ class LBCMask(MaskLearner):
             counts = self.alive.sum(dim=1)
             self._survivors = int(counts.max()) if counts.numel() else 1
             if counts.numel() and int(counts.min()) < 1:
-                raise ValueError('LBC state has a group with no alive subset; the checkpoint is '
-                                 'corrupt or from another N:M pattern.')
+                raise CheckpointError('LBC state has a group with no alive subset; the checkpoint '
+                                      'is corrupt or from another N:M pattern.')
         else:
             self._survivors = survivors
         # bool -> float through uint8: the same 0/1, several times faster on CPU
@@ -303,7 +357,6 @@ class LBCMask(MaskLearner):
 
     def deploy_mask(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.is_final:
-            from .convert import NotFinalError
             raise NotFinalError(
                 f'LBC mask is not N:M yet: {self._survivors} of {self.num_subsets} subsets per '
                 f'group are still alive (the schedule ends at iteration t_f={self.t_f}). Export '
@@ -320,5 +373,6 @@ class LBCMask(MaskLearner):
                 self._sync_from_alive()
 
     def extra_repr(self) -> str:
-        return (f'{super().extra_repr()}, K={self.num_subsets}, t_i={self.t_i}, t_f={self.t_f}, '
-                f'survivors={self._survivors}, freeze_scores={self.freeze_scores}')
+        span = f', span={self.span}' if self.span is not None else ''
+        return (f'{super().extra_repr()}, K={self.num_subsets}, t_i={self.t_i}, t_f={self.t_f}'
+                f'{span}, survivors={self._survivors}, freeze_scores={self.freeze_scores}')

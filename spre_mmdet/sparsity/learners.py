@@ -7,6 +7,7 @@ iteration (the mmengine ``SparsityHook`` does; plain PyTorch users call
 :func:`spre_mmdet.sparsity.refresh_masks`). Keeping all mask changes in one call keeps
 distributed ranks and resumed runs identical.
 """
+import inspect
 import weakref
 from collections import defaultdict
 from typing import Callable, Iterable, Optional, Tuple
@@ -15,7 +16,8 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .nm import check_nm, nm_masks
+from ..errors import ConfigError
+from .nm import check_nm, nm_masks, unstructured_mask
 from .srste import apply_mask, srste
 
 # Optimizer steps taken in this process, by any torch optimizer. Fused optimizers (Adam/SGD with
@@ -100,12 +102,18 @@ class MaskLearner(DerivedStateMixin, nn.Module):
 
     #: name used in configs and reports
     method: str = ''
-    derived_state = ('mask',)
+    #: whether the deployed weight is exactly N:M (an unstructured mask is not, by design)
+    nm = True
+    #: what reports say of a layer whose deployed weight is not N:M by design
+    not_nm_note = ''
+    #: attribute name (and state-dict key suffix) of the mask buffer
+    MASK = 'mask'
+    derived_state = (MASK,)
 
     def __init__(self, weight_shape: torch.Size, n: int, m: int):
         super().__init__()
         self.n, self.m = check_nm(n, m)
-        self.register_buffer('mask', torch.ones(weight_shape, dtype=torch.bool))
+        self.register_buffer(self.MASK, torch.ones(weight_shape, dtype=torch.bool))
         # True until the mask was computed from real weights or loaded from a sparse checkpoint.
         self.needs_init = True
         # what the mask was last computed from (see Source)
@@ -146,6 +154,17 @@ class MaskLearner(DerivedStateMixin, nn.Module):
         """Whether :attr:`mask` is exactly N:M now (LBC is not until its schedule ends)."""
         return True
 
+    def resolve_schedule(self, total_iters: int) -> None:
+        """Fix a schedule given relative to the run, once its length is known (no-op here)."""
+
+    def schedule_problem(self, total_iters: int) -> Optional[str]:
+        """Why the mask would not be exactly N:M after ``total_iters`` refreshes, or ``None``.
+
+        Training loops call this before training starts, so that a schedule that ends after
+        the run fails at once instead of at export time.
+        """
+        return None
+
     def deploy_mask(self, weight: torch.Tensor) -> torch.Tensor:
         """The exact N:M mask to deploy with."""
         return self.mask
@@ -166,8 +185,9 @@ class SRSTEMask(MaskLearner):
 
     def __init__(self, weight_shape, n, m, decay: float = 2e-4, interval: int = 1):
         super().__init__(weight_shape, n, m)
-        if interval < 1:
-            raise ValueError(f'interval must be >= 1, got {interval}')
+        if isinstance(interval, bool) or int(interval) != interval or interval < 1:
+            raise ConfigError(f'SR-STE interval must be a whole number >= 1 (refresh the mask '
+                              f'every this many iterations), got {interval!r}.')
         self.decay = float(decay)
         self.interval = int(interval)
 
@@ -226,7 +246,59 @@ def compute_magnitude_masks(pairs: Iterable[Tuple[MaskLearner, torch.Tensor]],
             learner._source = Source(weight, learner.mask)
 
 
-LEARNERS = {cls.method: cls for cls in (SRSTEMask, FixedMask)}
+class UnstructuredMask(MaskLearner):
+    """Unstructured magnitude mask over the whole layer at a given density, method name
+    ``'unstructured'``: the reference N:M methods are measured against (same density, no
+    structure), and interspace pruning's setting in its paper.
+
+    NOT hardware-valid N:M: the sparsity report flags such layers as not N:M. ``n`` and ``m``
+    only set the default density ``n / m`` (same overall rate as the N:M runs).
+
+    Args:
+        density: fraction of coefficients kept, over the whole layer.
+        interval: ``0`` (default): one-shot mask of the loaded coefficients, then fixed, pruned
+            coefficients zeroed (ASP-like). ``> 0``: recompute the mask every ``interval``
+            iterations from the dense latent coefficients, with the SR-STE backward.
+        decay: SR-STE ``lambda_w`` when ``interval > 0``.
+    """
+
+    method = 'unstructured'
+    nm = False
+    not_nm_note = 'unstructured magnitude mask: not N:M by design'
+
+    def __init__(self, weight_shape, n, m, density: Optional[float] = None, interval: int = 0,
+                 decay: float = 2e-4):
+        super().__init__(weight_shape, n, m)
+        self.density = self.n / self.m if density is None else float(density)
+        if not 0.0 < self.density <= 1.0:
+            raise ConfigError(f'density must be in (0, 1], got {self.density}')
+        if interval < 0:
+            raise ConfigError(f'interval must be >= 0, got {interval}')
+        self.interval = int(interval)
+        self.decay = float(decay)
+
+    def forward(self, weight):
+        if self.interval:
+            return srste(weight, self.mask, self.decay)
+        return apply_mask(weight, self.mask)
+
+    def initialize(self, weight):
+        self.mask.copy_(unstructured_mask(weight, self.density))
+        self.needs_init = False
+        if not self.interval:
+            with torch.no_grad():
+                weight.mul_(self.mask)
+
+    def refresh(self, weight, iteration):
+        if self.needs_init or (self.interval and iteration % self.interval == 0):
+            self.initialize(weight)
+
+    def extra_repr(self):
+        return (f'unstructured density={self.density:.4g} (not N:M), interval={self.interval}'
+                + (f', decay={self.decay}' if self.interval else ''))
+
+
+LEARNERS = {cls.method: cls for cls in (SRSTEMask, FixedMask, UnstructuredMask)}
 
 
 def register_learner(cls):
@@ -235,9 +307,30 @@ def register_learner(cls):
     return cls
 
 
+def learner_class(method: str) -> type:
+    """The :class:`MaskLearner` registered as ``method``."""
+    if method not in LEARNERS:
+        raise ConfigError(f'Unknown mask learner {method!r}; choose one of {sorted(LEARNERS)}.')
+    return LEARNERS[method]
+
+
+def learner_options(method: str) -> Tuple[str, ...]:
+    """The keyword options of the learner ``method`` (its constructor's arguments after
+    ``weight_shape, n, m``)."""
+    params = list(inspect.signature(learner_class(method).__init__).parameters)
+    return tuple(p for p in params if p not in ('self', 'weight_shape', 'n', 'm'))
+
+
+def check_options(section: str, given: dict, allowed) -> None:
+    """Raise :class:`ConfigError` naming ``section`` if ``given`` has keys not in ``allowed``."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ConfigError(f'Unknown {section} option(s) {unknown}; valid ones are '
+                          f'{sorted(allowed)}.')
+
+
 def build_learner(method: str, weight_shape: torch.Size, n: int, m: int,
                   **kwargs) -> MaskLearner:
     """Build the learner named ``method`` (``'srste'``, ``'asp'``, ``'lbc'``, ...)."""
-    if method not in LEARNERS:
-        raise ValueError(f'Unknown mask learner {method!r}; choose one of {sorted(LEARNERS)}.')
-    return LEARNERS[method](weight_shape, n, m, **kwargs)
+    check_options(f'learner ({method!r})', kwargs, learner_options(method))
+    return learner_class(method)(weight_shape, n, m, **kwargs)

@@ -14,18 +14,19 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import ConfigError
 
 def check_nm(n: int, m: int) -> Tuple[int, int]:
     """Validate an N:M ratio and return it as ints.
 
     Raises:
-        ValueError: if ``not 1 <= n < m`` (with the fix in the message).
+        ConfigError: (a ``ValueError``) if ``not 1 <= n < m`` (with the fix in the message).
     """
     if isinstance(n, bool) or isinstance(m, bool) or int(n) != n or int(m) != m:
-        raise ValueError(f'N:M must be integers, got {n!r}:{m!r}. Use e.g. n=2, m=4.')
+        raise ConfigError(f'N:M must be integers, got {n!r}:{m!r}. Use e.g. n=2, m=4.')
     n, m = int(n), int(m)
     if not 1 <= n < m:
-        raise ValueError(
+        raise ConfigError(
             f'Invalid N:M {n}:{m}: it needs 1 <= N < M (at most N non-zeros in every group of '
             f'M). Use e.g. n=2, m=4, the 2:4 pattern NVIDIA sparse tensor cores accelerate.')
     return n, m

@@ -26,9 +26,14 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .layers import SparseConv2d
 from .learners import DerivedStateMixin, Source
 from .nm import unstructured_mask
+
+#: the options of SpRe's branch (``SparseResNet``'s ``sparsity.spre``); ``rep_bn_train`` keeps
+#: the branch BN on batch statistics while ``norm_eval`` freezes the others (the backbone's)
+SPRE_OPTIONS = ('rep_gamma', 'spatial_interval', 'rep_bn_train')
 
 
 def spatial_mask(weight: torch.Tensor, n: int, m: int,
@@ -154,8 +159,11 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
         spatial_interval: refresh ``S`` every this many iterations.
     """
 
-    derived_state = ('spatial',)
-    report_suffix = '+spre'
+    #: attribute names (and state-dict key suffixes) of the extra weight and of ``S``
+    REP_WEIGHT = 'weight_rep'
+    SPATIAL = 'spatial'
+    derived_state = (SPATIAL,)
+    structure = 'spre'
     # nn.Conv2d is listed among the direct bases so that mmengine's init_cfg (layer='Conv2d'),
     # which matches direct base names only, initializes the main weight like a dense conv.
 
@@ -165,14 +173,16 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
         if conv.bias is not None or conv.groups != 1:
             raise ValueError('SpRe needs a bias-free, ungrouped conv followed by BatchNorm; got '
                              f'{conv}.')
-        if spatial_interval < 1:
-            raise ValueError(f'spatial_interval must be >= 1, got {spatial_interval}')
+        if isinstance(spatial_interval, bool) or int(spatial_interval) != spatial_interval or \
+                spatial_interval < 1:
+            raise ConfigError(f'SpRe spatial_interval must be a whole number >= 1 (refresh S '
+                              f'every this many iterations), got {spatial_interval!r}.')
         layer = super().from_dense(conv, method, n, m, **learner_kwargs)
         layer.spatial_interval = int(spatial_interval)
-        layer.weight_rep = nn.Parameter(torch.empty_like(conv.weight))
+        layer.register_parameter(cls.REP_WEIGHT, nn.Parameter(torch.empty_like(conv.weight)))
         nn.init.kaiming_normal_(layer.weight_rep, mode='fan_in')
-        layer.register_buffer('spatial', torch.ones(conv.kernel_size, dtype=conv.weight.dtype,
-                                                    device=conv.weight.device))
+        layer.register_buffer(cls.SPATIAL, torch.ones(conv.kernel_size, dtype=conv.weight.dtype,
+                                                      device=conv.weight.device))
         return layer
 
     def refresh(self, iteration: int) -> None:
@@ -217,7 +227,7 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
         weight = torch.cat([self.sparsity(self.weight), self.rep_weight()])
         return self._conv_forward(x, weight, None)  # 2 * O channels: [main | rep]
 
-    def to_deploy(self):
+    def to_deploy(self, interspace_form: str = 'basis'):
         raise RuntimeError('A SpReConv2d is deployed together with its SpReBatchNorm2d: use '
                            'SpReBatchNorm2d.fold (reparameterize() does).')
 
@@ -278,6 +288,16 @@ class SpReBatchNorm2d(nn.BatchNorm2d):
             return x + self._scales_and_bias()[2].view(1, -1, 1, 1)
         main, rep = x.chunk(2, dim=1)
         return super().forward(main) + self.rep_bn(rep)
+
+    @torch.no_grad()
+    def branch_ratio(self, conv: SpReConv2d) -> float:
+        """How much the extra branch contributes: ``||K_rep|| / ||K_main||`` of the folded
+        kernels (Frobenius norms, running statistics). 0 while ``gamma_rep`` is 0: the block is
+        then exactly the plain N:M conv."""
+        mask = conv.sparsity.mask
+        k_main, _ = fold_batchnorm(conv.weight * mask, self)
+        k_rep, _ = fold_batchnorm(conv.weight_rep * (mask * conv.spatial), self.rep_bn)
+        return float(k_rep.norm() / k_main.norm().clamp_min(1e-12))
 
     @torch.no_grad()
     def fold(self, conv: SpReConv2d) -> Tuple[nn.Conv2d, nn.BatchNorm2d]:

@@ -38,6 +38,7 @@ def deploy_model(tmp_path_factory):
     return config, checkpoint
 
 
+@pytest.mark.slow  # runs the tool in a subprocess
 def test_cli_cpu_reports_validity_numerics_and_null_timings(deploy_model, tmp_path):
     """On CPU the CLI exits 0, says it needs an Ampere+ GPU, and writes JSON with null timings."""
     config, checkpoint = deploy_model

@@ -145,3 +145,22 @@ def test_report_files(tmp_path, timed):
     table = format_layer_table(layers)
     assert 'l1' in table and ('1.33' in table) is timed
     assert 'backbone' in format_e2e_table(e2e)
+
+
+def test_records_decide_which_layers_are_kernel_candidates():
+    """With a checkpoint's records, a 2:4 layer is a candidate, a 1:8 one is not (the kernels
+    run 2:4 only) and a layer without a record is not either, each with the reason."""
+    from spre_mmdet.benchmark.layers import check_layers
+    from spre_mmdet.sparsity import (refresh_masks, reparameterize, sparse_layer_records,
+                                     sparsify_layer)
+    net = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, bias=False),
+                              torch.nn.Conv2d(8, 8, 1, bias=False),
+                              torch.nn.Conv2d(8, 8, 1, bias=False))
+    sparsify_layer(net, '0', 'srste', 2, 4)
+    sparsify_layer(net, '1', 'srste', 1, 8)
+    refresh_masks(net, 0)
+    records = sparse_layer_records(net)
+    rows = {r.name: r for r in check_layers(reparameterize(net.eval()), records=records)}
+    assert rows['0'].candidate and rows['0'].valid
+    assert not rows['1'].candidate and 'trained 1:8' in rows['1'].status
+    assert not rows['2'].candidate and 'not trained sparse' in rows['2'].status

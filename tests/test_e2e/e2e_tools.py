@@ -32,8 +32,15 @@ def tiny_run_config(root: Path, base: Path, overrides: str, seed: int) -> Path:
     ``base`` on it with :data:`TINY_RUN` and ``overrides``; return the config's path."""
     data = root / 'toy_coco'
     generate_synthetic_coco(str(data), num_train=8, num_val=4, seed=seed)
-    config = root / f'{base.stem}_tiny.py'
-    config.write_text(TINY_RUN.format(base=str(base), data_root=str(data) + '/') + overrides)
+    return tiny_config(root, base, overrides)
+
+
+def tiny_config(root: Path, base: Path, overrides: str = '', name: str = None) -> Path:
+    """A config running ``base`` on the tiny set already under ``root`` (see
+    :func:`tiny_run_config`), with ``overrides``; written as ``root/<name>.py``."""
+    config = root / f'{name or base.stem + "_tiny"}.py'
+    config.write_text(TINY_RUN.format(base=str(base), data_root=str(root / 'toy_coco') + '/')
+                      + overrides)
     return config
 
 

@@ -13,6 +13,8 @@ from e2e_tools import (REPO, check, load_predictions, load_state, logged_metric,
                        stock_metrics, tiny_run_config, tool_env)
 from spre_mmdet.sparsity import check_nm_tensor
 
+pytestmark = pytest.mark.slow  # trains detectors through the tools (minutes)
+
 IP_TOY = REPO / 'configs' / 'toy' / 'mask_rcnn_r18_ip_srste_2x4_toy.py'
 
 OVERRIDES = '''

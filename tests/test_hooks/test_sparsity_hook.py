@@ -1,5 +1,6 @@
 """SparsityHook and ReparameterizeHook on mmengine's toy runner (RunnerTestCase)."""
 import json
+import os
 import os.path as osp
 
 import torch
@@ -7,7 +8,8 @@ from mmengine.registry import MODELS
 from mmengine.testing import RunnerTestCase
 from mmengine.testing.runner_test_case import ToyModel
 
-from spre_mmdet.hooks import SparsityHook
+from spre_mmdet.errors import ConfigError, ExportError
+from spre_mmdet.hooks import ReparameterizeHook, SparsityHook
 from spre_mmdet.sparsity import nm_mask, sparsify_layer
 
 
@@ -51,7 +53,7 @@ class TestSparsityHook(RunnerTestCase):
         """After every optimizer step the mask is the N:M mask of the updated weight."""
         recorder = RecordMasks()
         cfg = self.epoch_based_cfg
-        cfg.custom_hooks = [dict(type='mmdet.SparsityHook', log_interval=1)]
+        cfg.custom_hooks = [dict(type='SparsityHook', log_interval=1)]
         cfg.randomness = dict(seed=0)  # unseeded, some inits never flip the mask in 8 steps
         runner = self.build_runner(cfg)
         runner.register_hook(recorder)
@@ -66,21 +68,101 @@ class TestSparsityHook(RunnerTestCase):
     def test_logs_density_and_writes_report(self):
         """Density is logged through the message hub; the report lists every layer."""
         cfg = self.epoch_based_cfg
-        cfg.custom_hooks = [dict(type='mmdet.SparsityHook', log_interval=1)]
+        cfg.custom_hooks = [dict(type='SparsityHook', log_interval=1)]
         runner = self.build_runner(cfg)
         runner.train()
         density = runner.message_hub.get_scalar('train/density/all').current()
         assert density == 2 / 4  # linear1: 1 of 2 kept; linear2 is dense and not counted
         rows = json.load(open(osp.join(runner.work_dir, 'sparsity_report.json')))
         assert [r['name'] for r in rows] == ['linear1', 'linear2']
-        assert rows[0]['valid'] and rows[0]['kind'] == 'srste'
+        assert rows[0]['valid'] and rows[0]['method'] == 'srste' and rows[0]['pattern'] == '1:2'
         assert 'dense' in rows[1]['status']
 
     def test_refuses_a_model_without_sparse_layers(self):
         """The hook on a dense model is a configuration error, named as such."""
         cfg = self.epoch_based_cfg
         cfg.model = dict(type='ToyModel')
-        cfg.custom_hooks = [dict(type='mmdet.SparsityHook')]
+        cfg.custom_hooks = [dict(type='SparsityHook')]
         runner = self.build_runner(cfg)
-        with self.assertRaisesRegex(RuntimeError, 'no sparse layers'):
+        with self.assertRaisesRegex(ConfigError, 'no sparse layers'):
             runner.train()
+
+
+class LBCToyModel(ToyModel):
+    """mmengine's ToyModel with linear1 made 1:2 LBC sparse; ``lbc`` are the learner options."""
+
+    lbc = dict(t_f=6)
+
+    def __init__(self, data_preprocessor=None):
+        super().__init__(data_preprocessor)
+        sparsify_layer(self, 'linear1', 'lbc', 1, 2, **self.lbc)
+
+
+class TestSchedulesCheckedBeforeTraining(RunnerTestCase):
+    """The toy run has 2 epochs x 4 iterations = 8 iterations."""
+
+    def setUp(self):
+        super().setUp()
+        self.epoch_based_cfg.env_cfg = dict(dist_cfg=dict(backend='gloo'))
+        self.epoch_based_cfg.custom_hooks = [dict(type='SparsityHook')]
+
+    def build_lbc_runner(self, **lbc):
+        LBCToyModel.lbc = lbc
+        MODELS.register_module(module=LBCToyModel, force=True)
+        self.epoch_based_cfg.model = dict(type='LBCToyModel')
+        self.epoch_based_cfg.optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.01))
+        return self.build_runner(self.epoch_based_cfg)
+
+    def test_schedule_ending_after_the_run_fails_before_the_first_iteration(self):
+        """An LBC t_f after the last iteration is refused in before_train, naming t_f."""
+        runner = self.build_lbc_runner(t_f=29320)
+        with self.assertRaisesRegex(ConfigError, r't_f=29320.*8-iteration run|8-iteration.*'
+                                                 r't_f=29320'):
+            runner.train()
+        assert runner.iter == 0
+
+    def test_span_is_resolved_from_the_run_length_and_ends_final(self):
+        """span=(0, 0.5) becomes t_i=0, t_f=4 of 8 iterations; the run ends exactly 1:2."""
+        runner = self.build_lbc_runner(span=(0, 0.5))
+        runner.train()
+        learner = runner.model.linear1.sparsity
+        assert (learner.t_i, learner.t_f) == (0, 4)
+        assert learner.is_final
+
+
+class TestReparameterizeHookChecks(RunnerTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.epoch_based_cfg.env_cfg = dict(dist_cfg=dict(backend='gloo'))
+
+    def test_dense_model_fails_before_training(self):
+        """ReparameterizeHook on a dense model is refused before the first iteration."""
+        cfg = self.epoch_based_cfg
+        cfg.custom_hooks = [dict(type='ReparameterizeHook')]
+        runner = self.build_runner(cfg)
+        with self.assertRaisesRegex(ConfigError, 'no sparse layers'):
+            runner.train()
+        assert runner.iter == 0
+
+    def test_work_dir_as_target_is_refused_at_build(self):
+        """out_dir '' or '.' (the work dir itself) is refused when the hook is built."""
+        for out_dir in ('', '.', './'):
+            with self.assertRaisesRegex(ConfigError, 'work dir itself'):
+                ReparameterizeHook(out_dir=out_dir)
+
+    def test_target_with_foreign_files_fails_before_training_and_keeps_them(self):
+        """An absolute out_dir holding other files is refused before training; files kept."""
+        MODELS.register_module(module=SparseToyModel, force=True)
+        target = osp.join(self.temp_dir.name, 'precious')
+        os.makedirs(target)
+        with open(osp.join(target, 'notes.txt'), 'w') as f:
+            f.write('mine')
+        cfg = self.epoch_based_cfg
+        cfg.model = dict(type='SparseToyModel')
+        cfg.custom_hooks = [dict(type='ReparameterizeHook', out_dir=target)]
+        runner = self.build_runner(cfg)
+        with self.assertRaisesRegex(ExportError, 'did not write'):
+            runner.train()
+        assert runner.iter == 0
+        assert open(osp.join(target, 'notes.txt')).read() == 'mine'

@@ -4,6 +4,8 @@ import torch
 from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 
+from spre_mmdet.errors import ConfigError
+
 from spre_mmdet.sparsity import (InterspaceConv2d, InterspaceDeployConv2d, SparseConv2d,
                                  SpReBatchNorm2d, SpReConv2d, check_nm_tensor, nm_mask,
                                  refresh_masks, reparameterize, sparse_layers)
@@ -117,10 +119,20 @@ def test_deploy_structure_without_interspace_is_the_stock_resnet():
     (dict(spre=dict(), interspace=dict()), 'set one of them to None'),
     (dict(learner=dict(type='magic')), 'Unknown mask learner'),
     (dict(stages=(True,)), '4 entries'),
+    # each sub-dict is checked against its own options, and the section is named
+    (dict(spre=dict(interval=50)), r"Unknown spre option\(s\) \['interval'\]"),
+    (dict(spre=dict(spatial_interval=0)), 'spatial_interval must be a whole number >= 1'),
+    (dict(learner=dict(type='srste', rep_gamma=1.0)),
+     r"Unknown learner \('srste'\) option\(s\) \['rep_gamma'\]"),
+    (dict(learner=dict(type='srste', interval=0)), 'interval must be a whole number >= 1'),
+    (dict(learner=dict(type='lbc', t_f=100, span=(0, 0.5))), 'not both'),
+    (dict(learner=dict(type='lbc', span=(0.5, 0.2))), '0 <= begin < end <= 1'),
+    (dict(interspace=dict(density=0.5)), r"Unknown interspace \(pruning='nm'\) option"),
+    (dict(interspace=dict(pruning='magic')), 'Unknown interspace pruning'),
 ])
 def test_bad_sparsity_config_is_refused_with_the_fix(sparsity, message):
-    """Invalid N:M and options raise ValueError naming the fix."""
-    with pytest.raises(ValueError, match=message):
+    """Invalid N:M and options raise ConfigError (a ValueError) naming the fix."""
+    with pytest.raises(ConfigError, match=message):
         build(depth=18, sparsity=sparsity)
 
 

@@ -75,8 +75,9 @@ def reference_nm_mask(weight, n: int, m: int) -> np.ndarray:
 
 
 def reference_unstructured_keep_count(numel: int, density) -> int:
-    """``round(density * numel)`` computed exactly (density may be a Fraction)."""
-    return int(round(Fraction(density).limit_denominator(10 ** 6) * numel))
+    """``round(density * numel)`` with the float density the mask gets: at an exact half
+    (``0.01 * 50``) the float product decides, e.g. ``0.010000000000000002 * 50`` keeps 1."""
+    return int(round(float(density) * numel))
 
 
 def reference_spatial_mask(weight, n: int, m: int) -> np.ndarray:

@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from helpers import assert_nm_pattern, reference_nm_mask, reference_spatial_mask
+from spre_mmdet.errors import ExportError
 from spre_mmdet.sparsity import (NotFinalError, SparseConv2d, SparseLinear, SpReConv2d,
                                  SRSTEMask, format_report, initialize_masks, refresh_masks,
-                                 reparameterize, sparse_layers, sparsify_layer, sparsity_report)
+                                 reparameterize, sparse_layer_records, sparse_layers, sparsify_layer,
+                                 sparsity_report)
 
 
 class Net(nn.Module):
@@ -100,8 +102,8 @@ def test_sparsify_layer_argument_errors():
 
 
 def test_reparameterize_refuses_dense_model():
-    """reparameterize on a model without sparse layers raises ValueError naming the fix."""
-    with pytest.raises(ValueError, match='sparse config'):
+    """reparameterize on a model without sparse layers raises ExportError naming the fix."""
+    with pytest.raises(ExportError, match='sparse config'):
         reparameterize(_net(0))
 
 
@@ -146,26 +148,44 @@ def test_reparameterize_names_the_not_final_layer():
 
 
 def test_sparsity_report_rows():
-    """Every conv/linear is listed once; sparse layers valid, dense ones say why not."""
+    """Every conv/linear is listed once; sparse layers carry their record (method, own N:M) and
+    are valid, dense ones say why not."""
     net = _net(2)
     _sparsify(net)
     refresh_masks(net, 0)
-    rows = {row.name: row for row in sparsity_report(net, 2, 4)}
+    rows = {row.name: row for row in sparsity_report(net)}
     expected = {name for name, mod in net.named_modules()
                 if isinstance(mod, (nn.Conv2d, nn.Linear))}
     assert set(rows) == expected == {'stem', 'conv3', 'conv1', 'dw', 'fc'}
-    assert rows['stem'].kind == 'dense' and not rows['stem'].valid
+    assert rows['stem'].method == 'dense' and rows['stem'].valid is None
     assert '3 input channels are not divisible by M=4' in rows['stem'].status
-    assert rows['dw'].kind == 'dense' and not rows['dw'].valid
+    assert rows['dw'].method == 'dense' and rows['dw'].valid is None
     assert rows['dw'].status.startswith('dense (not selected)')
-    assert rows['conv3'].kind == 'srste+spre' and rows['conv1'].kind == 'srste'
+    assert rows['conv3'].method == 'srste+spre' and rows['conv1'].method == 'srste'
     for name in ('conv3', 'conv1', 'fc'):
         assert rows[name].valid and 'valid' in rows[name].status
-        assert rows[name].density <= 0.5
+        assert rows[name].pattern == '2:4' and rows[name].density <= 0.5
         assert rows[name].shape == tuple(net.get_submodule(name).weight.shape)
     assert rows['stem'].density == 1.0
     text = format_report(list(rows.values()))
     assert all(name in text for name in rows)
+
+
+def test_each_layer_reports_its_own_pattern():
+    """Layers of different N:M in one model are each checked against their own pattern."""
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, bias=False), nn.Conv2d(8, 8, 1, bias=False))
+    sparsify_layer(net, '0', 'srste', 2, 4)
+    sparsify_layer(net, '1', 'srste', 1, 8)
+    refresh_masks(net, 0)
+    rows = {row.name: row for row in sparsity_report(net)}
+    assert (rows['0'].pattern, rows['1'].pattern) == ('2:4', '1:8')
+    assert rows['0'].valid and rows['1'].valid
+    assert rows['1'].density == pytest.approx(1 / 8)
+    records = {r.name: r for r in sparse_layer_records(net)}
+    assert (records['1'].n, records['1'].m, records['1'].tensor) == (1, 8, '1.weight')
+    deployed = reparameterize(net.eval())
+    deploy_rows = {row.name: row for row in sparsity_report(deployed, list(records.values()))}
+    assert deploy_rows['1'].pattern == '1:8' and deploy_rows['1'].valid
 
 
 def test_refresh_masks_recomputes_stale_masks():

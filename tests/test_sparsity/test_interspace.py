@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import assert_nm_pattern
-from spre_mmdet.sparsity import (check_nm_tensor, refresh_masks, reparameterize, sparse_kinds,
-                                 sparsify_layer, sparsity_report)
+from spre_mmdet.sparsity import (check_nm_tensor, refresh_masks, reparameterize,
+                                 sparse_layer_records, sparsify_layer, sparsity_report)
+from spre_mmdet.sparsity import UnstructuredMask
 from spre_mmdet.sparsity.interspace import (InterspaceConv2d, InterspaceDeployConv2d,
-                                            UnstructuredMask, interspace_layer,
-                                            merge_interspace, pixel_basis)
+                                            pixel_basis)
 
 CLOSE = dict(atol=1e-5, rtol=1e-4)
 EXACT = dict(atol=1e-6, rtol=0)
@@ -87,7 +87,7 @@ def test_dense_checkpoint_loads_through_mmengine():
     from mmengine.runner.checkpoint import load_state_dict
     dense = nn.Sequential(nn.Conv2d(8, 8, 1), make_conv(padding=1))
     model = nn.Sequential(nn.Conv2d(8, 8, 1), make_conv(seed=3, padding=1))
-    interspace_layer(model, '1', 'srste', 2, 4)
+    sparsify_layer(model, '1', 'srste', 2, 4, interspace=dict())
     load_state_dict(model, dense.state_dict(), strict=True)  # raises on missing/unexpected
     x = torch.randn(1, 8, 9, 9)
     torch.testing.assert_close(model(x), dense(x), **EXACT)
@@ -166,26 +166,29 @@ def test_deploy_state_dict_loads_into_shell_of_same_geometry():
 
 
 def test_report_of_deploy_model_names_methods_and_checks_gemm():
-    """The deploy model's report: the interspace conv is one row checking its 1x1 weight, the
-    plain layers that were sparse keep their method, untouched layers are dense."""
+    """The deploy model's report from the training model's records: the interspace conv is one
+    row checking its 1x1 weight, the plain layers that were sparse keep their method, untouched
+    layers are dense."""
     model = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.ReLU(),
                           nn.Conv2d(8, 12, 3, padding=1, bias=False),
                           nn.Conv2d(12, 4, 1, bias=False))
-    interspace_layer(model, '2', 'srste', 2, 4)
+    sparsify_layer(model, '2', 'srste', 2, 4, interspace=dict())
     sparsify_layer(model, '3', 'srste', 2, 4)
     train_steps(model[2])
     refresh_masks(model, 10)
+    records = sparse_layer_records(model)
+    assert [r.tensor for r in records] == ['2.gemm.weight', '3.weight']
     deployed = reparameterize(model.eval())
-    rows = {r.name: r for r in sparsity_report(deployed, 2, 4, trained=sparse_kinds(model))}
+    rows = {r.name: r for r in sparsity_report(deployed, records)}
     assert sorted(rows) == ['0', '2', '3']  # no rows for the deploy module's parts
-    assert rows['2'].kind == 'srste+ip basis+1x1' and rows['2'].valid
+    assert rows['2'].method == 'srste+interspace' and rows['2'].valid
     assert rows['2'].shape == (12, 72, 1, 1) and rows['2'].density == pytest.approx(0.5)
-    assert rows['3'].kind == 'srste' and rows['3'].valid and '2:4 valid' in rows['3'].status
-    assert rows['0'].kind == 'dense'
+    assert rows['3'].method == 'srste' and rows['3'].valid and '2:4 valid' in rows['3'].status
+    assert rows['0'].method == 'dense'
     with torch.no_grad():  # a violated deployed GEMM is reported, not hidden
         deployed[2].gemm.weight.fill_(1.0)
-    row = {r.name: r for r in sparsity_report(deployed, 2, 4)}['2']
-    assert row.kind == 'ip basis+1x1' and not row.valid and 'exceed' in row.status
+    row = {r.name: r for r in sparsity_report(deployed, records)}['2']
+    assert row.method == 'srste+interspace' and not row.valid and 'exceed' in row.status
 
 
 def test_gradients_match_explicit_reference():
@@ -261,8 +264,9 @@ def test_unstructured_is_reported_not_nm():
     model = nn.Sequential(InterspaceConv2d.from_dense(make_conv(padding=1), 'asp', 2, 4,
                                                       'unstructured', density=0.3))
     refresh_masks(model, 0)
-    (row,) = sparsity_report(model, 2, 4)
-    assert row.kind == 'unstructured+ip' and not row.valid
+    (row,) = sparsity_report(model)
+    assert row.method == 'unstructured+interspace' and row.valid is None
+    assert 'not N:M by design' in row.status
     assert row.density == pytest.approx(0.3, abs=1e-3)
 
 
@@ -271,11 +275,11 @@ def test_refresh_report_and_reparameterize_integrate():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.ReLU(),
                           nn.Conv2d(8, 12, 3, padding=1, bias=False))
-    assert interspace_layer(model, '0', 'srste', 2, 4) is not None  # 1x1: left alone
-    assert interspace_layer(model, '2', 'srste', 2, 4) is None
+    assert sparsify_layer(model, '0', 'srste', 2, 4, interspace=dict()) is not None  # 1x1
+    assert sparsify_layer(model, '2', 'srste', 2, 4, interspace=dict()) is None
     train_steps(model[2])
     refresh_masks(model, 10)
-    rows = {r.name: r for r in sparsity_report(model, 2, 4)}
+    rows = {r.name: r for r in sparsity_report(model)}
     assert rows['2'].valid and rows['2'].shape == (12, 8, 9)
     assert rows['2'].density == pytest.approx(0.5)
     model.eval()
@@ -286,18 +290,21 @@ def test_refresh_report_and_reparameterize_integrate():
         torch.testing.assert_close(deployed(x), model(x), **CLOSE)
 
 
-def test_merge_interspace_gives_stock_architecture():
-    """merge_interspace keeps module names: the result loads into the original dense model."""
+def test_merged_deploy_form_gives_stock_architecture():
+    """reparameterize(interspace_form='merged') keeps module names: the result loads into the
+    original dense model and computes the same function; its record says not N:M."""
     dense = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1))
     model = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1))
-    interspace_layer(model, '2', 'srste', 2, 4)
+    sparsify_layer(model, '2', 'srste', 2, 4, interspace=dict())
     train_steps(model[2])
-    merged = merge_interspace(model)
+    merged = reparameterize(model, interspace_form='merged')
     assert isinstance(model[2], InterspaceConv2d)  # not in place by default
     dense.load_state_dict(merged.state_dict(), strict=True)
     x = torch.randn(1, 8, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(dense(x), model(x), **CLOSE)
+    (record,) = sparse_layer_records(model, 'merged')
+    assert record.tensor == '2.weight' and not record.nm and 'merged' in record.note
 
 
 def test_incompatible_convs_are_skipped_with_reason():
@@ -306,10 +313,11 @@ def test_incompatible_convs_are_skipped_with_reason():
     parent.a = nn.Conv2d(8, 8, 1)
     parent.b = nn.Conv2d(8, 8, 3, groups=2)
     parent.c = nn.Conv2d(3, 8, 3)
-    assert '1x1' in interspace_layer(parent, 'a', 'srste', 2, 4)
-    assert 'grouped' in interspace_layer(parent, 'b', 'srste', 2, 4)
-    assert 'not divisible' in interspace_layer(parent, 'c', 'srste', 2, 4)
-    assert interspace_layer(parent, 'c', 'asp', 2, 4, 'unstructured') is None
+    assert '1x1' in sparsify_layer(parent, 'a', 'srste', 2, 4, interspace=dict())
+    assert 'grouped' in sparsify_layer(parent, 'b', 'srste', 2, 4, interspace=dict())
+    assert 'not divisible' in sparsify_layer(parent, 'c', 'srste', 2, 4, interspace=dict())
+    assert sparsify_layer(parent, 'c', 'asp', 2, 4,
+                          interspace=dict(pruning='unstructured')) is None
     assert all(type(getattr(parent, k)) is nn.Conv2d for k in 'ab')
     with pytest.raises(ValueError, match='pruning'):
         InterspaceConv2d.from_dense(nn.Conv2d(8, 8, 3), 'srste', 2, 4, pruning='blocks')

@@ -9,6 +9,8 @@ import textwrap
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # starts 2 distributed processes
+
 TOY_MODULE = '''
 import json
 import os

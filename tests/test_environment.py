@@ -1,0 +1,40 @@
+"""spre_mmdet.environment: the record of what a figure was measured in (tools/demo.py writes it)."""
+import json
+from importlib import metadata
+
+import numpy as np
+import torch
+
+from spre_mmdet.environment import (DISTRIBUTIONS, THREAD_ENV_VARS, collect_environment,
+                                    write_environment)
+
+
+def test_collect_environment_fields(monkeypatch):
+    monkeypatch.setenv('OMP_NUM_THREADS', '3')
+    monkeypatch.delenv('MKL_NUM_THREADS', raising=False)
+    env = collect_environment()
+    for key in ('python', 'platform', 'machine', 'cpu', 'torch', 'mmcv', 'mmengine', 'mmdet',
+                'numpy', 'opencv', 'pycocotools', 'distributions', 'env'):
+        assert key in env, key
+    assert env['torch']['version'] == torch.__version__
+    assert env['torch']['cuda_build'] == torch.version.cuda
+    assert env['torch']['num_threads'] == torch.get_num_threads()
+    assert env['numpy'] == np.__version__
+    assert env['mmcv']['version'] is not None
+    assert env['opencv']['version'] is not None
+    assert env['cpu']['model']
+    assert set(env['distributions']) == set(DISTRIBUTIONS)
+    assert env['distributions']['torch'] == metadata.version('torch')
+    assert env['distributions']['mmdet'] == '3.3.0'
+    # exactly one distribution provides cv2 in a clean install; record them all
+    assert any(env['distributions'][d] for d in DISTRIBUTIONS if d.startswith('opencv'))
+    assert set(env['env']) == set(THREAD_ENV_VARS)
+    assert env['env']['OMP_NUM_THREADS'] == '3'
+    assert env['env']['MKL_NUM_THREADS'] is None
+    json.dumps(env)  # serialisable as is
+
+
+def test_write_environment(tmp_path):
+    path = tmp_path / 'sub' / 'environment.json'
+    env = write_environment(str(path))
+    assert json.loads(path.read_text()) == json.loads(json.dumps(env))

@@ -1,0 +1,111 @@
+"""spre_mmdet.sweep: the grid, the statistics, resumable running and the report."""
+import json
+import math
+
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+from spre_mmdet.sweep import classification_grid, detection_grid, paired_difference, summarize
+from spre_mmdet.sweep import run as sweep_run
+from spre_mmdet.sweep.grid import METHODS, parse_pattern
+from spre_mmdet.sweep.report import kernel_positions, write_report
+
+
+def test_grid_has_dense_once_per_seed_and_every_method_pattern_seed():
+    """6 methods x 4 patterns x 3 seeds, dense once per seed: 3 + 5 * 4 * 3 = 63 cells."""
+    cells = classification_grid()
+    assert len(cells) == 63 and len({c.name for c in cells}) == 63
+    assert sum(c.method == 'dense' for c in cells) == 3
+    assert {c.pattern for c in cells if c.method == 'spre'} == {'2:4', '1:4', '1:8', '1:16'}
+    assert [c.seed for c in cells] == sorted(c.seed for c in cells)  # seed-major order
+    assert len(detection_grid()) == 2 + 2 * 2 * 2
+    with pytest.raises(ValueError, match='Unknown methods'):
+        classification_grid(methods=['magic'])
+    assert parse_pattern('1:16') == (1, 16)
+
+
+def test_every_method_config_exists(repo_root):
+    """Each method of the grid runs a shipped config."""
+    for config in METHODS.values():
+        assert (repo_root / config).is_file(), config
+
+
+def _records():
+    values = {('srste', '1:8'): [40.0, 41.0, 39.5], ('spre', '1:8'): [41.0, 42.2, 40.3],
+              ('dense', 'dense'): [45.0, 44.0, 46.0]}
+    return [dict(task='cls', method=method, pattern=pattern, seed=seed, top1=value,
+                 n=None if method == 'dense' else 1, m=None if method == 'dense' else 8,
+                 name=f'{method}_{pattern}_s{seed}', wall_s=1.0)
+            for (method, pattern), seeds in values.items() for seed, value in enumerate(seeds)]
+
+
+def test_summary_is_mean_sample_std_and_student_t_interval():
+    """Per cell: mean, sample std and the 95% t-interval, matching scipy's."""
+    row = next(r for r in summarize(_records(), 'top1') if r['method'] == 'spre')
+    values = [41.0, 42.2, 40.3]
+    mean = sum(values) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+    low, high = scipy_stats.t.interval(0.95, 2, loc=mean, scale=std / math.sqrt(3))
+    assert row['mean'] == pytest.approx(mean) and row['std'] == pytest.approx(std)
+    assert (row['ci_low'], row['ci_high']) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_paired_difference_pairs_by_seed():
+    """SpRe - SR-STE is taken seed by seed: diffs (1, 1.2, 0.8), whose 95% interval
+    (1 +- 4.30 * 0.2 / sqrt(3)) excludes 0."""
+    diff = paired_difference(_records(), 'top1', 'spre', 'srste', '1:8')
+    assert diff['diffs'] == pytest.approx([1.0, 1.2, 0.8]) and diff['seeds'] == [0, 1, 2]
+    assert diff['mean'] == pytest.approx(1.0)
+    assert diff['excludes_zero'] and diff['ci_low'] > 0
+    assert paired_difference(_records(), 'top1', 'spre', 'lbc', '1:8') is None
+
+
+def test_report_tables_and_plots(tmp_path):
+    """The report lists every method and the paired differences, and draws the plot."""
+    path = write_report(_records(), str(tmp_path))
+    text = open(path).read()
+    assert '| spre (3 seeds) | 41.17 ± 0.96' in text
+    assert '| spre − srste | +1.00 [' in text and ' *' in text
+    assert (tmp_path / 'accuracy_vs_sparsity.png').stat().st_size > 1000
+
+
+def test_kernel_positions_of_a_known_kernel():
+    """Pruned fraction and relative weight per 3x3 position of a hand-made deploy model."""
+    model = torch.nn.Module()
+    model.backbone = torch.nn.Module()
+    model.backbone.layer1 = torch.nn.Conv2d(4, 4, 3, bias=False)
+    with torch.no_grad():
+        model.backbone.layer1.weight.fill_(1.0)
+        model.backbone.layer1.weight[:, :, 0, 0] = 0.0   # corner always pruned
+        model.backbone.layer1.weight[:, :, 1, 1] = 3.0   # centre three times heavier
+    result = kernel_positions(model)
+    assert result['layers'] == 1
+    assert result['pruned'][0][0] == 1.0 and result['pruned'][1][1] == 0.0
+    mean = (7 * 1.0 + 3.0) / 9
+    assert result['relative_weight'][1][1] == pytest.approx(3.0 / mean)
+
+
+def test_run_grid_resumes_and_records_failures(tmp_path, monkeypatch):
+    """Finished cells are not run again; a failing cell is recorded and the others go on;
+    a failed cell is retried on the next call."""
+    calls = []
+
+    def fake_run_cell(cell, out, threads):
+        calls.append(cell.name)
+        if cell.method == 'spre':
+            raise RuntimeError('boom')
+        return dict(cell.asdict(), top1=50.0, wall_s=1.0)
+
+    monkeypatch.setattr(sweep_run, 'run_cell', fake_run_cell)
+    monkeypatch.setattr(sweep_run, 'initial_weights', lambda cell, out: None)
+    cells = classification_grid(methods=['srste', 'spre'], patterns=[(1, 8)], seeds=[0])
+    records = sweep_run.run_grid(cells, str(tmp_path), jobs=2)
+    assert sorted(calls) == sorted(c.name for c in cells)
+    assert {r['name']: bool(r.get('error')) for r in records} == {
+        'cls_srste_1x8_s0': False, 'cls_spre_1x8_s0': True}
+    calls.clear()
+    sweep_run.run_grid(cells, str(tmp_path), jobs=2)
+    assert calls == ['cls_spre_1x8_s0']
+    lines = (tmp_path / 'results.jsonl').read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)['name'] for line in lines)

@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""The method comparison where N:M sparsity binds: a reproducible multi-seed sweep.
+
+    python tools/make_toy_cls.py --out data/toy_cls
+    python tools/sweep.py --out work_dirs/sweep                       # classification grid
+    python tools/sweep.py --out work_dirs/sweep_det --task det        # two-stage detection
+
+Classification: {dense, unstructured, srste, spre, lbc, spre_lbc} x {2:4, 1:4, 1:8, 1:16} x
+seeds, ResNet-10 on the synthetic classification set (configs/toy/cls/). Detection: {dense,
+srste, spre} x {2:4, 1:8} x seeds through the two-stage pipeline (ResNet-18 classification
+pretraining at 64x64, then Mask R-CNN on the synthetic COCO set; needs data/toy_cls64 and
+data/toy_coco). Toy: every method's toy Mask R-CNN R-18 config from scratch (2:4, seed 0 by
+default), with step time, peak memory and deploy checks. Every cell is one run of tools/train.py on a shipped config with the seed's
+shared initial weights; finished cells are kept in OUT/results.jsonl, so an interrupted sweep
+continues where it stopped. Writes OUT/summary.md (mean ± std [95% interval] per cell, paired
+differences), OUT/accuracy_vs_sparsity.png and, for classification, the per-kernel-position
+analysis of the final deploy kernels (OUT/kernel_positions.{png,json}).
+"""
+import argparse
+import os.path as osp
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from spre_mmdet.cli import check_dataset_paths, run_tool  # noqa: E402
+from spre_mmdet.sweep import (DETECTION_METHODS, METHODS, TOY_METHODS,  # noqa: E402
+                              classification_grid, detection_grid, toy_grid)
+from spre_mmdet.sweep.grid import parse_pattern  # noqa: E402
+from spre_mmdet.sweep.report import deploy_kernels, write_report  # noqa: E402
+from spre_mmdet.sweep.run import repo_root, run_grid  # noqa: E402
+
+#: the methods whose final deploy kernels the per-kernel-position analysis compares
+ANALYSED = ('unstructured', 'srste', 'spre')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', default='work_dirs/sweep', help='output folder (resumable)')
+    p.add_argument('--task', choices=['cls', 'det', 'toy'], default='cls',
+                   help='cls: classification grid; det: two-stage detection; toy: every '
+                   'method\'s toy Mask R-CNN from scratch (the demo\'s setting)')
+    p.add_argument('--methods', nargs='+', default=None)
+    p.add_argument('--patterns', nargs='+', default=None, help='e.g. 2:4 1:8')
+    p.add_argument('--seeds', nargs='+', type=int, default=None)
+    p.add_argument('--jobs', type=int, default=2, help='runs at a time')
+    p.add_argument('--threads', type=int, default=1, help='CPU threads per run')
+    p.add_argument('--report-only', action='store_true',
+                   help='only rewrite the report from OUT/results.jsonl')
+    return p.parse_args(argv)
+
+
+def _check_data(task):
+    from mmengine.config import Config
+    configs = {'cls': [METHODS['dense']], 'toy': [TOY_METHODS['dense']],
+               'det': list(DETECTION_METHODS['dense'])}[task]
+    for config in configs:
+        cfg = Config.fromfile(osp.join(repo_root(), config))
+        check_dataset_paths(cfg, ['train_dataloader', 'val_dataloader'])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    kwargs = {}
+    if args.methods:
+        kwargs['methods'] = args.methods
+    if args.patterns:
+        kwargs['patterns'] = [parse_pattern(p) for p in args.patterns]
+    if args.seeds:
+        kwargs['seeds'] = args.seeds
+    cells = dict(cls=classification_grid, det=detection_grid, toy=toy_grid)[args.task](**kwargs)
+    started = time.time()
+    if args.report_only:
+        from spre_mmdet.sweep.run import finished
+        done = finished(args.out)
+        records = [done[c.name] for c in cells if c.name in done]
+    else:
+        _check_data(args.task)
+        print(f'{len(cells)} cells, {args.jobs} at a time with {args.threads} thread(s) each; '
+              f'results in {osp.join(args.out, "results.jsonl")}', flush=True)
+        from tqdm import tqdm
+        from spre_mmdet.sweep.run import finished
+        done = finished(args.out)
+        bar = tqdm(total=len(cells), desc='sweep', unit='run',
+                   initial=sum(1 for c in cells if c.name in done and not done[c.name].get('error')))
+
+        def progress(record):
+            metric = record.get('top1', record.get('bbox_mAP'))
+            bar.write(f'{record["name"]}: ' + (f'ERROR {record["error"]}' if record.get('error')
+                                               else f'{metric:.2f} in {record["wall_s"]:.0f} s'))
+            bar.update(1)
+
+        records = run_grid(cells, args.out, jobs=args.jobs, threads=args.threads,
+                           progress=progress)
+        bar.close()
+    analysis = {}
+    if args.task == 'cls':
+        for record in records:
+            if record['method'] in ANALYSED and record['seed'] == min(r['seed'] for r in records) \
+                    and not record.get('error'):
+                analysis.setdefault(record['method'], {})[record['pattern']] = \
+                    deploy_kernels(record)
+    path = write_report(records, args.out, analysis)
+    print(open(path).read())
+    print(f'Sweep done in {(time.time() - started) / 60:.1f} min; report: {path}')
+
+
+if __name__ == '__main__':
+    run_tool(main)
