@@ -1,4 +1,4 @@
-"""Memory of LBC's subset scores for ResNet-50's N:M-able convs (SPEC section 5).
+"""Memory of LBC's subset scores for ResNet-50's N:M-able convs (docs/methods/lbc.md).
 
 Counts the convs of mmdet's ``ResNet(depth=50)`` layers 1-4 whose in-channels divide by M
 (1x1, 3x3 and downsample; the stem stays dense) and prints, per N:M pattern, the fp32 memory

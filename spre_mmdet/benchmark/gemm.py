@@ -6,11 +6,12 @@ A ``k x k`` conv becomes ``cols @ W2d^T`` with
   dimension ordered ``(i, j, c)`` (kernel row, kernel column, input channel);
 * ``W2d = W.permute(0, 2, 3, 1).reshape(O, kh*kw*C)``, the same ``(i, j, c)`` order.
 
-With that order the hardware 2:4 groups (SPEC section 1: M consecutive input channels at a
-fixed ``(o, i, j)``) are M consecutive entries of a row of ``W2d`` (``C % M == 0``), which is
-exactly the layout ``torch.sparse.to_sparse_semi_structured`` compresses. ``F.unfold`` orders
-K as ``(c, i, j)`` and would break the groups, so it is not used. A 1x1 conv with stride 1 and
-no padding needs no copy at all: a channels-last activation *is* the ``(N*H*W, C)`` matrix.
+With that order the hardware 2:4 groups (M consecutive input channels at a fixed ``(o, i, j)``,
+docs/methods/srste_asp.md, N:M layout) are M consecutive entries of a row of ``W2d``
+(``C % M == 0``), which is exactly the layout ``torch.sparse.to_sparse_semi_structured``
+compresses. ``F.unfold`` orders K as ``(c, i, j)`` and would break the groups, so it is not used.
+A 1x1 conv with stride 1 and no padding needs no copy at all: a channels-last activation *is* the
+``(N*H*W, C)`` matrix.
 
 Semi-structured constraints (PyTorch's ``_DTYPE_SHAPE_CONSTRAINTS``): the sparse operand must
 be 2-D, contiguous, fp16/bf16 (or int8/fp32 for CUTLASS), on CUDA, with rows/cols multiples

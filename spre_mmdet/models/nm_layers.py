@@ -1,4 +1,4 @@
-"""N:M sparsity for the neck and heads, by config (SPEC section 7: dense by default).
+"""N:M sparsity for the neck and heads, by config (dense by default: docs/configs.md).
 
 * ``conv_cfg=dict(type='NMConv2d', n=2, m=4, learner=dict(type='srste'))`` makes the convs of any
   mmcv ``ConvModule`` user N:M sparse: FPN (lateral and output convs), the Mask R-CNN mask head,

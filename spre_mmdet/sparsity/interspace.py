@@ -1,5 +1,5 @@
-"""Interspace pruning (IP) with N:M coefficients (SPEC section 6; Wimmer et al., CVPR 2022,
-arXiv 2203.07808).
+"""Interspace pruning (IP) with N:M coefficients (docs/methods/interspace.md; Wimmer et al.,
+CVPR 2022, arXiv 2203.07808).
 
 A ``k x k`` conv is represented through a per-layer adaptive filter basis ``F`` of ``k*k``
 filters ``(k*k, kh, kw)`` and coefficients ``L`` of shape ``(O, C, k*k)``::

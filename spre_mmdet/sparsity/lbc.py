@@ -1,6 +1,6 @@
 """LBC: learning best combination for N:M masks (Zhang et al., NeurIPS 2022, arXiv 2206.06662).
 
-SPEC section 5. Every group ``g`` of ``M`` weights (the hardware layout of :mod:`.nm`) has
+docs/methods/lbc.md. Every group ``g`` of ``M`` weights (the hardware layout of :mod:`.nm`) has
 ``K = C(M, N)`` candidate subsets of ``N`` weights, each with a learnable score
 ``alpha[g, k]``. A fixed 0/1 matrix ``P`` (``K x M``, subsets in ``itertools.combinations``
 order) gives the score mass per weight::
@@ -49,7 +49,8 @@ def subset_matrix(n: int, m: int) -> torch.Tensor:
 
 
 def cubic_survivors(iteration: int, num_subsets: int, t_i: int, t_f: int) -> int:
-    """SPEC section 5 schedule, computed exactly (rational arithmetic, no float rounding)::
+    """The removal schedule (docs/methods/lbc.md, gradual removal), computed exactly (rational
+    arithmetic, no float rounding)::
 
         survivors(t) = 1 + ceil((K - 1) * (1 - (t - t_i) / (t_f - t_i)) ** 3)
 
@@ -90,7 +91,7 @@ class LBCFunction(torch.autograd.Function):
 
 @register_learner
 class LBCMask(MaskLearner):
-    """LBC mask learner (SPEC section 5), method name ``'lbc'``.
+    """LBC mask learner (docs/methods/lbc.md), method name ``'lbc'``.
 
     Args:
         weight_shape, n, m: as :class:`MaskLearner`.

@@ -173,8 +173,8 @@ class MaskLearner(DerivedStateMixin, nn.Module):
         return f'{self.method} {self.n}:{self.m}'
 
 class SRSTEMask(MaskLearner):
-    """SR-STE (SPEC section 2): magnitude N:M mask of the dense latent weight, recomputed every
-    ``interval`` iterations, with the sparse-refined backward.
+    """SR-STE (docs/methods/srste_asp.md): magnitude N:M mask of the dense latent weight,
+    recomputed every ``interval`` iterations, with the sparse-refined backward.
 
     Args:
         decay: ``lambda_w`` of the sparse-refined term (2e-4 in the reference).
@@ -207,7 +207,8 @@ class SRSTEMask(MaskLearner):
 
 
 class FixedMask(MaskLearner):
-    """ASP baseline (SPEC section 3): a one-shot magnitude mask of the loaded weights, then fixed.
+    """ASP baseline (docs/methods/srste_asp.md): a one-shot magnitude mask of the loaded
+    weights, then fixed.
 
     The pruned weights are zeroed when the mask is computed; their gradient is zero from then on,
     so momentum and weight decay keep them at zero.

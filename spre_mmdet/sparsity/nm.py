@@ -1,9 +1,10 @@
 """N:M and unstructured masks in the layout sparse tensor cores accept, and their validation.
 
-Layout (SPEC section 1): groups are ``M`` consecutive *input channels* at a fixed output channel
-and kernel position. A conv weight ``(O, C, kh, kw)`` is viewed as ``(O, kh, kw, C)`` and cut
-into rows of ``M``; a Linear weight ``(O, C)`` is cut along ``C`` the same way. Ties are broken
-by channel index (a stable sort), so equal weights give the same mask on every rank.
+Layout (docs/methods/srste_asp.md, N:M layout): groups are ``M`` consecutive *input channels*
+at a fixed output channel and kernel position. A conv weight ``(O, C, kh, kw)`` is viewed as
+``(O, kh, kw, C)`` and cut into rows of ``M``; a Linear weight ``(O, C)`` is cut along ``C`` the
+same way. Ties are broken by channel index (a stable sort), so equal weights give the same mask
+on every rank.
 
 The masks are computed without sorting or permuted index tensors: ``(O, C, kh, kw)`` viewed as
 ``(O*C/M, M, kh*kw)`` holds the ``M`` members of every group at one stride, and ranking ``M``

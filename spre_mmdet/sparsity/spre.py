@@ -1,4 +1,4 @@
-"""SpRe: spatial re-parameterization for N:M sparse convolutions (SPEC section 4).
+"""SpRe: spatial re-parameterization for N:M sparse convolutions (docs/methods/spre.md).
 
 Training-time block for a k x k conv followed by BatchNorm::
 
@@ -38,7 +38,7 @@ SPRE_OPTIONS = ('rep_gamma', 'spatial_interval', 'rep_bn_train')
 
 def spatial_mask(weight: torch.Tensor, n: int, m: int,
                  magnitude: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The layer-wide ``kh x kw`` mask ``S`` of SpRe (SPEC section 4, steps 1-4).
+    """The layer-wide ``kh x kw`` mask ``S`` of SpRe (docs/methods/spre.md, steps 1-4).
 
     An unstructured magnitude mask at density ``n/m`` is taken over the whole layer; a kernel
     position gets ``S = 1`` where unstructured pruning removes *less* than ``p = 1 - n/m`` there.

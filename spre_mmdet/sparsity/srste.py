@@ -1,7 +1,8 @@
 """SR-STE: sparse-refined straight-through estimator (Zhou et al., ICLR 2021).
 
 Forward uses ``W~ = W * mask``; backward passes the gradient straight through to the dense
-latent weight and adds the sparse-refined decay on the pruned weights (SPEC section 2)::
+latent weight and adds the sparse-refined decay on the pruned weights
+(docs/methods/srste_asp.md, SR-STE)::
 
     dL/dW = dL/dW~ + lambda_w * (1 - mask) * W
 """
