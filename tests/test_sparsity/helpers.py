@@ -1,8 +1,8 @@
 """Reference checks for the sparsity tests, written independently of ``spre_mmdet.sparsity``.
 
 Everything here walks the weight with explicit numpy loops over ``(o, i, j, channel group)``
-(SPEC section 1), so a wrong layout or a wrong reshape in the implementation cannot be
-reproduced by the checker.
+(docs/methods/srste_asp.md, N:M layout), so a wrong layout or a wrong reshape in the
+implementation cannot be reproduced by the checker.
 """
 from fractions import Fraction
 from typing import Iterator, Tuple
@@ -81,7 +81,7 @@ def reference_unstructured_keep_count(numel: int, density) -> int:
 
 
 def reference_spatial_mask(weight, n: int, m: int) -> np.ndarray:
-    """SpRe's ``S`` (SPEC section 4, steps 1-4) in exact arithmetic.
+    """SpRe's ``S`` (docs/methods/spre.md, steps 1-4) in exact arithmetic.
 
     Assumes no ties at the unstructured threshold (continuous random weights)."""
     arr = np.abs(_np(weight))

@@ -1,4 +1,7 @@
-"""Model conversion: sparsify in place, drive masks, report, re-parameterize (SPEC sections 1, 4, 7)."""
+"""Model conversion: sparsify in place, drive masks, report, re-parameterize.
+
+See docs/methods/srste_asp.md (N:M layout), docs/methods/spre.md (re-parameterization) and
+docs/configs.md (where N:M applies)."""
 import io
 
 import pytest

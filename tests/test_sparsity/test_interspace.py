@@ -1,4 +1,5 @@
-"""Interspace pruning (SPEC section 6): InterspaceConv2d, its deploy forms and checkpoints.
+"""Interspace pruning (docs/methods/interspace.md): InterspaceConv2d, its deploy forms and
+checkpoints.
 
 Tolerances: float32 comparisons between mathematically identical computations that sum in a
 different order (merged conv vs basis conv + 1x1) use ``atol=1e-5, rtol=1e-4`` on outputs of

@@ -1,4 +1,4 @@
-"""LBC mask learner (SPEC section 5): gradient, schedule, permanence, resume, export."""
+"""LBC mask learner (docs/methods/lbc.md): gradient, schedule, permanence, resume, export."""
 import copy
 import itertools
 import math
@@ -20,7 +20,8 @@ def make_conv(out_channels=4, in_channels=8, k=3, n=2, m=4, seed=0, **kwargs):
 
 
 def group_index(o, c, i, j, shape, m):
-    """Hardware-layout group of W[o, c, i, j], written out by hand (SPEC section 1)."""
+    """Hardware-layout group of W[o, c, i, j], written out by hand (docs/methods/srste_asp.md,
+    N:M layout)."""
     _, channels, kh, kw = shape
     return ((o * kh + i) * kw + j) * (channels // m) + c // m
 
@@ -97,7 +98,8 @@ def test_score_gradient_matches_spec_formula():
     (4, 8, {0: 70, 25: 31, 50: 10, 75: 3, 99: 2, 100: 1}),
 ])
 def test_schedule_survivor_counts_and_final_nm(n, m, expected):
-    """Survivor counts follow the SPEC cubic at t_i, 25%, 50%, 75%, 99%, t_f; the end is N:M."""
+    """Survivor counts follow the cubic schedule (docs/methods/lbc.md) at t_i, 25%, 50%, 75%,
+    99%, t_f; the end is N:M."""
     t_i, t_f = 20, 120  # progress p at iteration t_i + 100 p
     K = math.comb(m, n)
     layer = make_conv(out_channels=4, in_channels=16, n=n, m=m, t_i=t_i, t_f=t_f)

@@ -1,4 +1,4 @@
-"""N:M masks, their layout and their validation (SPEC section 1)."""
+"""N:M masks, their layout and their validation (docs/methods/srste_asp.md, N:M layout)."""
 import subprocess
 import sys
 import textwrap

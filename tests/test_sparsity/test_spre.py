@@ -1,4 +1,4 @@
-"""SpRe: the spatial mask S, the training-time block and its fold (SPEC section 4)."""
+"""SpRe: the spatial mask S, the training-time block and its fold (docs/methods/spre.md)."""
 import copy
 import zlib
 
@@ -72,7 +72,7 @@ def test_spatial_mask_pruned_fraction_equal_to_p_is_not_kept():
        st.integers(1, 4), st.integers(1, 3), st.sampled_from([(3, 3), (1, 3), (5, 5)]),
        st.integers(0, 2 ** 16))
 def test_spatial_mask_matches_exact_reference(nm, out_c, groups, kernel, seed):
-    """spatial_mask equals an exact-arithmetic numpy implementation of SPEC steps 1-4."""
+    """spatial_mask equals an exact-arithmetic numpy implementation of steps 1-4 of S."""
     n, m = nm
     weight = torch.randn(out_c, groups * m, *kernel, generator=torch.Generator().manual_seed(seed))
     np.testing.assert_array_equal(spatial_mask(weight, n, m).numpy(),
@@ -101,7 +101,7 @@ def _spre_block(seed=0, rep_gamma=0.0, **kwargs):
 
 
 def test_spatial_all_ones_before_first_refresh():
-    """S is all ones until the first refresh, then the SPEC mask of the latent weight."""
+    """S is all ones until the first refresh, then the mask S of the latent weight."""
     block = _spre_block()
     assert torch.equal(block.conv.spatial, torch.ones(3, 3))
     with torch.no_grad():
@@ -346,7 +346,7 @@ def test_spatial_refresh_skips_unchanged_weights_and_follows_changes(spatial_com
 
 def sorted_reference_spatial_mask(weight, n, m):
     """S from a full ranking of |w| (weight's dtype): NaN first, then larger, then lower flat
-    index; the round(n/m * numel) first are kept, then SPEC steps 3-4 in integers."""
+    index; the round(n/m * numel) first are kept, then steps 3-4 of S in integers."""
     flat = weight.detach().abs().flatten().tolist()
     order = sorted(range(len(flat)), key=lambda i: (flat[i] == flat[i], -flat[i]
                                                     if flat[i] == flat[i] else 0.0, i))

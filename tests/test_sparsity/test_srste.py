@@ -1,4 +1,4 @@
-"""SR-STE (SPEC section 2) and the ASP fixed-mask baseline (SPEC section 3)."""
+"""SR-STE and the ASP fixed-mask baseline (docs/methods/srste_asp.md)."""
 import copy
 
 import pytest
