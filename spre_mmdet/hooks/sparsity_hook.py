@@ -77,14 +77,17 @@ class SparsityHook(Hook):
         """What SpRe's extra branch contributes, averaged over its blocks (empty without
         SpRe): ``branch_ratio``, ``||K_rep|| / ||K_main||`` of the folded kernels, and
         ``gamma_rep``, the mean |gamma| of the branch BNs. Both near 0 mean a dead branch: the
-        model is then plain N:M under SpRe's name."""
-        ratios, gammas = [], []
+        model is then plain N:M under SpRe's name. ``spatial_changes``: entries of ``S`` flipped
+        per block since training started (an unsettled ``S`` keeps moving the branch)."""
+        ratios, gammas, changes = [], [], []
         for _, conv, norm in spre_pairs(model):
             ratios.append(norm.branch_ratio(conv))
             gammas.append(float(norm.rep_bn.weight.abs().mean()))
+            changes.append(getattr(conv, 'spatial_changes', 0))
         if not ratios:
             return {}
-        return dict(branch_ratio=sum(ratios) / len(ratios), gamma_rep=sum(gammas) / len(gammas))
+        return dict(branch_ratio=sum(ratios) / len(ratios), gamma_rep=sum(gammas) / len(gammas),
+                    spatial_changes=sum(changes) / len(changes))
 
     @staticmethod
     @torch.no_grad()

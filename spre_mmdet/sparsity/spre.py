@@ -157,6 +157,9 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
         weight_rep: the extra branch's full ``k x k`` weight (kaiming normal, fan_in).
         spatial: the ``kh x kw`` mask ``S``, all ones until its first refresh.
         spatial_interval: refresh ``S`` every this many iterations.
+        spatial_changes: kernel positions whose ``S`` entry flipped at a refresh, counted since
+            the layer was built (not saved): how unsettled ``S`` is. Every flip moves the
+            extra branch's support, so its BN statistics and ``W_rep`` must re-adapt.
     """
 
     #: attribute names (and state-dict key suffixes) of the extra weight and of ``S``
@@ -164,6 +167,7 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
     SPATIAL = 'spatial'
     derived_state = (SPATIAL,)
     structure = 'spre'
+    spatial_changes = 0
     # nn.Conv2d is listed among the direct bases so that mmengine's init_cfg (layer='Conv2d'),
     # which matches direct base names only, initializes the main weight like a dense conv.
 
@@ -195,8 +199,11 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
     def _refresh_spatial(self, iteration: int, magnitude: Optional[torch.Tensor] = None) -> None:
         due = iteration % self.spatial_interval == 0
         if self.needs_init or (due and not self._spatial_is_current()):
-            self.spatial.copy_(spatial_mask(self.weight.detach(), self.sparsity.n,
-                                            self.sparsity.m, magnitude))
+            spatial = spatial_mask(self.weight.detach(), self.sparsity.n, self.sparsity.m,
+                                   magnitude)
+            if not self.needs_init:
+                self.spatial_changes += int((spatial != self.spatial).sum())
+            self.spatial.copy_(spatial)
             self.needs_init = False
             # S depends on the weight only: skip the next refresh if neither changes
             self._spatial_source = Source(self.weight, self.spatial)

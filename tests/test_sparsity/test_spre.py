@@ -223,6 +223,30 @@ def test_spatial_interval_respected():
     assert torch.equal(block.conv.spatial, corner_s)
 
 
+
+def test_spatial_changes_counts_flipped_entries_of_s():
+    """spatial_changes adds, at each refresh after the first, the entries where the new S
+    differs from the old one (the first S, from all ones, is not a change)."""
+    block = _spre_block(spatial_interval=1)
+    plus, corner = _plus_weight(8, 8), _corner_weight(8, 8)
+    corner_s = spatial_mask(corner, 2, 4)
+    flips = int((corner_s != PLUS).sum())
+    assert flips > 0
+    with torch.no_grad():
+        block.conv.weight.copy_(plus)
+    block.conv.refresh(0)
+    assert block.conv.spatial_changes == 0
+    block.conv.refresh(1)  # same weight: S unchanged
+    assert block.conv.spatial_changes == 0
+    with torch.no_grad():
+        block.conv.weight.copy_(corner)
+    block.conv.refresh(2)
+    assert block.conv.spatial_changes == flips
+    with torch.no_grad():
+        block.conv.weight.copy_(plus)
+    block.conv.refresh(3)
+    assert block.conv.spatial_changes == 2 * flips
+
 def test_spre_dense_checkpoint_rederives_spatial():
     """Loading a dense conv-BN checkpoint does not report S or B missing; S is derived later."""
     block = _spre_block()
