@@ -9,7 +9,8 @@ from .report import (CSV_COLUMNS, JSON_KEYS, build_report, format_e2e_table, for
 from .runner import (DTYPES, TOLERANCES, bench_end_to_end, bench_layer_cuda, check_layer_cpu,
                      compare, compare_outputs, dispatch_decisions, layer_calls, speedups,
                      tolerance_text)
-from .timing import NEEDS_GPU, cuda_time, environment_info, sparse_support, summarize
+from .timing import (NEEDS_GPU, cuda_time, environment_info, sparse_support, summarize,
+                     time_interleaved)
 
 __all__ = [
     'BACKENDS', 'GemmLayer', 'conv_weight_to_gemm', 'forced_backend', 'gemm_dims', 'im2col_nhwc',
@@ -19,5 +20,5 @@ __all__ = [
     'write_all', 'write_csv', 'write_json', 'write_plot', 'DTYPES', 'TOLERANCES',
     'bench_end_to_end', 'bench_layer_cuda', 'check_layer_cpu', 'compare', 'compare_outputs',
     'dispatch_decisions', 'layer_calls', 'speedups', 'tolerance_text', 'NEEDS_GPU', 'cuda_time',
-    'environment_info', 'sparse_support', 'summarize'
+    'environment_info', 'sparse_support', 'summarize', 'time_interleaved'
 ]
