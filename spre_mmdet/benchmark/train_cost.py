@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def measure(args) -> dict:
     """Everything measured for ``args`` (see the module docstring), without the ratios."""
-    from spre_mmdet.sparsity import InterspaceConv2d, merge_interspace, reparameterize
+    from spre_mmdet.sparsity import reparameterize
     batch = make_batch(args.batch, args.img_size)
     trainers = {v: Trainer(args.arch, v, batch, args.interval, args.equal_head_work)
                 for v in args.variants}
@@ -328,9 +328,8 @@ def measure(args) -> dict:
             continue
         t.model.eval()
         try:
-            # interspace convs merged into dense k x k convs first, as the deploy export does
-            merged = any(isinstance(m, InterspaceConv2d) for m in t.model.modules())
-            deployed = reparameterize(merge_interspace(t.model) if merged else t.model).eval()
+            # interspace convs as dense k x k convs (the stock-mmdet deploy form)
+            deployed = reparameterize(t.model, interspace_form='merged').eval()
         except Exception as e:  # LBC before t_f is not final: say so
             result['variants'][v]['deploy'] = f'not deployable here: {type(e).__name__}'
             continue
