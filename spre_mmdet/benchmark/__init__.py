@@ -1,5 +1,9 @@
 """Dense vs 2:4 sparse tensor-core benchmark of detector layers (used by
-``tools/benchmark_sparse.py``). Plain torch except :mod:`.detector` (mmdet loading)."""
+``tools/benchmark_sparse.py``). Plain torch except :mod:`.detector` (mmdet loading).
+
+Training-side benchmarks, run as modules (``python -m spre_mmdet.benchmark.<name>``):
+:mod:`.train_cost` (training step, FLOPs, peak RSS and deploy time per method; mmdet),
+:mod:`.mask_speed` (mask refresh cost) and :mod:`.lbc_memory` (LBC score memory)."""
 from .gemm import (BACKENDS, GemmLayer, conv_weight_to_gemm, forced_backend, gemm_dims,
                    im2col_nhwc, resolve_backend, shape_constraints)
 from .layers import (LayerCheck, candidate_reason, capture_input_shapes, check_layers,
