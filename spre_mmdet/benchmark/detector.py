@@ -10,20 +10,34 @@ SCOPE_PREFIXES = {'backbone': ['backbone'], 'backbone+neck': ['backbone', 'neck'
                   'detector': None}
 
 
-def load_detector(config: str, checkpoint: Optional[str], cfg_options: Optional[dict] = None,
-                  return_meta: bool = False):
-    """Config -> ``MODELS.build`` -> the checkpoint, only if it fits (CPU, eval mode); with
-    ``return_meta``, also the checkpoint's ``meta`` (``{}`` without a checkpoint)."""
-    import spre_mmdet  # noqa: F401  (registers modules, applies compat fixes)
+def load_config(config, cfg_options: Optional[dict] = None):
+    """An mmengine ``Config`` from a file, from an installed package's config (``'mmdet::
+    mask_rcnn/...py'``) or as given (a ``Config``, updated in place), ``cfg_options`` merged."""
     from mmengine.config import Config
+    if isinstance(config, Config):
+        cfg = config
+    elif '::' in config:
+        from mmengine.hub import get_config
+        cfg = get_config(config)
+    else:
+        cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def load_detector(config, checkpoint: Optional[str], cfg_options: Optional[dict] = None,
+                  return_meta: bool = False):
+    """Config (anything :func:`load_config` takes) -> ``MODELS.build`` -> the checkpoint, only
+    if it fits (CPU, eval mode); with ``return_meta``, also the checkpoint's ``meta`` (``{}``
+    without a checkpoint)."""
+    import spre_mmdet  # noqa: F401  (registers modules, applies compat fixes)
     from ..checkpoint import load_checkpoint_checked
     from mmengine.utils import import_modules_from_strings
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = load_config(config, cfg_options)
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg['custom_imports'])
     register_all_modules()

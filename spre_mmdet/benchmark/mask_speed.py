@@ -23,7 +23,6 @@ Plain PyTorch (no mmdet): the conv shapes are those of mmdet's ``ResNet`` (check
 import argparse
 import json
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -33,6 +32,7 @@ from torch import nn
 from ..sparsity import (SparseConv2d, forget_mask_sources, from_groups, refresh_masks,
                         sparse_layers, sparsify_layer, to_groups)
 from ..sparsity.lbc import LBCMask, cubic_survivors
+from .timing import synchronize, time_interleaved
 
 #: depth -> (block kind, blocks per stage)
 ARCHS = {
@@ -156,7 +156,7 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
     with torch.no_grad():  # trained-like: distinct scores (equal ones would all tie)
         for learner in learners:
             learner.scores.copy_(torch.rand(learner.scores.shape, generator=gen))
-    _synchronize(device)
+    synchronize(device)
     start = [{k: v.clone() for k, v in learner.state_dict().items()} for learner in learners]
     removal, between = _schedule_iterations(learners[0])
 
@@ -192,34 +192,6 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
                  spatial_layers=sum(1 for layer in spre if isinstance(layer, _ConvNorm)),
                  lbc_iterations=(removal, between))
     return Workloads(run, setup, facts, dict(srste=srste, spre=spre, lbc=lbc))
-
-
-def _synchronize(device) -> None:
-    if torch.device(device).type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(workloads: Dict[str, Callable[[], None]], rounds: int,
-                     setup: Optional[Dict[str, Callable[[], None]]] = None,
-                     warmup: int = 1, device: str = 'cpu') -> Dict[str, List[float]]:
-    """``{name: [seconds per round]}``: each workload once per round, the order rotated every
-    round; ``setup[name]`` (untimed) runs right before ``name``."""
-    setup = setup or {}
-    names = list(workloads)
-    for _ in range(warmup):
-        for name in names:
-            setup.get(name, lambda: None)()
-            workloads[name]()
-    times = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            setup.get(name, lambda: None)()
-            _synchronize(device)
-            start = time.perf_counter()
-            workloads[name]()
-            _synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def measure(arch: str, n: int = 2, m: int = 4, repeats: int = 5, base_channels: int = 64,

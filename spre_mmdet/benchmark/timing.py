@@ -1,8 +1,10 @@
-"""GPU timing (CUDA events, median and IQR) and the environment a timing was taken in."""
+"""GPU timing (CUDA events, median and IQR), interleaved wall-clock timing of several
+workloads, and the environment a timing was taken in."""
 import shutil
 import statistics
 import subprocess
-from typing import Callable, Dict, Optional, Tuple
+import time
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -106,3 +108,34 @@ def cuda_time(fn: Callable[[], object], warmup: int = 10, repeats: int = 50,
     out = summarize(samples)
     out['inner'] = inner
     return out
+
+
+def synchronize(device) -> None:
+    """Wait for ``device`` (a no-op on CPU)."""
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(workloads: Dict[str, Callable[[], object]], rounds: int,
+                     setup: Optional[Dict[str, Callable[[], object]]] = None,
+                     warmup: int = 1, device: str = 'cpu') -> Dict[str, List[float]]:
+    """``{name: [seconds per round]}`` (wall clock): ``warmup`` untimed passes over all
+    workloads, then ``rounds`` rounds running each workload once, the order rotated every round
+    so that load from other processes hits all of them alike; ``setup[name]`` (untimed) runs
+    right before ``name``."""
+    setup = setup or {}
+    names = list(workloads)
+    for _ in range(warmup):
+        for name in names:
+            setup.get(name, lambda: None)()
+            workloads[name]()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            setup.get(name, lambda: None)()
+            synchronize(device)
+            start = time.perf_counter()
+            workloads[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times

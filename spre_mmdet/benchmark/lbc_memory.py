@@ -1,48 +1,51 @@
 """Memory of LBC's subset scores for ResNet-50's N:M-able convs (docs/methods/lbc.md).
 
 Counts the convs of mmdet's ``ResNet(depth=50)`` layers 1-4 whose in-channels divide by M
-(1x1, 3x3 and downsample; the stem stays dense) and prints, per N:M pattern, the fp32 memory
-of the weights, of LBC's scores (``groups x C(M, N)``), of the ``alive`` (bool) and ``mask``
-(bool) buffers, and of the optimizer state the scores add.
+(1x1, 3x3 and downsample; the stem stays dense; shapes from
+:func:`spre_mmdet.benchmark.mask_speed.resnet_conv_shapes`, which a test checks against mmdet)
+and prints, per N:M pattern, the fp32 memory of the weights, of LBC's scores
+(``groups x C(M, N)``), of the ``alive`` (bool) and ``mask`` (bool) buffers, and of the
+optimizer state the scores add.
 
-    python tools/lbc_memory.py                 # 2:4 and 4:8
-    python tools/lbc_memory.py --nm 1:4 2:8    # other patterns
-    python tools/lbc_memory.py --time          # also time LBC vs SR-STE on one 3x3 conv (CPU)
+    python -m spre_mmdet.benchmark.lbc_memory                 # 2:4 and 4:8
+    python -m spre_mmdet.benchmark.lbc_memory --nm 1:4 2:8    # other patterns
+    python -m spre_mmdet.benchmark.lbc_memory --time          # also time LBC vs SR-STE on one
+                                                              # 3x3 conv (CPU)
 """
 import argparse
 import math
-import os.path as osp
-import sys
 import time
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this checkout
+from .mask_speed import resnet_conv_shapes
 
 MB = 2 ** 20
 
 
-def nm_convs(m):
-    """``(name, weight shape)`` of ResNet-50 layers 1-4 convs that can be N:M with this M."""
-    from mmdet.models.backbones import ResNet
-    backbone = ResNet(depth=50)
-    return [(name, module.weight.shape) for name, module in backbone.named_modules()
-            if isinstance(module, nn.Conv2d) and name.startswith('layer')
-            and module.in_channels % m == 0 and module.groups == 1]
+def nm_convs(m: int, arch: str = 'r50') -> List[Tuple[str, Tuple[int, ...]]]:
+    """``(name, weight shape)`` of the ResNet layers 1-4 convs that can be N:M with this M."""
+    return [(name, shape) for name, shape in resnet_conv_shapes(arch) if shape[1] % m == 0]
 
 
-def memory_rows(patterns):
+def score_count(shape: Sequence[int], n: int, m: int) -> int:
+    """LBC's subset scores for one weight of ``shape``: ``C(M, N)`` per group of ``M``."""
+    return math.prod(shape) // m * math.comb(m, n)
+
+
+def memory_rows(patterns: Sequence[Tuple[int, int]]) -> List[Dict[str, object]]:
+    """One row per ``(n, m)``: counts (weights, scores) and memory in MiB."""
     rows = []
     for n, m in patterns:
         convs = nm_convs(m)
-        weights = sum(shape.numel() for _, shape in convs)
+        weights = sum(math.prod(shape) for _, shape in convs)
         k = math.comb(m, n)
-        groups = weights // m
-        scores = groups * k
+        scores = sum(score_count(shape, n, m) for _, shape in convs)
         rows.append(dict(pattern=f'{n}:{m}', k=k, convs=len(convs), weights=weights,
                          weight_mb=weights * 4 / MB, score_mb=scores * 4 / MB,
-                         ratio=scores / weights, alive_mb=scores / MB, mask_mb=weights / MB,
+                         scores=scores, ratio=scores / weights, alive_mb=scores / MB, mask_mb=weights / MB,
                          sgd_mb=scores * 4 / MB, adamw_mb=2 * scores * 4 / MB))
     return rows
 
@@ -89,17 +92,20 @@ def time_layer(n, m, repeats=5):
         print(f'{n}:{m} {name:<26} {ms:8.2f} ms')
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
+    parser = argparse.ArgumentParser(prog='python -m spre_mmdet.benchmark.lbc_memory',
+                                     description=__doc__.split('\n')[0])
     parser.add_argument('--nm', nargs='+', default=['2:4', '4:8'], help='patterns, e.g. 2:4')
     parser.add_argument('--time', action='store_true', help='also time one layer on CPU')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     patterns = [tuple(int(v) for v in p.split(':')) for p in args.nm]
     print('LBC score memory, ResNet-50 layers 1-4 (fp32 scores, bool alive/mask):')
-    print_table(memory_rows(patterns))
+    rows = memory_rows(patterns)
+    print_table(rows)
     if args.time:
         for n, m in patterns:
             time_layer(n, m)
+    return rows
 
 
 if __name__ == '__main__':

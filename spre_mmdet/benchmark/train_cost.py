@@ -15,10 +15,11 @@ Same detector, same fixed synthetic batch, same optimizer for every variant:
 * **deploy**: ``reparameterize`` of each sparse variant (after its timed steps) versus the dense
   model: state-dict keys/shapes and parameter count, and ``predict`` time (interleaved, median).
 
-    python benchmarks/train_cost.py --arch r50 --img-size 512 --batch 2
-    python benchmarks/train_cost.py --arch r18 --img-size 128 --batch 4     # the toy model
+    python -m spre_mmdet.benchmark.train_cost --arch r50 --img-size 512 --batch 2
+    python -m spre_mmdet.benchmark.train_cost --arch r18 --img-size 128 --batch 4  # the toy model
 
-``--json OUT`` writes everything measured.
+``--json OUT`` writes everything measured. Config paths are relative to the repository root
+(the configs are not part of the installed package).
 """
 import argparse
 import copy
@@ -30,11 +31,15 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)  # spre_mmdet from this checkout
+from .detector import load_config, load_detector
+from .timing import time_interleaved
+
+#: the repository root: the configs below are relative to it
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 CONFIGS = {
     'r50': {
@@ -55,28 +60,18 @@ CONFIGS = {
 
 
 # --------------------------------------------------------------------------- model + batch
-def build_model(arch, variant, interval=None, equal_head_work=False):
-    """The detector of ``variant``, no pretrained weights. For R-50 every variant gets the
-    sparse configs' backbone settings (``frozen_stages=0``, ``norm_eval=True``) so that only
-    the sparsity differs. Sparse masks are refreshed every ``interval`` iterations (default:
-    the config's, 1 for R-50 and 5 for the toy R-18); LBC gets ``t_i=0, t_f=1000`` so that it
-    is removing subsets during the timed steps. ``equal_head_work``: only the ground-truth boxes
-    (always added as proposals) are RoI positives, so every variant's RoI heads do the same work
-    whatever its proposals; otherwise the randomly initialized RPN gives each variant different
-    positives and the mask head's share of the step differs between variants."""
-    import spre_mmdet  # noqa: F401  registers SparseResNet
-    from mmengine.config import Config
-    from mmengine.logging import MMLogger
-    MMLogger.get_instance('train_cost', log_level='WARNING')  # no init_weights log
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules()
+def model_config(arch, variant, interval=None, equal_head_work=False):
+    """The config of ``variant``'s detector, changed for this benchmark: no pretrained weights.
+    For R-50 every variant gets the sparse configs' backbone settings (``frozen_stages=0``,
+    ``norm_eval=True``) so that only the sparsity differs. Sparse masks are refreshed every
+    ``interval`` iterations (default: the config's, 1 for R-50 and 5 for the toy R-18); LBC gets
+    ``t_i=0, t_f=1000`` so that it is removing subsets during the timed steps.
+    ``equal_head_work``: only the ground-truth boxes (always added as proposals) are RoI
+    positives, so every variant's RoI heads do the same work whatever its proposals; otherwise
+    the randomly initialized RPN gives each variant different positives and the mask head's
+    share of the step differs between variants."""
     path = CONFIGS[arch][variant]
-    if '::' in path:  # a config of an installed package (mmdet::...)
-        from mmengine.hub import get_config
-        cfg = get_config(path)
-    else:
-        cfg = Config.fromfile(path)
+    cfg = load_config(path if '::' in path else osp.join(ROOT, path))
     backbone = cfg.model.backbone
     backbone.init_cfg = None
     if arch == 'r50':
@@ -93,8 +88,16 @@ def build_model(arch, variant, interval=None, equal_head_work=False):
     if equal_head_work:
         cfg.model.train_cfg.rcnn.assigner.update(pos_iou_thr=1.0, min_pos_iou=1.0,
                                                  match_low_quality=False)
+    return cfg
+
+
+def build_model(arch, variant, interval=None, equal_head_work=False):
+    """The detector of :func:`model_config`, seeded random init, in train mode."""
+    from mmengine.logging import MMLogger
+    MMLogger.get_instance('train_cost', log_level='WARNING')  # no init_weights log
+    cfg = model_config(arch, variant, interval, equal_head_work)
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
+    model = load_detector(cfg, None)
     model.init_weights()
     model.train()
     return model
@@ -177,23 +180,6 @@ def train_flops(trainer):
     return total, (backbone[0] if backbone else None)
 
 
-def time_interleaved(fns, rounds, warmup):
-    """``{name: [seconds per call]}``: ``warmup`` untimed calls each, then ``rounds`` rounds
-    calling every fn once (order rotated every round)."""
-    names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
-    times = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
 def state_signature(model):
     return sorted((k, tuple(v.shape)) for k, v in model.state_dict().items())
 
@@ -230,17 +216,25 @@ def memory_child(args):
                                       peak_rss_mb=peak)))
 
 
+def memory_command(args, variant) -> List[str]:
+    """The command of the fresh process measuring ``variant``'s memory (this module, run from
+    the repository root so that it imports this checkout's package)."""
+    cmd = [sys.executable, '-m', 'spre_mmdet.benchmark.train_cost',
+           '--arch', args.arch, '--img-size', str(args.img_size), '--batch', str(args.batch),
+           '--threads', str(args.threads), '--mem-steps', str(args.mem_steps),
+           '--memory-child', variant]
+    if args.interval is not None:
+        cmd += ['--interval', str(args.interval)]
+    if args.equal_head_work:
+        cmd.append('--equal-head-work')
+    return cmd
+
+
 def measure_memory(args, variants):
     out = {}
     for variant in variants:
-        cmd = [sys.executable, osp.abspath(__file__), '--arch', args.arch, '--img-size',
-               str(args.img_size), '--batch', str(args.batch), '--threads', str(args.threads),
-               '--mem-steps', str(args.mem_steps), '--memory-child', variant]
-        if args.interval is not None:
-            cmd += ['--interval', str(args.interval)]
-        if args.equal_head_work:
-            cmd.append('--equal-head-work')
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(memory_command(args, variant), cwd=ROOT, capture_output=True,
+                              text=True)
         line = [l for l in proc.stdout.splitlines() if l.startswith('MEMORY ')]
         if proc.returncode != 0 or not line:
             raise RuntimeError(f'memory run of {variant} failed:\n{proc.stderr[-3000:]}')
@@ -254,8 +248,29 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+#: the ``a/b`` ratios reported, where both variants ran
+PAIRS = (('spre', 'srste'), ('srste', 'dense'), ('spre', 'dense'), ('lbc', 'dense'),
+         ('ip_srste', 'dense'), ('spre', 'lbc'))
+
+
+def pair_ratios(res: Dict[str, dict], pairs: Sequence = PAIRS) -> Dict[str, dict]:
+    """``{'a/b': ratios}`` of two variants' results: of the medians (step time, FLOPs, peak
+    RSS) and ``step_paired``, the median of the per-round step-time ratios (the two steps of one
+    round ran back to back: their ratio cancels slow load drift)."""
+    out = {}
+    for a, b in pairs:
+        if a in res and b in res:
+            rr = {k: ratio(res[a].get(k), res[b].get(k))
+                  for k in ('step_s', 'train_gflops', 'backbone_train_gflops', 'peak_rss_mb')}
+            rr['step_paired'] = statistics.median(
+                x / y for x, y in zip(res[a]['step_s_all'], res[b]['step_s_all']))
+            out[f'{a}/{b}'] = rr
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='python -m spre_mmdet.benchmark.train_cost',
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('--arch', choices=list(CONFIGS), default='r50')
     parser.add_argument('--variants', nargs='+', default=['dense', 'srste', 'spre', 'lbc',
                                                          'ip_srste'])
@@ -274,15 +289,12 @@ def main():
     parser.add_argument('--no-memory', action='store_true')
     parser.add_argument('--json', help='write the results here')
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    os.chdir(ROOT)
-    if args.memory_child:
-        return memory_child(args)
-    torch.set_num_threads(args.threads)
-    from spre_mmdet.sparsity import InterspaceConv2d, merge_interspace, reparameterize
+    return parser
 
-    print(f'Mask R-CNN {args.arch.upper()}-FPN, batch {args.batch} x {args.img_size}^2, '
-          f'{torch.get_num_threads()} threads, torch {torch.__version__}', flush=True)
+
+def measure(args) -> dict:
+    """Everything measured for ``args`` (see the module docstring), without the ratios."""
+    from spre_mmdet.sparsity import reparameterize
     batch = make_batch(args.batch, args.img_size)
     trainers = {v: Trainer(args.arch, v, batch, args.interval, args.equal_head_work)
                 for v in args.variants}
@@ -297,7 +309,8 @@ def main():
 
     print(f'step time: {args.warmup} warm-up + {args.rounds} interleaved steps each ...',
           flush=True)
-    times = time_interleaved({v: t.step for v, t in trainers.items()}, args.rounds, args.warmup)
+    times = time_interleaved({v: t.step for v, t in trainers.items()}, args.rounds,
+                             warmup=args.warmup)
     for v, ts in times.items():
         t = trainers[v]
         result['variants'][v].update(
@@ -315,9 +328,8 @@ def main():
             continue
         t.model.eval()
         try:
-            # interspace convs merged into dense k x k convs first, as the deploy export does
-            merged = any(isinstance(m, InterspaceConv2d) for m in t.model.modules())
-            deployed = reparameterize(merge_interspace(t.model) if merged else t.model).eval()
+            # interspace convs as dense k x k convs (the stock-mmdet deploy form)
+            deployed = reparameterize(t.model, interspace_form='merged').eval()
         except Exception as e:  # LBC before t_f is not final: say so
             result['variants'][v]['deploy'] = f'not deployable here: {type(e).__name__}'
             continue
@@ -328,7 +340,6 @@ def main():
             info['params_equal_dense'] = info['params'] == param_count(dense.model)
         result['variants'][v]['deploy'] = info
         infer[f'{v}_deploy'] = deployed
-    data = None
     if infer:
         any_model = next(iter(infer.values()))
         data = any_model.data_preprocessor(copy.copy(batch), False)
@@ -339,60 +350,69 @@ def main():
                     model(**data, mode='predict')
             return run
         itimes = time_interleaved({k: predictor(m) for k, m in infer.items()},
-                                  args.infer_rounds, 1)
+                                  args.infer_rounds, warmup=1)
         result['inference_s'] = {k: statistics.median(ts) for k, ts in itimes.items()}
 
     if not args.no_memory:
         print(f'peak RSS: fresh process per variant, {args.mem_steps} steps ...', flush=True)
         for v, mem in measure_memory(args, args.variants).items():
             result['variants'][v].update(mem)
+    return result
 
-    # ----------------------------------------------------------------- report
+
+def format_report(result: dict, infer_rounds: int) -> str:
+    """The Markdown table of the variants, the pair ratios and the deploy times."""
     res = result['variants']
     d = res.get('dense', {})
-    print(f'\n| variant | step (s, median of {args.rounds}) | of which mask refresh (s) '
-          '| step / dense | train GFLOPs '
-          '| / dense | backbone GFLOPs | / dense | peak RSS (MiB) | / dense | params |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|')
+    lines = [f'\n| variant | step (s, median of {result["rounds"]}) | of which mask refresh (s) '
+             '| step / dense | train GFLOPs '
+             '| / dense | backbone GFLOPs | / dense | peak RSS (MiB) | / dense | params |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
     for v, r in res.items():
-        print(f'| {v} | {r["step_s"]:.2f} | {r["refresh_s"]:.3f} | '
-              f'{ratio(r["step_s"], d.get("step_s")) or 0:.2f} | '
-              f'{r["train_gflops"]:.0f} | {ratio(r["train_gflops"], d.get("train_gflops")) or 0:.2f}'
-              f' | {r["backbone_train_gflops"]:.0f} | '
-              f'{ratio(r["backbone_train_gflops"], d.get("backbone_train_gflops")) or 0:.2f} | '
-              f'{r.get("peak_rss_mb", 0):.0f} | {ratio(r.get("peak_rss_mb"), d.get("peak_rss_mb")) or 0:.2f}'
-              f' | {r["params"] / 1e6:.2f}M |')
-    pairs = [('spre', 'srste'), ('srste', 'dense'), ('spre', 'dense'), ('lbc', 'dense'),
-             ('ip_srste', 'dense'), ('spre', 'lbc')]
-    result['ratios'] = {}
-    print()
-    for a, b in pairs:
-        if a in res and b in res:
-            rr = {k: ratio(res[a].get(k), res[b].get(k))
-                  for k in ('step_s', 'train_gflops', 'backbone_train_gflops', 'peak_rss_mb')}
-            # the two steps of one round ran back to back: their ratio cancels slow load drift
-            rr['step_paired'] = statistics.median(
-                x / y for x, y in zip(res[a]['step_s_all'], res[b]['step_s_all']))
-            result['ratios'][f'{a}/{b}'] = rr
-            print(f'{a}/{b}: step {rr["step_s"]:.2f} (median of per-round ratios '
-                  f'{rr["step_paired"]:.2f}), train FLOPs {rr["train_gflops"]:.2f}, '
-                  f'backbone FLOPs {rr["backbone_train_gflops"]:.2f}'
-                  + (f', peak RSS {rr["peak_rss_mb"]:.2f}' if rr['peak_rss_mb'] else ''))
+        lines.append(
+            f'| {v} | {r["step_s"]:.2f} | {r["refresh_s"]:.3f} | '
+            f'{ratio(r["step_s"], d.get("step_s")) or 0:.2f} | '
+            f'{r["train_gflops"]:.0f} | {ratio(r["train_gflops"], d.get("train_gflops")) or 0:.2f}'
+            f' | {r["backbone_train_gflops"]:.0f} | '
+            f'{ratio(r["backbone_train_gflops"], d.get("backbone_train_gflops")) or 0:.2f} | '
+            f'{r.get("peak_rss_mb", 0):.0f} | '
+            f'{ratio(r.get("peak_rss_mb"), d.get("peak_rss_mb")) or 0:.2f}'
+            f' | {r["params"] / 1e6:.2f}M |')
+    lines.append('')
+    for name, rr in result['ratios'].items():
+        lines.append(f'{name}: step {rr["step_s"]:.2f} (median of per-round ratios '
+                     f'{rr["step_paired"]:.2f}), train FLOPs {rr["train_gflops"]:.2f}, '
+                     f'backbone FLOPs {rr["backbone_train_gflops"]:.2f}'
+                     + (f', peak RSS {rr["peak_rss_mb"]:.2f}' if rr['peak_rss_mb'] else ''))
     if 'inference_s' in result:
-        print('\ndeploy (predict, median of %d):' % args.infer_rounds)
+        lines.append('\ndeploy (predict, median of %d):' % infer_rounds)
         base = result['inference_s'].get('dense')
         for k, s in result['inference_s'].items():
             extra = res.get(k.replace('_deploy', ''), {}).get('deploy', {})
-            print(f'  {k:16s} {s:.3f} s  ratio to dense {ratio(s, base) or 0:.2f}  '
-                  + (json.dumps(extra) if isinstance(extra, dict) and extra else ''))
+            lines.append(f'  {k:16s} {s:.3f} s  ratio to dense {ratio(s, base) or 0:.2f}  '
+                         + (json.dumps(extra) if isinstance(extra, dict) and extra else ''))
     for v, r in res.items():
         if isinstance(r.get('deploy'), str):
-            print(f'  {v}: {r["deploy"]}')
+            lines.append(f'  {v}: {r["deploy"]}')
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
+    args = build_parser().parse_args(argv)
+    if args.memory_child:
+        return memory_child(args)
+    torch.set_num_threads(args.threads)
+    print(f'Mask R-CNN {args.arch.upper()}-FPN, batch {args.batch} x {args.img_size}^2, '
+          f'{torch.get_num_threads()} threads, torch {torch.__version__}', flush=True)
+    result = measure(args)
+    result['ratios'] = pair_ratios(result['variants'])
+    print(format_report(result, args.infer_rounds))
     if args.json:
         os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=1)
         print(f'written: {args.json}')
+    return result
 
 
 if __name__ == '__main__':
