@@ -274,11 +274,7 @@ def test_r50_fpn_deploy_is_2of4_and_its_gemms_match_on_cpu():
 def test_benchmark_detector_command_is_the_tools(monkeypatch, tmp_path, repo_root):
     """The detector scope calls tools/benchmark_sparse.py with arguments its parser accepts:
     the deploy files, 800x1333, fp16, the batch, --scope detector, --device cuda."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('benchmark_sparse',
-                                                  repo_root / 'tools' / 'benchmark_sparse.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from spre_mmdet.benchmark import sparse_tool as tool
     seen = {}
 
     def fake_run(cmd, **kwargs):
