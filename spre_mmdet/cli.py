@@ -23,6 +23,22 @@ def run_tool(main: Callable[[], Any]) -> None:
         sys.exit(1)
 
 
+def load_tool_config(args) -> Any:
+    """The config of ``tools/train.py`` / ``tools/test.py`` as mmdet's tools build it: the file,
+    the launcher, ``--cfg-options`` merged, and the work dir (CLI > the config's > the config
+    file's name under ``./work_dirs``)."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
 def _iter_dataset_cfgs(ds: Any) -> Iterable[Any]:
     if not isinstance(ds, dict):
         return
@@ -67,6 +83,25 @@ def coco_annotation_problem(path: str) -> Optional[str]:
     return f'no {", ".join(map(repr, missing))} found (not COCO format?)' if missing else None
 
 
+def _is_classification(ds: Any) -> bool:
+    """An mmpretrain folder dataset (``CustomDataset``/``ImageNet``): no COCO annotations."""
+    return 'coco' not in str(ds.get('type', '')).lower() and not ds.get('ann_file')
+
+
+def _data_name(ds: Any) -> str:
+    return 'imagenet' if _is_classification(ds) else 'coco'
+
+
+def _generate_hint(ds: Any, root: str) -> str:
+    """How to generate the synthetic set a toy config of this dataset's kind reads."""
+    if _is_classification(ds):
+        size = ' --size 64 --num-val 1000' if 'cls64' in root else ''
+        out = root.rstrip('/') or 'data/toy_cls'
+        return (f'Generate the synthetic classification set with `python tools/make_toy_cls.py '
+                f'--out {out}{size}`')
+    return f'Generate the synthetic toy COCO set with `{_TOY_COCO_HINT}`'
+
+
 def check_dataset_paths(cfg: Any, loaders: Sequence[str]) -> None:
     """Raise a :class:`~spre_mmdet.errors.DatasetError` if a dataset of ``cfg.<loader>`` is
     missing, or its COCO annotation file is empty or not COCO JSON.
@@ -93,9 +128,9 @@ def check_dataset_paths(cfg: Any, loaders: Sequence[str]) -> None:
                     missing = path
             if missing is not None:
                 raise DatasetNotFoundError(
-                    f'Dataset not found: {missing} (from {where}). Generate the synthetic toy '
-                    f'COCO set with `{_TOY_COCO_HINT}`, or point the config at your data, e.g. '
-                    f'--cfg-options {key}.dataset.data_root=/path/to/coco/')
+                    f'Dataset not found: {missing} (from {where}). {_generate_hint(ds, root)}, '
+                    f'or point the config at your data, e.g. --cfg-options '
+                    f'{key}.dataset.data_root=/path/to/{_data_name(ds)}/')
             if path and path.endswith('.json') and osp.isfile(path):
                 problem = coco_annotation_problem(path)
                 if problem:
