@@ -49,6 +49,15 @@ class SparsityHook(Hook):
             raise ConfigError('SparsityHook is configured but the model has no sparse layers: '
                               'use a sparse backbone (e.g. type="SparseResNet") or drop the '
                               'hook.')
+        paired = {id(conv) for _, conv, _ in spre_pairs(model)}
+        unpaired = [name for name, layer in layers
+                    if getattr(layer, 'structure', None) == 'spre' and id(layer) not in paired]
+        if unpaired:
+            raise ConfigError(
+                f'{len(unpaired)} SpRe convs lost their two-branch BN, e.g. {unpaired[0]}: '
+                'something replaced SpReBatchNorm2d (typically a SyncBatchNorm conversion such '
+                "as the runner's sync_bn option), which would silently drop the extra branch. "
+                'Remove the conversion for SpRe backbones.')
         problems = []
         for name, layer in layers:
             layer.sparsity.resolve_schedule(runner.max_iters)

@@ -3,6 +3,7 @@ import json
 import os
 import os.path as osp
 
+import pytest
 import torch
 from mmengine.registry import MODELS
 from mmengine.testing import RunnerTestCase
@@ -166,3 +167,21 @@ class TestReparameterizeHookChecks(RunnerTestCase):
             runner.train()
         assert runner.iter == 0
         assert open(osp.join(target, 'notes.txt')).read() == 'mine'
+
+
+def test_syncbn_conversion_of_spre_blocks_is_refused_before_training():
+    """Converting SpRe's two-branch BN to SyncBatchNorm (which would drop the extra branch) is
+    refused in before_train, naming the conv; the unconverted block passes."""
+    from types import SimpleNamespace
+
+    def spre_block():
+        block = torch.nn.Sequential()
+        block.conv = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        block.bn = torch.nn.BatchNorm2d(8)
+        sparsify_layer(block, 'conv', 'srste', 2, 4, norm_name='bn', rep_gamma=1.0)
+        return block
+
+    SparsityHook().before_train(SimpleNamespace(model=spre_block(), max_iters=8, iter=0))
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(spre_block())
+    with pytest.raises(ConfigError, match=r'conv.*SyncBatchNorm|SyncBatchNorm.*sync_bn'):
+        SparsityHook().before_train(SimpleNamespace(model=converted, max_iters=8, iter=0))
