@@ -139,9 +139,10 @@ def collect_environment() -> Dict[str, Any]:
     )
 
 
-def write_environment(path: str) -> Dict[str, Any]:
-    """Write :func:`collect_environment` as JSON to ``path`` (directories created)."""
-    env = collect_environment()
+def write_environment(path: str, **extra: Any) -> Dict[str, Any]:
+    """Write :func:`collect_environment` (plus ``extra`` entries, e.g. the thread count of the
+    runs a parent process starts) as JSON to ``path`` (directories created)."""
+    env = dict(collect_environment(), **extra)
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)

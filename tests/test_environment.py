@@ -35,6 +35,16 @@ def test_collect_environment_fields(monkeypatch):
 
 
 def test_write_environment(tmp_path):
+    """The JSON written is the collected record."""
     path = tmp_path / 'sub' / 'environment.json'
     env = write_environment(str(path))
     assert json.loads(path.read_text()) == json.loads(json.dumps(env))
+
+
+def test_write_environment_records_the_extra_entries(tmp_path):
+    """Extra entries (the sweep's threads per run) are written beside the collected ones."""
+    path = tmp_path / 'environment.json'
+    write_environment(str(path), threads_per_run=1, runs_at_a_time=2)
+    written = json.loads(path.read_text())
+    assert (written['threads_per_run'], written['runs_at_a_time']) == (1, 2)
+    assert written['torch']['version'] and written['numpy']

@@ -77,6 +77,10 @@ def main(argv=None):
         records = [done[c.name] for c in cells if c.name in done]
     else:
         _check_data(args.task)
+        from spre_mmdet.environment import write_environment
+        # what the figures were measured in; every run uses --threads threads (OMP_NUM_THREADS)
+        write_environment(osp.join(args.out, 'environment.json'), threads_per_run=args.threads,
+                          runs_at_a_time=args.jobs)
         print(f'{len(cells)} cells, {args.jobs} at a time with {args.threads} thread(s) each; '
               f'results in {osp.join(args.out, "results.jsonl")}', flush=True)
         from tqdm import tqdm
