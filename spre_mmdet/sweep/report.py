@@ -197,7 +197,8 @@ def cost_table(records: Sequence[dict]) -> str:
             f'{step / dense:.2f}' if step and dense else '-',
             f'{step / srste:.2f}' if step and srste else '-',
             f'{rss:.0f}' if rss else '-',
-            f'{deploy["valid"]}/{deploy["checked"]}' if deploy.get('checked') else 'dense',
+            f'{deploy["valid"]}/{deploy["checked"]}' if deploy.get('checked') else
+            ('dense' if method == 'dense' else 'no N:M deploy'),
             str(deploy.get('params', '-'))]) + ' |')
     return '\n'.join(lines)
 
