@@ -17,7 +17,11 @@ model = dict(
         # * norm_eval=True (as mmdet): 2 images per GPU give poor BN batch statistics. BN_rep
         #   then keeps its running stats (0, 1) and acts as a learnable per-channel scale+shift.
         # * rep_gamma=0: the extra branch starts switched off, so training starts exactly from
-        #   the pretrained dense function under the 2:4 mask; gamma_rep and W_rep then learn.
+        #   the pretrained dense function under the 2:4 mask. This dense start is an ADAPTATION:
+        #   measured, the branch then stays nearly off (train/spre/branch_ratio ~0.006), i.e.
+        #   this trains SR-STE. The paper's protocol is the two-stage pipeline
+        #   (mask_rcnn_r50_spre_2x4_from_in1k.py); spre.rep_gamma=1.0 keeps the branch on
+        #   (docs/methods/spre.md, "Starting from dense weights").
         # * init_cfg (inherited): torchvision://resnet50 needs torchvision; without it, point
         #   init_cfg.checkpoint at a local copy of the weights. A dense checkpoint loads into
         #   the same keys; masks and S are derived from the loaded weights. An ImageNet SpRe or
