@@ -167,7 +167,9 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
     SPATIAL = 'spatial'
     derived_state = (SPATIAL,)
     structure = 'spre'
-    spatial_changes = 0
+    # flips of S so far: a tensor on the weight's device once counted, so that a refresh never
+    # waits for the device (read it through spatial_changes, e.g. when logging)
+    _spatial_flips = 0
     # nn.Conv2d is listed among the direct bases so that mmengine's init_cfg (layer='Conv2d'),
     # which matches direct base names only, initializes the main weight like a dense conv.
 
@@ -202,11 +204,16 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
             spatial = spatial_mask(self.weight.detach(), self.sparsity.n, self.sparsity.m,
                                    magnitude)
             if not self.needs_init:
-                self.spatial_changes += int((spatial != self.spatial).sum())
+                self._spatial_flips = self._spatial_flips + (spatial != self.spatial).sum()
             self.spatial.copy_(spatial)
             self.needs_init = False
             # S depends on the weight only: skip the next refresh if neither changes
             self._spatial_source = Source(self.weight, self.spatial)
+
+    @property
+    def spatial_changes(self) -> int:
+        """Entries of ``S`` flipped at refreshes since the layer was built (not saved)."""
+        return int(self._spatial_flips)
 
     def _spatial_is_current(self) -> bool:
         source = self.__dict__.get('_spatial_source')
