@@ -92,13 +92,17 @@ def _data_name(ds: Any) -> str:
     return 'imagenet' if _is_classification(ds) else 'coco'
 
 
-def _generate_hint(ds: Any, root: str) -> str:
-    """How to generate the synthetic set a toy config of this dataset's kind reads."""
+def _generate_hint(cfg: Any, ds: Any, root: str) -> str:
+    """How to generate the synthetic set a config reads: the command its ``synthetic_data``
+    names (the toy configs declare it next to their ``data_root``), else the generator of the
+    dataset's kind."""
+    command = cfg.get('synthetic_data', None)
+    if isinstance(command, str) and command:
+        return f'Generate the synthetic set this config reads with `{command}`'
     if _is_classification(ds):
-        size = ' --size 64 --num-val 1000' if 'cls64' in root else ''
         out = root.rstrip('/') or 'data/toy_cls'
         return (f'Generate the synthetic classification set with `python tools/make_toy_cls.py '
-                f'--out {out}{size}`')
+                f'--out {out}`')
     return f'Generate the synthetic toy COCO set with `{_TOY_COCO_HINT}`'
 
 
@@ -128,7 +132,7 @@ def check_dataset_paths(cfg: Any, loaders: Sequence[str]) -> None:
                     missing = path
             if missing is not None:
                 raise DatasetNotFoundError(
-                    f'Dataset not found: {missing} (from {where}). {_generate_hint(ds, root)}, '
+                    f'Dataset not found: {missing} (from {where}). {_generate_hint(cfg, ds, root)}, '
                     f'or point the config at your data, e.g. --cfg-options '
                     f'{key}.dataset.data_root=/path/to/{_data_name(ds)}/')
             if path and path.endswith('.json') and osp.isfile(path):

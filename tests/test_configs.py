@@ -76,3 +76,27 @@ def test_config_builds_and_deploys(path):
                 continue
             weight = getattr(modules[name], 'gemm', modules[name]).weight
             assert check_nm_tensor(weight, layer.sparsity.n, layer.sparsity.m).ok, name
+
+
+def _data_roots(cfg):
+    roots = set()
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dataset = (cfg.get(key) or {}).get('dataset') or {}
+        while 'dataset' in dataset:  # wrappers (e.g. RepeatDataset)
+            dataset = dataset['dataset']
+        if dataset.get('data_root'):
+            roots.add(dataset['data_root'].rstrip('/'))
+    return roots
+
+
+@pytest.mark.parametrize('path', [p for p in CONFIGS if 'toy' in p])
+def test_toy_config_names_the_generator_of_its_data(path):
+    """A toy config declares (``synthetic_data``) the generator command that writes exactly the
+    data/toy_* folder it reads: the missing-data error quotes it."""
+    cfg = Config.fromfile(str(REPO / path))
+    roots = {r for r in _data_roots(cfg) if r.startswith('data/toy_')}
+    assert roots, f'{path} is a toy config but reads no data/toy_* set'
+    command = cfg.get('synthetic_data')
+    assert command and command.startswith('python tools/make_toy_'), path
+    out = command.split('--out ')[1].split()[0].rstrip('/')
+    assert roots == {out}, (path, roots, command)

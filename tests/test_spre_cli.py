@@ -1,5 +1,6 @@
 """spre_mmdet.cli: the tools' config loading and dataset checks."""
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
 from mmengine.config import Config
@@ -9,18 +10,30 @@ from spre_mmdet.errors import DatasetNotFoundError
 
 
 def test_missing_classification_set_names_the_classification_generator(tmp_path):
-    """A missing mmpretrain folder dataset points at make_toy_cls.py with the config's folder
-    (and the 64-pixel options for the cls64 set), not at the COCO generator."""
-    for name, options in (('toy_cls', ''), ('toy_cls64', ' --size 64 --num-val 1000')):
-        root = f'{tmp_path}/data/{name}/'
-        cfg = Config(dict(train_dataloader=dict(dataset=dict(
-            type='CustomDataset', data_root=root, data_prefix='train'))))
-        with pytest.raises(DatasetNotFoundError) as info:
-            cli.check_dataset_paths(cfg, ['train_dataloader'])
-        message = str(info.value)
-        assert 'make_toy_coco' not in message
-        assert f'python tools/make_toy_cls.py --out {tmp_path}/data/{name}{options}`' in message
-        assert '/path/to/imagenet/' in message
+    """A missing mmpretrain folder dataset points at make_toy_cls.py with the config's folder,
+    not at the COCO generator."""
+    root = f'{tmp_path}/data/toy_cls/'
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(
+        type='CustomDataset', data_root=root, data_prefix='train'))))
+    with pytest.raises(DatasetNotFoundError) as info:
+        cli.check_dataset_paths(cfg, ['train_dataloader'])
+    message = str(info.value)
+    assert 'make_toy_coco' not in message
+    assert f'python tools/make_toy_cls.py --out {tmp_path}/data/toy_cls`' in message
+    assert '/path/to/imagenet/' in message
+
+
+def test_missing_synthetic_set_quotes_the_configs_generator():
+    """The shipped 64-pixel stage-1 config's missing set is answered with the generator command
+    the config declares (its size and split options included)."""
+    cfg = Config.fromfile(str(Path(__file__).resolve().parent.parent / 'configs' / 'toy' / 'cls' /
+                                     'resnet18_dense_toy_cls64.py'))
+    cfg.train_dataloader.dataset.data_root = cfg.val_dataloader.dataset.data_root = \
+        'data/no_such_toy_cls64/'
+    with pytest.raises(DatasetNotFoundError) as info:
+        cli.check_dataset_paths(cfg, ['train_dataloader'])
+    assert ('`python tools/make_toy_cls.py --out data/toy_cls64 --size 64 --num-train 8000 '
+            '--num-val 1000`') in str(info.value)
 
 
 def test_load_tool_config_work_dir_priority(tmp_path):

@@ -6,6 +6,7 @@
 _base_ = '../mask_rcnn_r50_spre_2x4.py'
 
 data_root = 'data/toy_coco/'
+synthetic_data = 'python tools/make_toy_coco.py --out data/toy_coco'
 classes = ('circle', 'square', 'triangle', 'ellipse', 'star', 'cross')
 model = dict(
     # no ImageNet weights here: train from scratch, so BN must learn its statistics

@@ -4,6 +4,8 @@
 # See docs/synthetic_cls.md.
 dataset_type = 'CustomDataset'
 data_root = 'data/toy_cls/'
+# what the tools suggest when the set is missing
+synthetic_data = 'python tools/make_toy_cls.py --out data/toy_cls'
 data_preprocessor = dict(
     num_classes=10,
     mean=[127.5, 127.5, 127.5],

@@ -5,6 +5,8 @@ _base_ = 'mmdet::_base_/datasets/coco_instance.py'
 
 dataset_type = 'CocoDataset'
 data_root = 'data/toy_coco/'
+# what the tools suggest when the set is missing
+synthetic_data = 'python tools/make_toy_coco.py --out data/toy_coco'
 metainfo = dict(
     classes=('circle', 'square', 'triangle', 'ellipse', 'star', 'cross'),
     palette=[(220, 20, 60), (0, 80, 200), (0, 160, 60), (250, 140, 0), (230, 210, 0),

@@ -6,6 +6,8 @@
 #   python tools/train.py configs/toy/cls/resnet18_spre_2x4_toy_cls64.py
 _base_ = '../../_base_/toy_cls_resnet10.py'
 data_root = 'data/toy_cls64/'
+synthetic_data = ('python tools/make_toy_cls.py --out data/toy_cls64 --size 64 --num-train 8000 '
+                  '--num-val 1000')
 train_dataloader = dict(batch_size=32, dataset=dict(data_root=data_root))
 val_dataloader = dict(batch_size=64, dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
