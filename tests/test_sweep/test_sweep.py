@@ -70,6 +70,21 @@ def test_report_tables_and_plots(tmp_path):
     assert (tmp_path / 'accuracy_vs_sparsity.png').stat().st_size > 1000
 
 
+def test_detection_report_is_in_map_points(tmp_path):
+    """Detection mAP (0-1 as mmdet logs it) is reported in points: a paired difference of
+    0.004 mAP reads +0.40, not +0.00."""
+    values = {'srste': [0.600, 0.610, 0.620], 'spre': [0.604, 0.613, 0.625]}
+    records = [dict(task='det', method=method, pattern='2:4', n=2, m=4, seed=seed,
+                    name=f'det_{method}_s{seed}', bbox_mAP=value, segm_mAP=value,
+                    cls_top1=50.0, wall_s=1.0)
+               for method, seeds in values.items() for seed, value in enumerate(seeds)]
+    text = open(write_report(records, str(tmp_path))).read()
+    assert '## Detection (two-stage pipeline): box mAP (%)' in text
+    assert '| srste (3 seeds) | 61.00 ± 1.00' in text
+    assert '| spre − srste | +0.40 [' in text
+    assert records[0]['bbox_mAP'] == 0.600  # the records themselves are left as they were
+
+
 def test_kernel_positions_of_a_known_kernel():
     """Pruned fraction and relative weight per 3x3 position of a hand-made deploy model."""
     model = torch.nn.Module()
