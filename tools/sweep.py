@@ -12,7 +12,7 @@ pretraining at 64x64, then Mask R-CNN on the synthetic COCO set; needs data/toy_
 data/toy_coco). Toy: every method's toy Mask R-CNN R-18 config from scratch (2:4, seed 0 by
 default), with step time, peak memory and deploy checks. Every cell is one run of tools/train.py on a shipped config with the seed's
 shared initial weights; finished cells are kept in OUT/results.jsonl, so an interrupted sweep
-continues where it stopped. Writes OUT/summary.md (mean ± std [95% interval] per cell, paired
+continues where it stopped (a detection cell whose stage 1 finished resumes at stage 2). Writes OUT/summary.md (mean ± std [95% interval] per cell, paired
 differences), OUT/accuracy_vs_sparsity.png and, for classification, the per-kernel-position
 analysis of the final deploy kernels (OUT/kernel_positions.{png,json}).
 """

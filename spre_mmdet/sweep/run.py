@@ -67,10 +67,26 @@ def step_time(work_dir: str, skip: float = 0.1) -> Optional[float]:
     return statistics.median(times) if times else None
 
 
+#: written into a run's work dir when its training finished: a resumed sweep reuses the run
+FINISHED = 'finished_run.json'
+
+
 def _train(config: str, work_dir: str, options: List[str], threads: int) -> dict:
     """``tools/train.py config`` in a child process; returns its wall time (s), peak resident
-    memory (MiB, that process alone) and median step time (s)."""
+    memory (MiB, that process alone) and median step time (s).
+
+    A run that already finished in ``work_dir`` with the same config and options (its
+    :data:`FINISHED` file) is not trained again: a detection cell interrupted in stage 2 resumes
+    there, not at stage 1. Any other content of ``work_dir`` is trained over."""
     os.makedirs(work_dir, exist_ok=True)
+    done_file = osp.join(work_dir, FINISHED)
+    what = dict(config=config, options=list(options))
+    if osp.isfile(done_file):
+        with open(done_file) as f:
+            done = json.load(f)
+        if done.get('run') == what:
+            return done['result']
+        os.remove(done_file)  # a different run's: this one starts over
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONPATH=os.pathsep.join(p for p in (repo_root(), os.environ.get('PYTHONPATH'))
                                           if p))
@@ -87,8 +103,11 @@ def _train(config: str, work_dir: str, options: List[str], threads: int) -> dict
     if child.returncode:
         raise RuntimeError(f'{config} failed (exit {child.returncode}); see '
                            f'{osp.join(work_dir, "train.log")}')
-    return dict(wall_s=time.time() - started, peak_rss_mb=usage.ru_maxrss / 1024,
-                step_s=step_time(work_dir))
+    result = dict(wall_s=time.time() - started, peak_rss_mb=usage.ru_maxrss / 1024,
+                  step_s=step_time(work_dir))
+    with open(done_file, 'w') as f:
+        json.dump(dict(run=what, result=result), f)
+    return result
 
 
 def deploy_summary(work_dir: str) -> Optional[dict]:
