@@ -31,6 +31,8 @@ def _patterns(records: Sequence[dict]) -> List[str]:
 def _fmt(row: Optional[dict], scale: float = 1.0) -> str:
     if row is None:
         return '-'
+    if row['std'] is None:  # one seed: no spread to state
+        return f'{row["mean"] * scale:.2f} (1 seed)'
     text = f'{row["mean"] * scale:.2f} ± {row["std"] * scale:.2f}'
     if row.get('ci_low') is not None:
         text += f' [{row["ci_low"] * scale:.2f}, {row["ci_high"] * scale:.2f}]'
@@ -50,7 +52,8 @@ def tables(records: Sequence[dict], metric: str, label: str) -> str:
         else:
             cells = [_fmt(rows.get((method, p))) for p in patterns]
         seeds = max((len(rows[k]['seeds']) for k in rows if k[0] == method), default=0)
-        lines.append(f'| {method} ({seeds} seeds) | ' + ' | '.join(cells) + ' |')
+        lines.append(f'| {method} ({seeds} seed{"s" if seeds != 1 else ""}) | '
+                     + ' | '.join(cells) + ' |')
     lines += ['', f'Paired differences of {label} (same seed = same initial weights, data order '
               'and schedule), mean [95% interval]; * = the interval excludes 0:', '',
               '| difference | ' + ' | '.join(patterns) + ' |', '|---|' + '---|' * len(patterns)]
@@ -88,11 +91,12 @@ def plot_metric(records: Sequence[dict], metric: str, label: str, path: str) -> 
         if method == 'dense':
             ax.axhline(mine[0]['mean'], color='k', ls='--', lw=1,
                        label=f'dense ({mine[0]["mean"]:.1f})')
-            ax.axhspan(mine[0]['mean'] - mine[0]['std'], mine[0]['mean'] + mine[0]['std'],
-                       color='k', alpha=0.08)
+            if mine[0]['std'] is not None:
+                ax.axhspan(mine[0]['mean'] - mine[0]['std'], mine[0]['mean'] + mine[0]['std'],
+                           color='k', alpha=0.08)
             continue
         x = [_density(r['pattern']) for r in mine]
-        ax.errorbar(x, [r['mean'] for r in mine], yerr=[r['std'] for r in mine], marker='o',
+        ax.errorbar(x, [r['mean'] for r in mine], yerr=[r['std'] or 0.0 for r in mine], marker='o',
                     capsize=3, label=method)
     patterns = _patterns(records)
     ax.set_xscale('log', base=2)

@@ -15,13 +15,13 @@ def _by_cell(records: Sequence[dict], metric: str) -> Dict[Tuple[str, str], Dict
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95
-                  ) -> Tuple[float, float, Optional[float], Optional[float]]:
-    """``(mean, sample std, ci_low, ci_high)``: Student-t interval of the mean (no interval
-    from fewer than two values)."""
+                  ) -> Tuple[float, Optional[float], Optional[float], Optional[float]]:
+    """``(mean, sample std, ci_low, ci_high)``: Student-t interval of the mean (no spread and no
+    interval from a single value: ``None``, not a zero that reads as a measured spread)."""
     k = len(values)
     mean = sum(values) / k
     if k < 2:
-        return mean, 0.0, None, None
+        return mean, None, None, None
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
     half = scipy_stats.t.ppf(0.5 + confidence / 2, k - 1) * std / math.sqrt(k)
     return mean, std, mean - half, mean + half

@@ -85,6 +85,18 @@ def test_detection_report_is_in_map_points(tmp_path):
     assert records[0]['bbox_mAP'] == 0.600  # the records themselves are left as they were
 
 
+def test_single_seed_cell_states_no_spread(tmp_path):
+    """A cell with one seed has no standard deviation or interval (None), and the report says
+    "1 seed" instead of printing a spread of 0.00 that was never measured."""
+    records = [r for r in _records() if r['seed'] == 0]
+    row = next(r for r in summarize(records, 'top1') if r['method'] == 'spre')
+    assert row['std'] is None and row['ci_low'] is None
+    text = open(write_report(records, str(tmp_path))).read()
+    assert '| spre (1 seed) | 41.00 (1 seed) |' in text
+    assert '± 0.00' not in text
+    assert '| spre − srste | +1.00 (1 seed) |' in text
+
+
 def test_kernel_positions_of_a_known_kernel():
     """Pruned fraction and relative weight per 3x3 position of a hand-made deploy model."""
     model = torch.nn.Module()
