@@ -75,12 +75,13 @@ def _train(config: str, work_dir: str, options: List[str], threads: int) -> dict
     """``tools/train.py config`` in a child process; returns its wall time (s), peak resident
     memory (MiB, that process alone) and median step time (s).
 
-    A run that already finished in ``work_dir`` with the same config and options (its
-    :data:`FINISHED` file) is not trained again: a detection cell interrupted in stage 2 resumes
-    there, not at stage 1. Any other content of ``work_dir`` is trained over."""
+    A run that already finished in ``work_dir`` with the same config, options and thread count
+    (its :data:`FINISHED` file) is not trained again: a detection cell interrupted in stage 2
+    resumes there, not at stage 1. The thread count is part of the run because it changes the
+    figures (float reduction order). Any other content of ``work_dir`` is trained over."""
     os.makedirs(work_dir, exist_ok=True)
     done_file = osp.join(work_dir, FINISHED)
-    what = dict(config=config, options=list(options))
+    what = dict(config=config, options=list(options), threads=threads)
     if osp.isfile(done_file):
         with open(done_file) as f:
             done = json.load(f)

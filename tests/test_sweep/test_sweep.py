@@ -139,14 +139,14 @@ def test_run_grid_resumes_and_records_failures(tmp_path, monkeypatch):
 
 
 def test_finished_stage_is_reused_only_for_the_same_run(tmp_path, monkeypatch):
-    """A run whose finished file names the same config and options is not trained again (an
-    interrupted detection cell resumes at stage 2); another run's finished file is discarded
-    and the run trains."""
+    """A run whose finished file names the same config, options and thread count is not trained
+    again (an interrupted detection cell resumes at stage 2); another run's finished file,
+    including one trained at another thread count, is discarded and the run trains."""
     work = tmp_path / 'stage1_cls'
     work.mkdir()
     stored = dict(wall_s=12.0, peak_rss_mb=900.0, step_s=0.5)
     (work / sweep_run.FINISHED).write_text(json.dumps(
-        dict(run=dict(config='a.py', options=['randomness.seed=0']), result=stored)))
+        dict(run=dict(config='a.py', options=['randomness.seed=0'], threads=1), result=stored)))
 
     class Launched(Exception):
         pass
@@ -156,6 +156,12 @@ def test_finished_stage_is_reused_only_for_the_same_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sweep_run.subprocess, 'Popen', no_launch)
     assert sweep_run._train('a.py', str(work), ['randomness.seed=0'], 1) == stored
+    with pytest.raises(Launched):
+        sweep_run._train('a.py', str(work), ['randomness.seed=0'], 2)
+    assert not (work / sweep_run.FINISHED).exists()
+
+    (work / sweep_run.FINISHED).write_text(json.dumps(
+        dict(run=dict(config='a.py', options=['randomness.seed=0'], threads=1), result=stored)))
     with pytest.raises(Launched):
         sweep_run._train('a.py', str(work), ['randomness.seed=1'], 1)
     assert not (work / sweep_run.FINISHED).exists()
