@@ -9,7 +9,8 @@ the work one training iteration asks of the masks is timed:
 * **LBC**: a refresh at a step of the removal schedule (one subset per group removed, subset
   scores random as after some training), and one between steps (nothing to remove);
 
-against two yardsticks: **one clone** of the same weights (memory speed) and a **naive top-k**
+each of the first two also on the eager PyTorch reference (the fused CPU kernels of
+``spre_mmdet.sparsity.native`` turned off), against two yardsticks: **one clone** of the same weights (memory speed) and a **naive top-k**
 mask (``topk`` over rows of ``M``, as one would write it first). Every round times each
 variant once, in rotating order, in one process, so load from other processes hits all of them
 alike; the report gives medians over rounds, of the times and of the per-round ratios.
@@ -22,6 +23,7 @@ Plain PyTorch (no mmdet): the conv shapes are those of mmdet's ``ResNet`` (check
 """
 import argparse
 import json
+import os
 import statistics
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -29,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..sparsity import native
 from ..sparsity import (SparseConv2d, forget_mask_sources, from_groups, refresh_masks,
                         sparse_layers, sparsify_layer, to_groups)
 from ..sparsity.lbc import LBCMask, cubic_survivors
@@ -47,7 +50,9 @@ WORK = {
     'clone': 'one clone of the weights',
     'topk': 'naive top-k N:M masks',
     'srste': 'SR-STE refresh (all N:M masks)',
+    'srste_eager': 'SR-STE refresh, eager reference',
     'spre': 'SpRe refresh (N:M masks + S)',
+    'spre_eager': 'SpRe refresh, eager reference',
     'lbc_removal': 'LBC step with a removal',
     'lbc_between': 'LBC step without removal',
 }
@@ -168,10 +173,21 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
         for weight in weights:
             naive_topk_mask(weight, n, m)
 
-    def forced(model):
+    def forced(model, eager=False):
         def run():
             forget_mask_sources(model)
-            refresh_masks(model, 0)
+            if not eager:
+                refresh_masks(model, 0)
+                return
+            previous = os.environ.get('SPRE_MMDET_NATIVE')
+            os.environ['SPRE_MMDET_NATIVE'] = '0'
+            try:
+                refresh_masks(model, 0)
+            finally:
+                if previous is None:
+                    del os.environ['SPRE_MMDET_NATIVE']
+                else:
+                    os.environ['SPRE_MMDET_NATIVE'] = previous
         return run
 
     def lbc_removal():
@@ -184,13 +200,15 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
     def lbc_between():
         refresh_masks(lbc, between)
 
-    run = dict(clone=clone, topk=topk, srste=forced(srste), spre=forced(spre),
+    run = dict(clone=clone, topk=topk, srste=forced(srste), srste_eager=forced(srste, True),
+               spre=forced(spre), spre_eager=forced(spre, True),
                lbc_removal=lbc_removal, lbc_between=lbc_between)
     setup = dict(lbc_removal=lbc_reset, lbc_between=lambda: refresh_masks(lbc, removal))
     facts = dict(arch=arch, n=n, m=m, base_channels=base_channels, layers=len(weights),
                  weights=sum(w.numel() for w in weights),
                  spatial_layers=sum(1 for layer in spre if isinstance(layer, _ConvNorm)),
-                 lbc_iterations=(removal, between))
+                 lbc_iterations=(removal, between),
+                 fused_kernels=torch.device(device).type == 'cpu' and native.library() is not None)
     return Workloads(run, setup, facts, dict(srste=srste, spre=spre, lbc=lbc))
 
 
@@ -217,7 +235,8 @@ def format_result(result: Dict[str, object]) -> str:
              f'{result["weights"] / 1e6:.2f}M fp32 weights ({result["weights"] * 4 / 1e6:.1f} MB), '
              f'{result["spatial_layers"]} with S under SpRe; {result["n"]}:{result["m"]}, '
              f'{result["device"]}, {result["threads"]} threads, medians of {result["rounds"]} '
-             'interleaved rounds',
+             'interleaved rounds, fused CPU kernels '
+             + ('on' if result['fused_kernels'] else 'off (every row is eager)'),
              '', '| work | ms | / clone | / naive top-k |', '|---|---|---|---|']
     for name, label in WORK.items():
         lines.append(f'| {label} | {result["ms"][name]:.1f} | {result["vs_clone"][name]:.2f} | '

@@ -8,7 +8,9 @@ on every rank.
 
 The masks are computed without sorting or permuted index tensors: ``(O, C, kh, kw)`` viewed as
 ``(O*C/M, M, kh*kw)`` holds the ``M`` members of every group at one stride, and ranking ``M``
-values takes ``M*(M-1)/2`` elementwise comparisons (:func:`nm_mask`).
+values takes ``M*(M-1)/2`` comparisons (:func:`nm_mask`). Contiguous float32 CPU weights are
+ranked by a fused kernel in one pass (:mod:`~spre_mmdet.sparsity.native`); the eager tensor
+code here is the reference it matches, and runs everywhere else (CUDA, half, other layouts).
 """
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -16,6 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ..errors import ConfigError
+from . import native
 
 def check_nm(n: int, m: int) -> Tuple[int, int]:
     """Validate an N:M ratio and return it as ints.
@@ -135,10 +138,11 @@ def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int,
         n, m: the N:M pattern.
         out: bool tensors of the weights' shapes to write the masks into (e.g. the learners'
             mask buffers); new tensors if ``None``.
-        magnitude_hook: called as ``hook(i, magnitude)`` for every weight, with ``|w_i|`` as
-            float32 in ``w_i``'s shape (NaN -> inf, inf -> the largest float: the order of
-            the masks), for other work on the same magnitudes (SpRe's ``S``). Valid only
-            during the call; do not modify it.
+        magnitude_hook: called as ``hook(i, magnitude)`` for every weight ranked by the
+            eager code, with ``|w_i|`` as float32 in ``w_i``'s shape (NaN -> inf, inf -> the
+            largest float: the order of the masks), for other work on the same magnitudes
+            (SpRe's ``S``). Valid only during the call; do not modify it. The fused kernel
+            computes no magnitudes: weights it ranks get no call.
 
     Returns:
         The masks (``out`` if given).
@@ -157,13 +161,19 @@ def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int,
             if mask.shape != weight.shape or mask.dtype != torch.bool:
                 raise ValueError(f'out mask {tuple(mask.shape)} {mask.dtype} does not fit a '
                                  f'weight of shape {tuple(weight.shape)}.')
+    eager = range(len(weights))
+    fused = [i for i in eager if native.handles(weights[i]) and out[i].is_contiguous()]
+    if fused and native.nm_masks([weights[i] for i in fused], [out[i] for i in fused], n, m):
+        eager = sorted(set(eager) - set(fused))
     if m > 128:  # ranks would not fit the uint8 counters below; never a hardware pattern
-        for weight, mask in zip(weights, out):
-            mask.copy_(_nm_mask_by_sort(member_magnitudes(weight, m), n, weight.shape))
+        for i in eager:
+            out[i].copy_(_nm_mask_by_sort(member_magnitudes(weights[i], m), n,
+                                          weights[i].shape))
         return out
     # weights of one device and kernel size share a batch (the patterns below depend on K)
     kinds = {}
-    for i, weight in enumerate(weights):
+    for i in eager:
+        weight = weights[i]
         kinds.setdefault((weight.device, weight[0, 0].numel()), []).append(i)
     for indices in kinds.values():
         batch, size = [], 0

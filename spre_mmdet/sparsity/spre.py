@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from . import native
 from .layers import SparseConv2d
 from .learners import DerivedStateMixin, Source
 from .nm import unstructured_mask
@@ -52,6 +53,10 @@ def spatial_mask(weight: torch.Tensor, n: int, m: int,
         magnitude: ``|weight|`` if already computed, in any monotone form of it (e.g. as float32
             with NaN -> inf: ``nm_masks``' magnitude hook); saves one pass.
     """
+    if native.handles(weight):  # fused: reads the weight itself, in two passes
+        spatial = native.spatial_mask(weight.detach(), n, m)
+        if spatial is not None:
+            return spatial.to(weight.dtype).reshape(weight.shape[2:])
     out_c, in_c = weight.shape[:2]
     if magnitude is None:
         magnitude = weight.detach().abs()

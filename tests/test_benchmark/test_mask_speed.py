@@ -29,11 +29,12 @@ def test_workloads_do_the_work_they_are_named_after():
     assert set(workloads.run) == set(mask_speed.WORK)
     assert workloads.facts['layers'] == 19 and workloads.facts['spatial_layers'] == 16
     models = workloads.models
-    for method in ('srste', 'spre'):
+    for method, work in (('srste', 'srste'), ('spre', 'spre'), ('srste', 'srste_eager'),
+                         ('spre', 'spre_eager')):
         for _, layer in sparse_layers(models[method]):
             with torch.no_grad():  # through .data: only a forced refresh sees it
                 layer.weight.data.copy_(torch.randn_like(layer.weight))
-        workloads.run[method]()
+        workloads.run[work]()
         for _, layer in sparse_layers(models[method]):
             assert torch.equal(layer.sparsity.mask, nm_mask(layer.weight, 2, 4))
             if hasattr(layer, 'spatial'):

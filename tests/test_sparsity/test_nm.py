@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from helpers import (assert_nm_pattern, group_nonzero_counts, iter_groups, reference_nm_mask,
                      reference_unstructured_keep_count)
@@ -15,7 +15,10 @@ from spre_mmdet.sparsity import (check_nm, check_nm_tensor, from_groups, nm_inco
                                  nm_mask, nm_masks, to_groups, unstructured_mask)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROPERTY = settings(max_examples=40, deadline=None)
+# the mask_kernels fixture only sets the path, the same for every example
+PROPERTY = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+pytestmark = pytest.mark.usefixtures('mask_kernels')  # every test on both paths
 
 
 @st.composite

@@ -5,12 +5,15 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 from helpers import assert_nm_pattern, reference_nm_mask, reference_spatial_mask
 from spre_mmdet.sparsity import (SpReBatchNorm2d, SpReConv2d, forget_mask_sources, refresh_masks,
                                  nm_mask, reparameterize, spatial_mask, sparsify_layer)
+from spre_mmdet.sparsity import native
+
+pytestmark = pytest.mark.usefixtures('mask_kernels')  # every test on both paths
 
 PLUS = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
 CROSS = [(0, 1), (1, 0), (1, 2), (2, 1)]
@@ -67,7 +70,8 @@ def test_spatial_mask_pruned_fraction_equal_to_p_is_not_kept():
     assert torch.equal(spatial_mask(weight, 1, 3), expected)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None,  # mask_kernels: one path for all examples
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(2, 8).flatmap(lambda m: st.tuples(st.integers(1, m - 1), st.just(m))),
        st.integers(1, 4), st.integers(1, 3), st.sampled_from([(3, 3), (1, 3), (5, 5)]),
        st.integers(0, 2 ** 16))
@@ -424,10 +428,20 @@ def test_spatial_mask_other_dtypes(dtype):
         assert torch.equal(spatial_mask(weight, 2, 4), sorted_reference_spatial_mask(weight, 2, 4))
 
 
-def test_spatial_mask_exercises_every_path(monkeypatch):
-    """The histogram decides alone, ranks its threshold bucket, or hands over to the full
-    selection; each way gives the reference S."""
+def test_spatial_mask_exercises_every_path(monkeypatch, mask_kernels):
+    """Each way the eager S can be decided (the histogram alone, its threshold bucket ranked,
+    the full selection) gives the reference S; so does the fused kernel on the same weights."""
     import spre_mmdet.sparsity.spre as spre
+    gen = torch.Generator().manual_seed(0)
+    weights = [_spatial_weights(kind, (32, 32, 3, 3), gen)
+               for kind in ('random', 'near_bound', 'small_integers', 'nan_inf')
+               for _ in range(4)]
+    weights.append(torch.full((8, 8, 3, 3), 0.5))  # one value everywhere: all ties
+    if mask_kernels == 'fused':
+        for weight in weights:
+            assert torch.equal(native.spatial_mask(weight, 2, 4).float().reshape(3, 3),
+                               sorted_reference_spatial_mask(weight, 2, 4))
+        return
     seen = {'histogram': 0, 'bucket': 0, 'selection': 0}
     histogram, argsort = spre._spatial_by_histogram, torch.argsort
 
@@ -441,14 +455,9 @@ def test_spatial_mask_exercises_every_path(monkeypatch):
         return argsort(*args, **kwargs)
     monkeypatch.setattr(spre, '_spatial_by_histogram', spy_histogram)
     monkeypatch.setattr(spre.torch, 'argsort', spy_argsort)
-    gen = torch.Generator().manual_seed(0)
-    for kind in ('random', 'near_bound', 'small_integers', 'nan_inf'):
-        for _ in range(4):
-            weight = _spatial_weights(kind, (32, 32, 3, 3), gen)
-            assert torch.equal(spatial_mask(weight, 2, 4),
-                               sorted_reference_spatial_mask(weight, 2, 4))
-    weight = torch.full((8, 8, 3, 3), 0.5)  # one value everywhere: the selection decides
-    assert torch.equal(spatial_mask(weight, 2, 4), sorted_reference_spatial_mask(weight, 2, 4))
+    for weight in weights:
+        assert torch.equal(spatial_mask(weight, 2, 4),
+                           sorted_reference_spatial_mask(weight, 2, 4))
     assert all(count > 0 for count in seen.values()), seen
 
 

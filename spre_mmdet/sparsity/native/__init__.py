@@ -1,0 +1,187 @@
+"""Fused CPU kernels for the mask work of every training step.
+
+The eager PyTorch code (:func:`~spre_mmdet.sparsity.nm.nm_masks`,
+:func:`~spre_mmdet.sparsity.spre.spatial_mask`) is a chain of full-length tensor passes: about
+eight clones' worth of time for the N:M ranking on CPU (docs/results.md). The kernels in
+``nm_kernels.c`` do the same work in one read of the weights (N:M masks) or two read-only
+passes (SpRe's ``S``, an exact radix selection), and give exactly the eager results: the same
+masks, ties to the lower channel index, NaN/inf ranked the same way.
+
+They run for contiguous float32 CPU weights. Everything else (CUDA, half, other layouts) takes
+the eager path, which stays the reference the tests compare against.
+
+The C source is compiled at first use with the system C compiler (``$CC``, else ``cc``), like
+``torch.utils.cpp_extension``'s JIT but without torch headers (it builds in about a second),
+into a cache keyed by the source and flags: ``$SPRE_MMDET_CACHE``, else
+``$XDG_CACHE_HOME/spre_mmdet`` or ``~/.cache/spre_mmdet``. Without a compiler the eager path is
+used, with one warning. ``SPRE_MMDET_NATIVE=0`` turns the kernels off.
+"""
+import ctypes
+import hashlib
+import os
+import os.path as osp
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from typing import List, Optional, Sequence
+
+import torch
+
+SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'nm_kernels.c')
+# -O2: gcc's -O3 vectorizes the ranking into 8-byte vectors that run slower (measured)
+FLAGS = ('-O2', '-std=gnu99', '-shared', '-fPIC', '-pthread')
+#: the largest M the kernels rank (the eager code sorts beyond it; never a hardware pattern)
+MAX_M = 128
+#: the largest kernel (kh * kw) the S kernel takes (9x9 and up go to the eager code)
+MAX_POSITIONS = 64
+#: at least this many weights per thread: waking a thread can take a scheduler tick (ms) when
+#: the cores are busy, which only a long share of work pays for
+MIN_PER_THREAD = 1 << 22
+
+_library = None
+_failure: Optional[str] = None
+_lock = threading.Lock()
+
+
+def enabled() -> bool:
+    """Whether the kernels may be used (``SPRE_MMDET_NATIVE`` is not ``0``)."""
+    return os.environ.get('SPRE_MMDET_NATIVE', '1') != '0'
+
+
+def cache_dir() -> str:
+    if os.environ.get('SPRE_MMDET_CACHE'):
+        return os.environ['SPRE_MMDET_CACHE']
+    base = os.environ.get('XDG_CACHE_HOME') or osp.join(osp.expanduser('~'), '.cache')
+    return osp.join(base, 'spre_mmdet')
+
+
+def _compiler() -> Optional[str]:
+    for name in (os.environ.get('CC'), 'cc', 'gcc', 'clang'):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _build() -> ctypes.CDLL:
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError('no C compiler found (set $CC, or install one, e.g. '
+                           '`apt install gcc`)')
+    with open(SOURCE, 'rb') as f:
+        source = f.read()
+    digest = hashlib.sha256(source + ' '.join((compiler, *FLAGS)).encode()).hexdigest()[:16]
+    folder = cache_dir()
+    path = osp.join(folder, f'nm_kernels_{digest}.so')
+    if not osp.isfile(path):
+        os.makedirs(folder, exist_ok=True)
+        # compile beside the target and rename: concurrent ranks never load a partial file
+        handle, partial = tempfile.mkstemp(suffix='.so', dir=folder)
+        os.close(handle)
+        try:
+            done = subprocess.run([compiler, *FLAGS, SOURCE, '-o', partial],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f'{compiler} failed: {done.stderr.strip()[-2000:]}')
+            os.replace(partial, path)
+        finally:
+            if osp.exists(partial):
+                os.remove(partial)
+    lib = ctypes.CDLL(path)
+    pointers = ctypes.POINTER(ctypes.c_void_p)
+    int64s = ctypes.POINTER(ctypes.c_int64)
+    lib.spre_nm_masks.argtypes = [ctypes.c_int, pointers, pointers, int64s, int64s,
+                                  ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.spre_nm_masks.restype = ctypes.c_int
+    lib.spre_spatial_mask.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                      ctypes.c_int64, ctypes.c_int, ctypes.c_int,
+                                      ctypes.c_void_p, ctypes.c_int]
+    lib.spre_spatial_mask.restype = ctypes.c_int
+    return lib
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The compiled kernels, or ``None`` if turned off or they cannot be built (then the
+    eager code runs; the reason is warned once and kept in :func:`unavailable_reason`)."""
+    global _library, _failure
+    if not enabled():
+        return None
+    if _library is None and _failure is None:
+        with _lock:
+            if _library is None and _failure is None:
+                try:
+                    _library = _build()
+                except Exception as error:  # any build/load problem: eager code instead
+                    _failure = str(error)
+                    warnings.warn(f'spre_mmdet: the fused CPU mask kernels are unavailable '
+                                  f'({_failure}); using the eager PyTorch code, which gives '
+                                  f'the same masks more slowly. Set SPRE_MMDET_NATIVE=0 to '
+                                  f'silence this.')
+    return _library
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why :func:`library` is ``None`` (``None`` if it is not, or was never asked for)."""
+    if not enabled():
+        return 'turned off (SPRE_MMDET_NATIVE=0)'
+    return _failure
+
+
+def handles(tensor: torch.Tensor) -> bool:
+    """Whether the kernels can read ``tensor`` in place: contiguous float32 on the CPU."""
+    return (tensor.device.type == 'cpu' and tensor.dtype == torch.float32
+            and tensor.is_contiguous())
+
+
+def _threads(numel: int) -> int:
+    return max(1, min(torch.get_num_threads(), numel // MIN_PER_THREAD))
+
+
+def nm_masks(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], n: int,
+             m: int) -> bool:
+    """Write the N:M masks of ``weights`` (each :func:`handles`, ``C % m == 0``, checked by
+    the caller) into the contiguous bool ``masks``. Returns ``False`` (nothing written) if the
+    kernels are unavailable."""
+    lib = library()
+    if lib is None or m > MAX_M:
+        return False
+    num = len(weights)
+    if num == 0:
+        return True
+    for mask in masks:
+        assert mask.dtype == torch.bool and mask.is_contiguous() and mask.device.type == 'cpu'
+    pointer_array = ctypes.c_void_p * num
+    int64_array = ctypes.c_int64 * num
+    status = lib.spre_nm_masks(
+        num, pointer_array(*(w.data_ptr() for w in weights)),
+        pointer_array(*(mask.data_ptr() for mask in masks)),
+        int64_array(*(w.shape[0] * w.shape[1] // m for w in weights)),
+        int64_array(*(w[0, 0].numel() for w in weights)), n, m,
+        _threads(sum(w.numel() for w in weights)))
+    if status:
+        raise RuntimeError(f'spre_nm_masks failed with status {status} (n={n}, m={m})')
+    return True
+
+
+def spatial_mask(weight: torch.Tensor, n: int, m: int) -> Optional[torch.Tensor]:
+    """SpRe's ``S`` (bool, one entry per kernel position) of ``weight`` (``(O, C, kh, kw)``,
+    :func:`handles`), exactly as :func:`~spre_mmdet.sparsity.spre.spatial_mask` defines it,
+    in two passes over the weight; ``None`` if the kernels are unavailable or the kernel is
+    larger than :data:`MAX_POSITIONS` (then the eager code computes it)."""
+    lib = library()
+    positions = weight[0, 0].numel()
+    # the kernel counts in 32 bits and keeps up to 64 positions' counts in registers
+    if lib is None or weight.numel() >= 2 ** 32 - 1 or positions > MAX_POSITIONS:
+        return None
+    keep = int(round(n / m * weight.numel()))  # as unstructured_mask(weight, n / m)
+    spatial = torch.empty(positions, dtype=torch.bool)
+    status = lib.spre_spatial_mask(weight.data_ptr(), weight.numel(), positions, keep, n, m,
+                                   spatial.data_ptr(), _threads(weight.numel()))
+    if status:
+        raise RuntimeError(f'spre_spatial_mask failed with status {status}')
+    return spatial
+
+
+__all__: List[str] = ['enabled', 'cache_dir', 'library', 'unavailable_reason', 'handles',
+                      'nm_masks', 'spatial_mask', 'MAX_M']

@@ -1,0 +1,339 @@
+/* Fused CPU kernels for the per-step mask work (see native/__init__.py).
+ *
+ * Each kernel reads the float32 weights once per pass and writes its result directly; the
+ * eager PyTorch code in nm.py / spre.py is the reference they must match exactly.
+ *
+ * Magnitudes are compared as the bit patterns of |w| (non-negative floats order as their
+ * bits), with NaN and infinity mapped as the reference maps them:
+ *   - N:M masks: +-inf ties with the largest float, every NaN ranks above all numbers;
+ *   - SpRe's S (an unstructured selection): +-inf above every float, NaN above inf.
+ *
+ * Work is split into contiguous ranges over all layers of a call, one pthread each.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ABS_BITS 0x7fffffffu
+#define INF_BITS 0x7f800000u
+#define FLOAT_MAX_BITS 0x7f7fffffu
+#define MAX_M 128
+#define MAX_THREADS 256
+
+static inline uint32_t bits_of(const float *p) {
+    uint32_t b;
+    memcpy(&b, p, sizeof b);
+    return b & ABS_BITS;
+}
+
+/* |w| as ranked by the N:M masks: inf -> largest float, NaN -> one value above it. */
+static inline uint32_t nm_key(const float *p) {
+    const uint32_t b = bits_of(p);
+    return b > INF_BITS ? INF_BITS : b == INF_BITS ? FLOAT_MAX_BITS : b;
+}
+
+/* |w| as selected by the unstructured mask: inf above every float, NaN above inf. */
+static inline uint32_t unstructured_key(const float *p) {
+    uint32_t b = bits_of(p);
+    return b > INF_BITS ? INF_BITS + 1 : b;
+}
+
+/* ---------------------------------------------------------------- threads */
+
+typedef void (*range_fn)(void *args, int64_t begin, int64_t end, int worker);
+
+typedef struct {
+    range_fn fn;
+    void *args;
+    int64_t begin, end;
+    int worker;
+} job_t;
+
+static void *run_job(void *p) {
+    job_t *job = (job_t *)p;
+    job->fn(job->args, job->begin, job->end, job->worker);
+    return NULL;
+}
+
+/* fn over [0, total) in `threads` contiguous ranges (the calling thread takes the first). */
+static void parallel_for(range_fn fn, void *args, int64_t total, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > total) threads = total > 0 ? (int)total : 1;
+    job_t jobs[MAX_THREADS];
+    pthread_t handles[MAX_THREADS];
+    int started[MAX_THREADS];
+    for (int t = 0; t < threads; ++t) {
+        jobs[t].fn = fn;
+        jobs[t].args = args;
+        jobs[t].begin = total * t / threads;
+        jobs[t].end = total * (t + 1) / threads;
+        jobs[t].worker = t;
+        started[t] = 0;
+    }
+    for (int t = 1; t < threads; ++t)
+        started[t] = pthread_create(&handles[t], NULL, run_job, &jobs[t]) == 0;
+    run_job(&jobs[0]);
+    for (int t = 1; t < threads; ++t) {
+        if (started[t])
+            pthread_join(handles[t], NULL);
+        else
+            run_job(&jobs[t]); /* could not start a thread: do its share here */
+    }
+}
+
+/* ---------------------------------------------------------------- N:M masks */
+
+typedef struct {
+    int num;
+    const float *const *weights;
+    uint8_t *const *masks;
+    const int64_t *rows;    /* O*C/m per layer */
+    const int64_t *kernels; /* K = kh*kw per layer */
+    const int64_t *first_row; /* global index of each layer's first row (prefix sums) */
+    int n, m;
+} nm_args_t;
+
+/* Rank the m members (stride k) of each group position: rank[j] counts the members that
+ * beat member j (a larger key, or an equal one at a lower channel index); keep rank < n. */
+static void nm_rows(const float *w, uint8_t *mask, int64_t row_begin, int64_t row_end,
+                    int64_t k, int n, int m) {
+    uint32_t key[MAX_M];
+    for (int64_t r = row_begin; r < row_end; ++r) {
+        const float *wr = w + r * m * k;
+        uint8_t *mr = mask + r * m * k;
+        for (int64_t p = 0; p < k; ++p) {
+            for (int j = 0; j < m; ++j) key[j] = nm_key(wr + j * k + p);
+            for (int j = 0; j < m; ++j) {
+                int rank = 0;
+                const uint32_t v = key[j];
+                for (int i = 0; i < j; ++i) rank += key[i] >= v;
+                for (int i = j + 1; i < m; ++i) rank += key[i] > v;
+                mr[j * k + p] = rank < n;
+            }
+        }
+    }
+}
+
+/* The mask bytes of members a, b, c, d of one group (m = 4, unrolled): member j loses to an
+ * earlier member that is >=, to a later one that is > (branch-free: the loops vectorize). */
+#define NM4(a, b, c, d, n, m0, m1, m2, m3)                                                  \
+    do {                                                                                    \
+        const int ab = (a) >= (b), ac = (a) >= (c), ad = (a) >= (d), bc = (b) >= (c),       \
+                  bd = (b) >= (d), cd = (c) >= (d);                                         \
+        m0 = 3 - ab - ac - ad < (n);                                                        \
+        m1 = ab + 2 - bc - bd < (n);                                                        \
+        m2 = ac + bc + 1 - cd < (n);                                                        \
+        m3 = ad + bd + cd < (n);                                                            \
+    } while (0)
+
+/* The same as nm_rows for m = 4 (the hardware pattern family 2:4 / 1:4). */
+static void nm_rows_m4(const float *restrict w, uint8_t *restrict mask, int64_t row_begin,
+                       int64_t row_end, int64_t k, int n) {
+    if (k == 1) { /* 1x1 convs and Linear: the four members are adjacent */
+        for (int64_t r = row_begin; r < row_end; ++r) {
+            const float *g = w + 4 * r;
+            uint8_t *o = mask + 4 * r;
+            const uint32_t a = nm_key(g), b = nm_key(g + 1), c = nm_key(g + 2),
+                           d = nm_key(g + 3);
+            NM4(a, b, c, d, n, o[0], o[1], o[2], o[3]);
+        }
+        return;
+    }
+    for (int64_t r = row_begin; r < row_end; ++r) {
+        const float *w0 = w + r * 4 * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
+        uint8_t *m0 = mask + r * 4 * k, *m1 = m0 + k, *m2 = m1 + k, *m3 = m2 + k;
+        for (int64_t p = 0; p < k; ++p) {
+            const uint32_t a = nm_key(w0 + p), b = nm_key(w1 + p), c = nm_key(w2 + p),
+                           d = nm_key(w3 + p);
+            NM4(a, b, c, d, n, m0[p], m1[p], m2[p], m3[p]);
+        }
+    }
+}
+
+static void nm_range(void *p, int64_t begin, int64_t end, int worker) {
+    (void)worker;
+    const nm_args_t *a = (const nm_args_t *)p;
+    for (int l = 0; l < a->num; ++l) {
+        const int64_t lo = a->first_row[l], hi = lo + a->rows[l];
+        const int64_t b = begin > lo ? begin : lo, e = end < hi ? end : hi;
+        if (b >= e) continue;
+        if (a->m == 4)
+            nm_rows_m4(a->weights[l], a->masks[l], b - lo, e - lo, a->kernels[l], a->n);
+        else
+            nm_rows(a->weights[l], a->masks[l], b - lo, e - lo, a->kernels[l], a->n, a->m);
+    }
+}
+
+/* N:M masks of `num` contiguous float32 weights (O, C, *kernel) into their bool masks.
+ * Returns 0, or -1 if m is out of range. */
+int spre_nm_masks(int num, const float *const *weights, uint8_t *const *masks,
+                  const int64_t *rows, const int64_t *kernels, int n, int m, int threads) {
+    if (m < 2 || m > MAX_M || n < 1 || n >= m) return -1;
+    int64_t *first_row = (int64_t *)malloc(sizeof(int64_t) * (num > 0 ? num : 1));
+    if (!first_row) return -2;
+    int64_t total_rows = 0;
+    for (int l = 0; l < num; ++l) {
+        first_row[l] = total_rows;
+        total_rows += rows[l];
+    }
+    nm_args_t args = {num, weights, masks, rows, kernels, first_row, n, m};
+    parallel_for(nm_range, &args, total_rows, threads);
+    free(first_row);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- SpRe's S */
+
+#define HIGH_BINS 32768 /* key >> 16 for keys <= INF_BITS + 1 */
+#define LOW_BINS 65536
+
+typedef struct {
+    const float *w;
+    int64_t positions;    /* K */
+    uint32_t high;        /* pass 2: the high half of the threshold */
+    uint32_t *high_counts; /* [threads][HIGH_BINS]; 32 bits: half the cache of 64 */
+    int64_t *above;       /* [threads][K]: keys whose high half is above `high` */
+    uint16_t *low;        /* the low halves of the keys whose high half is `high`, */
+    int32_t *where;       /* and their positions, in flat order */
+    int64_t *offset;      /* [threads]: where each range's entries start in low/where */
+} spatial_args_t;
+
+/* pass 1: a histogram of the keys' high halves */
+static void high_pass(void *p, int64_t begin, int64_t end, int worker) {
+    spatial_args_t *a = (spatial_args_t *)p;
+    uint32_t *counts = a->high_counts + (int64_t)worker * HIGH_BINS;
+    for (int64_t i = begin; i < end; ++i) ++counts[unstructured_key(a->w + i) >> 16];
+}
+
+/* One value of pass 2 at position `pos` (flat index i). */
+#define BUCKET_STEP(i, pos)                                                                 \
+    do {                                                                                    \
+        const uint32_t h = unstructured_key(w + (i)) >> 16;                                 \
+        count[pos] += h > high;                                                             \
+        if (h == high) {                                                                    \
+            low[next] = (uint16_t)(unstructured_key(w + (i)) & 0xffffu);                    \
+            where[next++] = (int32_t)(pos);                                                 \
+        }                                                                                   \
+    } while (0)
+
+/* Pass 2 over [begin, end) for k positions; inlined with k = 9 (3x3) as a constant, whole
+ * rows then unroll and keep no position counter. Local pointers and counts: the compiler
+ * cannot otherwise tell that the stores do not touch the weights. */
+static inline void bucket_range(spatial_args_t *a, int64_t begin, int64_t end, int worker,
+                                const int64_t k) {
+    const float *restrict w = a->w;
+    uint16_t *restrict low = a->low;
+    int32_t *restrict where = a->where;
+    int64_t count[64] = {0};
+    int64_t *restrict above = a->above + worker * k;
+    int64_t next = a->offset[worker];
+    const uint32_t high = a->high;
+    int64_t i = begin;
+    for (int64_t pos = begin % k; i < end && pos && pos < k; ++i, ++pos) BUCKET_STEP(i, pos);
+    for (; i + k <= end; i += k)
+        for (int64_t pos = 0; pos < k; ++pos) BUCKET_STEP(i + pos, pos);
+    for (int64_t pos = 0; i < end; ++i, ++pos) BUCKET_STEP(i, pos);
+    for (int64_t pos = 0; pos < k; ++pos) above[pos] = count[pos];
+}
+
+/* pass 2: per position, the keys surely kept (high half above the threshold's); the keys
+ * that share the threshold's high half are collected in flat order for the exact choice */
+static void bucket_pass(void *p, int64_t begin, int64_t end, int worker) {
+    spatial_args_t *a = (spatial_args_t *)p;
+    if (a->positions == 9)
+        bucket_range(a, begin, end, worker, 9);
+    else
+        bucket_range(a, begin, end, worker, a->positions); /* <= 64, see spre_spatial_mask */
+}
+
+/* S per position: unstructured pruning removes less than (m - n) / m of it, in integers. */
+static inline uint8_t spatial_rule(int64_t kept, int64_t rows, int n, int m) {
+    return (rows - kept) * m < (int64_t)(m - n) * rows;
+}
+
+/* SpRe's layer-wide S of a contiguous float32 weight of `numel` values whose innermost
+ * `positions` values are the kernel positions: S[p] = 1 where the unstructured magnitude mask
+ * that keeps the `keep` largest |w| of the whole tensor (ties at the threshold to the lowest
+ * flat indices) prunes less than (m - n) / m of position p.
+ *
+ * An exact radix selection in two passes: pass 1 finds the high 16 bits of the threshold (a
+ * histogram), pass 2 counts per position the keys above that bucket and collects the
+ * bucket's few keys (low 16 bits and position, in flat order), among which the rest of the
+ * selection runs. Returns 0, or < 0 on a bad argument or allocation failure. */
+int spre_spatial_mask(const float *w, int64_t numel, int64_t positions, int64_t keep, int n,
+                      int m, uint8_t *spatial, int threads) {
+    if (positions < 1 || positions > 64 || numel < 1 || numel % positions || keep < 0 ||
+        keep > numel || n < 1 || n >= m)
+        return -1;
+    if (numel >= (int64_t)UINT32_MAX) return -1; /* the histogram counts are 32-bit */
+    const int64_t rows = numel / positions;
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > numel) threads = (int)numel;
+    if (keep == 0) {
+        for (int64_t p = 0; p < positions; ++p) spatial[p] = spatial_rule(0, rows, n, m);
+        return 0;
+    }
+    spatial_args_t a;
+    memset(&a, 0, sizeof a);
+    a.w = w;
+    a.positions = positions;
+    int64_t *kept = (int64_t *)calloc((size_t)positions, sizeof(int64_t));
+    int64_t *low_counts = (int64_t *)calloc(LOW_BINS, sizeof(int64_t));
+    a.high_counts = (uint32_t *)calloc((size_t)threads * HIGH_BINS, sizeof(uint32_t));
+    a.above = (int64_t *)calloc((size_t)threads * positions, sizeof(int64_t));
+    a.offset = (int64_t *)calloc((size_t)threads, sizeof(int64_t));
+    int status = -2;
+    if (!kept || !low_counts || !a.high_counts || !a.above || !a.offset) goto done;
+
+    /* pass 1, then the high half of the keep-th largest key */
+    parallel_for(high_pass, &a, numel, threads);
+    int64_t from_top = 0, high = HIGH_BINS - 1, in_bucket = 0;
+    for (; high >= 0; --high) {
+        in_bucket = 0;
+        for (int t = 0; t < threads; ++t) in_bucket += a.high_counts[(int64_t)t * HIGH_BINS + high];
+        if (from_top + in_bucket >= keep) break;
+        from_top += in_bucket;
+    }
+    a.high = (uint32_t)high;
+    for (int t = 1; t < threads; ++t) /* parallel_for's ranges are those of pass 1 */
+        a.offset[t] = a.offset[t - 1] + a.high_counts[(int64_t)(t - 1) * HIGH_BINS + high];
+    a.low = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)in_bucket);
+    a.where = (int32_t *)malloc(sizeof(int32_t) * (size_t)in_bucket);
+    if (!a.low || !a.where) goto done;
+
+    /* pass 2 */
+    parallel_for(bucket_pass, &a, numel, threads);
+    for (int t = 0; t < threads; ++t)
+        for (int64_t p = 0; p < positions; ++p) kept[p] += a.above[t * positions + p];
+
+    /* the threshold's low half among the bucket's keys; ties to the lowest flat index */
+    for (int64_t i = 0; i < in_bucket; ++i) ++low_counts[a.low[i]];
+    int64_t low = LOW_BINS - 1;
+    for (; low >= 0; --low) {
+        if (from_top + low_counts[low] >= keep) break;
+        from_top += low_counts[low];
+    }
+    int64_t ties_left = keep - from_top; /* 1 .. low_counts[low] */
+    for (int64_t i = 0; i < in_bucket; ++i) {
+        if (a.low[i] > low) {
+            ++kept[a.where[i]];
+        } else if (a.low[i] == low && ties_left > 0) {
+            ++kept[a.where[i]];
+            --ties_left;
+        }
+    }
+    for (int64_t p = 0; p < positions; ++p) spatial[p] = spatial_rule(kept[p], rows, n, m);
+    status = 0;
+done:
+    free(kept);
+    free(low_counts);
+    free(a.high_counts);
+    free(a.above);
+    free(a.offset);
+    free(a.low);
+    free(a.where);
+    return status;
+}

@@ -1,0 +1,151 @@
+"""The fused CPU mask kernels: built once, equal to the eager reference, safe to lack."""
+import os
+
+import pytest
+import torch
+
+from spre_mmdet.sparsity import native, nm_masks
+from spre_mmdet.sparsity.spre import spatial_mask
+
+SHAPES = [(64, 32, 3, 3), (16, 8, 1, 1), (8, 24, 7, 7), (40, 16), (12, 16, 1, 3)]
+
+
+def _weights(seed, m):
+    gen = torch.Generator().manual_seed(seed)
+    weights = []
+    for out_c, in_c, *kernel in SHAPES:
+        weight = torch.randn(out_c, in_c // 4 * m, *kernel, generator=gen)
+        flat = weight.view(-1)  # ties, zeros of both signs, infinities, NaN
+        flat[::11], flat[::13], flat[::17], flat[::19] = 0.5, -0.5, 0.0, -0.0
+        flat[::97], flat[::101], flat[::103] = float('inf'), float('nan'), -float('inf')
+        weights.append(weight)
+    return weights
+
+
+def _eager(monkeypatch, fn, *args):
+    monkeypatch.setenv('SPRE_MMDET_NATIVE', '0')
+    try:
+        return fn(*args)
+    finally:
+        monkeypatch.setenv('SPRE_MMDET_NATIVE', '1')
+
+
+@pytest.mark.parametrize('n, m', [(2, 4), (1, 4), (3, 4), (1, 8), (1, 16), (5, 32), (60, 128)])
+@pytest.mark.parametrize('threads', [1, 2, 3])
+def test_fused_masks_equal_eager_on_any_split(n, m, threads, monkeypatch):
+    """Fused N:M masks of many layers at once equal the eager ones, however the rows are split
+    between threads (ranges start and end inside layers)."""
+    monkeypatch.setenv('SPRE_MMDET_NATIVE', '1')
+    monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        weights = _weights(n * 1000 + m, m)
+        fused = [torch.empty(w.shape, dtype=torch.bool) for w in weights]
+        assert native.nm_masks(weights, fused, n, m)
+    finally:
+        torch.set_num_threads(previous)
+    eager = _eager(monkeypatch, nm_masks, weights, n, m)
+    for f, e in zip(fused, eager):
+        assert torch.equal(f, e)
+
+
+@pytest.mark.parametrize('n, m', [(2, 4), (1, 4), (1, 8), (1, 16), (3, 8)])
+@pytest.mark.parametrize('threads', [1, 2, 3])
+def test_fused_spatial_mask_equals_eager_on_any_split(n, m, threads, monkeypatch):
+    """Fused S equals the eager S however the weights are split between threads (the kept
+    ties must be the lowest flat indices, whichever range holds them)."""
+    monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
+    previous = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(n * 1000 + m)
+    cases = [torch.randn(32, 2 * m, 3, 3, generator=gen),
+             torch.randint(-2, 3, (16, m, 3, 3), generator=gen).float(),  # many ties
+             torch.full((4, m, 5, 5), 0.25)] + [w for w in _weights(m, m) if w.dim() == 4]
+    for weight in cases:
+        expected = _eager(monkeypatch, spatial_mask, weight, n, m)
+        torch.set_num_threads(threads)
+        try:
+            fused = native.spatial_mask(weight, n, m)
+            assert torch.equal(fused.float().reshape(weight.shape[2:]), expected)
+        finally:
+            torch.set_num_threads(previous)
+
+
+def test_kernels_larger_than_the_s_kernel_takes_get_s_from_the_eager_code(monkeypatch):
+    """A 9x9 kernel (81 positions) is beyond the fused S: native says so, spatial_mask still
+    gives the reference S."""
+    monkeypatch.setenv('SPRE_MMDET_NATIVE', '1')
+    weight = torch.randn(4, 8, 9, 9, generator=torch.Generator().manual_seed(2))
+    assert native.spatial_mask(weight, 2, 4) is None
+    assert torch.equal(spatial_mask(weight, 2, 4), _eager(monkeypatch, spatial_mask, weight, 2, 4))
+
+
+def test_weights_the_kernels_cannot_read_take_the_eager_path(monkeypatch):
+    """Half, non-contiguous and the rest get their masks (and the magnitude hook) from the
+    eager code; contiguous float32 ones from the kernel, without a hook call."""
+    monkeypatch.setenv('SPRE_MMDET_NATIVE', '1')
+    gen = torch.Generator().manual_seed(3)
+    plain = torch.randn(8, 16, 3, 3, generator=gen)
+    half = torch.randn(8, 16, 3, 3, generator=gen).half()
+    strided = torch.randn(16, 8, 3, 3, generator=gen).transpose(0, 1)
+    assert native.handles(plain) and not native.handles(half)
+    assert not native.handles(strided)
+    hooked = []
+    masks = nm_masks([plain, half, strided], 2, 4,
+                     magnitude_hook=lambda i, magnitude: hooked.append(i))
+    assert hooked == [1, 2]
+    expected = _eager(monkeypatch, nm_masks, [plain, half, strided], 2, 4)
+    for got, want in zip(masks, expected):
+        assert torch.equal(got, want)
+
+
+def test_library_is_built_once_into_its_cache(tmp_path, monkeypatch):
+    """The first use compiles into the cache; a fresh process state loads the same file."""
+    monkeypatch.setenv('SPRE_MMDET_CACHE', str(tmp_path))
+    monkeypatch.setattr(native, '_library', None)
+    monkeypatch.setattr(native, '_failure', None)
+    assert native.library() is not None
+    built = list(tmp_path.iterdir())
+    assert len(built) == 1 and built[0].suffix == '.so'
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(native, '_library', None)
+    assert native.library() is not None
+    assert [p.stat().st_mtime_ns for p in tmp_path.iterdir()] == [stamp]
+
+
+def test_without_a_compiler_the_eager_code_runs_with_one_warning(tmp_path, monkeypatch):
+    """A failing build warns once, naming the reason, and the masks still come out right."""
+    monkeypatch.setenv('SPRE_MMDET_CACHE', str(tmp_path))
+    monkeypatch.setattr(native, '_compiler', lambda: None)
+    monkeypatch.setattr(native, '_library', None)
+    monkeypatch.setattr(native, '_failure', None)
+    weight = torch.randn(8, 16, 3, 3)
+    with pytest.warns(UserWarning, match='no C compiler found'):
+        mask = nm_masks([weight], 2, 4)[0]
+    assert native.library() is None and 'no C compiler' in native.unavailable_reason()
+    assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
+    assert torch.equal(mask, _eager(monkeypatch, nm_masks, [weight], 2, 4)[0])
+    assert torch.equal(spatial_mask(weight, 2, 4), _eager(monkeypatch, spatial_mask, weight, 2, 4))
+
+
+def test_a_compile_error_is_reported_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A compiler that fails leaves the cache empty and its message in the reason."""
+    compiler = tmp_path / 'bad-cc'
+    compiler.write_text('#!/bin/sh\necho "bad-cc: broken on purpose" >&2\nexit 1\n')
+    compiler.chmod(0o755)
+    cache = tmp_path / 'cache'
+    monkeypatch.setenv('SPRE_MMDET_CACHE', str(cache))
+    monkeypatch.setattr(native, '_compiler', lambda: str(compiler))
+    monkeypatch.setattr(native, '_library', None)
+    monkeypatch.setattr(native, '_failure', None)
+    with pytest.warns(UserWarning, match='broken on purpose'):
+        assert native.library() is None
+    assert os.listdir(cache) == []
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    """SPRE_MMDET_NATIVE=0 turns the kernels off and says so."""
+    monkeypatch.setenv('SPRE_MMDET_NATIVE', '0')
+    assert native.library() is None
+    assert native.unavailable_reason() == 'turned off (SPRE_MMDET_NATIVE=0)'
+    assert not native.nm_masks([torch.randn(4, 8)], [torch.empty(4, 8, dtype=torch.bool)], 2, 4)
