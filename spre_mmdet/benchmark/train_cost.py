@@ -5,7 +5,9 @@ Same detector, same fixed synthetic batch, same optimizer for every variant:
 * **step time**: forward + backward + optimizer step (``model.train_step``) plus, for sparse
   variants, the SparsityHook's mask refresh ``refresh_masks(model, it + 1)``. All variants live
   in one process and are timed interleaved (round-robin, one step each per round); the median
-  per variant is reported, so machine noise hits every variant alike.
+  per variant is reported, so machine noise hits every variant alike. With ``--backbone-only``
+  the step is the backbone and neck alone (a synthetic loss on the FPN outputs): the RoI heads'
+  work depends on each variant's proposals, which makes whole-detector step ratios noisy.
 * **training FLOPs**: ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward
   (what the graph executes: SpRe's doubled-width 3x3 convs included; mmcv's RoIAlign/NMS are
   not counted), for the whole detector and for the backbone alone.
@@ -67,9 +69,12 @@ def model_config(arch, variant, interval=None, equal_head_work=False):
     ``interval`` iterations (default: the config's, 1 for R-50 and 5 for the toy R-18); LBC gets
     ``t_i=0, t_f=1000`` so that it is removing subsets during the timed steps.
     ``equal_head_work``: only the ground-truth boxes (always added as proposals) are RoI
-    positives, so every variant's RoI heads do the same work whatever its proposals; otherwise
-    the randomly initialized RPN gives each variant different positives and the mask head's
-    share of the step differs between variants."""
+    positives, and RoIAlign takes a fixed 2x2 samples per bin, so every variant's RoI heads do
+    the same work whatever its proposals. Otherwise the randomly initialized RPN gives each
+    variant different positives and differently sized RoIs (mmdet's ``sampling_ratio=0`` samples
+    in proportion to the RoI's size), and RoIAlign's share of the step differs between variants
+    (measured on R-50: RoIAlign forward + backward 2.0 s in one variant's step, 3.2 s in
+    another's)."""
     path = CONFIGS[arch][variant]
     cfg = load_config(path if '::' in path else osp.join(ROOT, path))
     backbone = cfg.model.backbone
@@ -88,6 +93,9 @@ def model_config(arch, variant, interval=None, equal_head_work=False):
     if equal_head_work:
         cfg.model.train_cfg.rcnn.assigner.update(pos_iou_thr=1.0, min_pos_iou=1.0,
                                                  match_low_quality=False)
+        for extractor in ('bbox_roi_extractor', 'mask_roi_extractor'):
+            if extractor in cfg.model.roi_head:
+                cfg.model.roi_head[extractor].roi_layer.sampling_ratio = 2
     return cfg
 
 
@@ -140,10 +148,13 @@ class Trainer:
     """One variant: model, optimizer, iteration counter; ``step()`` is one training iteration
     including the mask refresh the SparsityHook does after it."""
 
-    def __init__(self, arch, variant, batch, interval=None, equal_head_work=False):
+    def __init__(self, arch, variant, batch, interval=None, equal_head_work=False,
+                 backbone_only=False):
         from spre_mmdet.sparsity import refresh_masks, sparse_layers
         self.variant = variant
         self.model = build_model(arch, variant, interval, equal_head_work)
+        self.backbone_only = backbone_only
+        self.images = self.model.data_preprocessor(copy.copy(batch), True)['inputs']
         self.refresh_s = []
         self.sparse = any(True for _ in sparse_layers(self.model))
         self.refresh = refresh_masks
@@ -154,7 +165,11 @@ class Trainer:
             refresh_masks(self.model, 0)  # SparsityHook.before_train
 
     def step(self):
-        self.model.train_step(copy.copy(self.batch), self.optim)
+        if self.backbone_only:  # what the sparse methods change; no data-dependent head work
+            features = self.model.extract_feat(self.images)
+            self.optim.update_params(sum(f.float().square().mean() for f in features))
+        else:
+            self.model.train_step(copy.copy(self.batch), self.optim)
         if self.sparse:
             t0 = time.perf_counter()
             self.refresh(self.model, self.it + 1)
@@ -286,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--equal-head-work', action='store_true',
                         help='only ground-truth boxes are RoI positives (same head work in '
                              'every variant: step ratios then compare the backbones)')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='time backbone + neck steps only (forward, a synthetic loss, '
+                             'backward, optimizer step, mask refresh): the part the sparse '
+                             'methods change, without the RoI heads, whose work depends on '
+                             'each variant\'s proposals')
     parser.add_argument('--no-memory', action='store_true')
     parser.add_argument('--json', help='write the results here')
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
@@ -296,10 +316,12 @@ def measure(args) -> dict:
     """Everything measured for ``args`` (see the module docstring), without the ratios."""
     from spre_mmdet.sparsity import reparameterize
     batch = make_batch(args.batch, args.img_size)
-    trainers = {v: Trainer(args.arch, v, batch, args.interval, args.equal_head_work)
+    trainers = {v: Trainer(args.arch, v, batch, args.interval, args.equal_head_work,
+                           args.backbone_only)
                 for v in args.variants}
     result = dict(arch=args.arch, img_size=args.img_size, batch=args.batch,
-                  threads=torch.get_num_threads(), rounds=args.rounds, variants={})
+                  threads=torch.get_num_threads(), rounds=args.rounds,
+                  backbone_only=args.backbone_only, variants={})
 
     print('FLOPs (forward + backward, FlopCounterMode) ...', flush=True)
     for v, t in trainers.items():
@@ -364,7 +386,8 @@ def format_report(result: dict, infer_rounds: int) -> str:
     """The Markdown table of the variants, the pair ratios and the deploy times."""
     res = result['variants']
     d = res.get('dense', {})
-    lines = [f'\n| variant | step (s, median of {result["rounds"]}) | of which mask refresh (s) '
+    step = 'backbone + neck step' if result.get('backbone_only') else 'step'
+    lines = [f'\n| variant | {step} (s, median of {result["rounds"]}) | of which mask refresh (s) '
              '| step / dense | train GFLOPs '
              '| / dense | backbone GFLOPs | / dense | peak RSS (MiB) | / dense | params |',
              '|---|---|---|---|---|---|---|---|---|---|---|']

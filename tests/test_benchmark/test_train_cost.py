@@ -2,6 +2,7 @@
 import statistics
 
 import pytest
+import torch
 
 from spre_mmdet.benchmark import timing, train_cost
 
@@ -69,7 +70,8 @@ def test_time_interleaved_rotates_the_order_every_round():
 
 def test_model_config_changes_only_what_the_benchmark_needs():
     """The variant configs get no pretrained weights, LBC mid-removal, the refresh interval and
-    (with equal_head_work) ground-truth-only RoI positives; R-50 dense comes from mmdet."""
+    (with equal_head_work) ground-truth-only RoI positives and a fixed RoIAlign sampling;
+    R-50 dense comes from mmdet."""
     spre = train_cost.model_config('r18', 'spre', interval=3, equal_head_work=True)
     assert spre.model.backbone.init_cfg is None
     assert spre.model.backbone.sparsity.learner.interval == 3
@@ -77,7 +79,11 @@ def test_model_config_changes_only_what_the_benchmark_needs():
     assigner = spre.model.train_cfg.rcnn.assigner
     assert (assigner.pos_iou_thr, assigner.min_pos_iou, assigner.match_low_quality) == \
         (1.0, 1.0, False)
+    roi_head = spre.model.roi_head
+    assert roi_head.bbox_roi_extractor.roi_layer.sampling_ratio == 2
+    assert roi_head.mask_roi_extractor.roi_layer.sampling_ratio == 2
     lbc = train_cost.model_config('r18', 'lbc', interval=3)
+    assert lbc.model.roi_head.bbox_roi_extractor.roi_layer.sampling_ratio == 0  # mmdet's
     learner = lbc.model.backbone.sparsity.learner
     assert (learner.type, learner.t_i, learner.t_f) == ('lbc', 0, 1000)
     assert lbc.model.train_cfg.rcnn.assigner.pos_iou_thr < 1.0
@@ -102,3 +108,18 @@ def test_main_tiny_run(tmp_path, capsys):
     assert set(result['inference_s']) == {'dense', 'spre_deploy'}
     assert 'spre/dense' in result['ratios'] and 'spre/dense: step' in out
     assert (tmp_path / 'out.json').exists()
+
+
+def test_backbone_only_step_trains_backbone_and_neck_alone():
+    """A backbone-only step updates backbone and neck weights, refreshes the masks, and leaves
+    the RPN and RoI heads untouched."""
+    batch = train_cost.make_batch(1, 64)
+    trainer = train_cost.Trainer('r18', 'srste', batch, interval=1, backbone_only=True)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.step()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith('backbone.') and k.endswith('conv1.weight') for k in changed)
+    assert any(k.startswith('neck.') for k in changed)
+    assert not any(k.startswith(('rpn_head.', 'roi_head.')) for k in changed)
+    assert len(trainer.refresh_s) == 1
