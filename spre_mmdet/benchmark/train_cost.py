@@ -66,7 +66,7 @@ def model_config(arch, variant, interval=None, equal_head_work=False):
     """The config of ``variant``'s detector, changed for this benchmark: no pretrained weights.
     For R-50 every variant gets the sparse configs' backbone settings (``frozen_stages=0``,
     ``norm_eval=True``) so that only the sparsity differs. Sparse masks are refreshed every
-    ``interval`` iterations (default: the config's, 1 for R-50 and 5 for the toy R-18); LBC gets
+    ``interval`` iterations (default: the config's: 1); LBC gets
     ``t_i=0, t_f=1000`` so that it is removing subsets during the timed steps.
     ``equal_head_work``: only the ground-truth boxes (always added as proposals) are RoI
     positives, and RoIAlign takes a fixed 2x2 samples per bin, so every variant's RoI heads do
