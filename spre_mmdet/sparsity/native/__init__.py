@@ -51,6 +51,7 @@ def enabled() -> bool:
 
 
 def cache_dir() -> str:
+    """Where the compiled kernels are kept (see the module docstring)."""
     if os.environ.get('SPRE_MMDET_CACHE'):
         return os.environ['SPRE_MMDET_CACHE']
     base = os.environ.get('XDG_CACHE_HOME') or osp.join(osp.expanduser('~'), '.cache')
