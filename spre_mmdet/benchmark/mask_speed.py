@@ -22,8 +22,8 @@ a training run would skip layers whose weight did not change.
 Plain PyTorch (no mmdet): the conv shapes are those of mmdet's ``ResNet`` (checked by a test).
 """
 import argparse
+import contextlib
 import json
-import os
 import statistics
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -176,18 +176,8 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
     def forced(model, eager=False):
         def run():
             forget_mask_sources(model)
-            if not eager:
+            with native.disabled() if eager else contextlib.nullcontext():
                 refresh_masks(model, 0)
-                return
-            previous = os.environ.get('SPRE_MMDET_NATIVE')
-            os.environ['SPRE_MMDET_NATIVE'] = '0'
-            try:
-                refresh_masks(model, 0)
-            finally:
-                if previous is None:
-                    del os.environ['SPRE_MMDET_NATIVE']
-                else:
-                    os.environ['SPRE_MMDET_NATIVE'] = previous
         return run
 
     def lbc_removal():

@@ -143,6 +143,18 @@ def test_a_compile_error_is_reported_and_leaves_no_partial_file(tmp_path, monkey
     assert os.listdir(cache) == []
 
 
+def test_disabled_turns_the_kernels_off_and_restores_the_setting(monkeypatch):
+    """native.disabled() runs its block on the eager code and restores the variable after."""
+    monkeypatch.setenv('SPRE_MMDET_NATIVE', '1')
+    with native.disabled():
+        assert native.library() is None
+    assert os.environ['SPRE_MMDET_NATIVE'] == '1' and native.library() is not None
+    monkeypatch.delenv('SPRE_MMDET_NATIVE')
+    with native.disabled():
+        assert not native.enabled()
+    assert 'SPRE_MMDET_NATIVE' not in os.environ
+
+
 def test_turned_off_by_the_environment(monkeypatch):
     """SPRE_MMDET_NATIVE=0 turns the kernels off and says so."""
     monkeypatch.setenv('SPRE_MMDET_NATIVE', '0')

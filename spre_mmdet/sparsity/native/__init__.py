@@ -16,6 +16,7 @@ into a cache keyed by the source and flags: ``$SPRE_MMDET_CACHE``, else
 ``$XDG_CACHE_HOME/spre_mmdet`` or ``~/.cache/spre_mmdet``. Without a compiler the eager path is
 used, with one warning. ``SPRE_MMDET_NATIVE=0`` turns the kernels off.
 """
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -48,6 +49,21 @@ _lock = threading.Lock()
 def enabled() -> bool:
     """Whether the kernels may be used (``SPRE_MMDET_NATIVE`` is not ``0``)."""
     return os.environ.get('SPRE_MMDET_NATIVE', '1') != '0'
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within the block the kernels are off (the eager reference runs), as with
+    ``SPRE_MMDET_NATIVE=0``; the variable's previous state is restored after."""
+    previous = os.environ.get('SPRE_MMDET_NATIVE')
+    os.environ['SPRE_MMDET_NATIVE'] = '0'
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ['SPRE_MMDET_NATIVE']
+        else:
+            os.environ['SPRE_MMDET_NATIVE'] = previous
 
 
 def cache_dir() -> str:
@@ -184,5 +200,5 @@ def spatial_mask(weight: torch.Tensor, n: int, m: int) -> Optional[torch.Tensor]
     return spatial
 
 
-__all__: List[str] = ['enabled', 'cache_dir', 'library', 'unavailable_reason', 'handles',
+__all__: List[str] = ['enabled', 'disabled', 'cache_dir', 'library', 'unavailable_reason', 'handles',
                       'nm_masks', 'spatial_mask', 'MAX_M']
