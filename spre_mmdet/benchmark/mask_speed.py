@@ -5,13 +5,16 @@ the work one training iteration asks of the masks is timed:
 
 * **SR-STE**: ``refresh_masks`` recomputing every magnitude N:M mask;
 * **SpRe**: the same with SpRe's branch on every k x k conv, i.e. the N:M masks plus each
-  k x k conv's spatial mask ``S``;
+  k x k conv's spatial mask ``S``: after an optimizer-like step (the weights scaled by
+  ``1 +- STEP``, which moves each layer's unstructured threshold by the median move measured
+  in SGD training), and without the last threshold (the first refresh, or after a jump);
 * **LBC**: a refresh at a step of the removal schedule (one subset per group removed, subset
   scores random as after some training), and one between steps (nothing to remove);
 
 each of the first two also on the eager PyTorch reference (the fused CPU kernels of
-``spre_mmdet.sparsity.native`` turned off), against two yardsticks: **one clone** of the same weights (memory speed) and a **naive top-k**
-mask (``topk`` over rows of ``M``, as one would write it first). Every round times each
+``spre_mmdet.sparsity.native`` turned off), against two yardsticks: **one clone** of the same
+weights (memory speed) and a **naive top-k** mask (``topk`` over rows of ``M``, as one would
+write it first). Every round times each
 variant once, in rotating order, in one process, so load from other processes hits all of them
 alike; the report gives medians over rounds, of the times and of the per-round ratios.
 The weights never change between rounds, so every refresh is forced (``forget_mask_sources``):
@@ -23,6 +26,7 @@ Plain PyTorch (no mmdet): the conv shapes are those of mmdet's ``ResNet`` (check
 """
 import argparse
 import contextlib
+import itertools
 import json
 import statistics
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ from ..sparsity import native
 from ..sparsity import (SparseConv2d, forget_mask_sources, from_groups, refresh_masks,
                         sparse_layers, sparsify_layer, to_groups)
 from ..sparsity.lbc import LBCMask, cubic_survivors
+from ..sparsity.spre import SpReConv2d
 from .timing import synchronize, time_interleaved
 
 #: depth -> (block kind, blocks per stage)
@@ -51,11 +56,18 @@ WORK = {
     'topk': 'naive top-k N:M masks',
     'srste': 'SR-STE refresh (all N:M masks)',
     'srste_eager': 'SR-STE refresh, eager reference',
-    'spre': 'SpRe refresh (N:M masks + S)',
+    'spre': 'SpRe refresh (N:M masks + S), after a step',
+    'spre_two_pass': 'SpRe refresh, S without the last threshold',
     'spre_eager': 'SpRe refresh, eager reference',
     'lbc_removal': 'LBC step with a removal',
     'lbc_between': 'LBC step without removal',
 }
+
+
+#: relative move of the weights (and so of S's threshold) before each timed SpRe refresh: the
+#: median move of the threshold per step in SGD training (R-18, toy classification, lr 0.05:
+#: 3e-4; docs/methods/spre.md)
+STEP = 3e-4
 
 
 def resnet_conv_shapes(arch: str, base_channels: int = 64) -> List[Tuple[str, Tuple[int, ...]]]:
@@ -180,6 +192,28 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
                 refresh_masks(model, 0)
         return run
 
+    spre_weights = [layer.weight for _, layer in sparse_layers(spre)]
+    hints = [module.threshold_hint for module in spre.modules()
+             if isinstance(module, SpReConv2d)]
+    steps = itertools.cycle((1 + STEP, 1 / (1 + STEP)))
+    s_passes = [0, 0]  # S decided in one pass after a step, of all S after a step
+
+    def optimizer_like_step():  # untimed: S's threshold moves by STEP, the N:M masks do not
+        with torch.no_grad():
+            factor = next(steps)
+            for weight in spre_weights:
+                weight.mul_(factor)
+
+    def spre_after_step():
+        before = sum(hint.one_pass for hint in hints)
+        forced(spre)()
+        s_passes[0] += sum(hint.one_pass for hint in hints) - before
+        s_passes[1] += len(hints)
+
+    def drop_hints():  # untimed: as at the first refresh
+        for hint in hints:
+            hint.key = None
+
     def lbc_removal():
         refresh_masks(lbc, removal)
 
@@ -191,13 +225,14 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
         refresh_masks(lbc, between)
 
     run = dict(clone=clone, topk=topk, srste=forced(srste), srste_eager=forced(srste, True),
-               spre=forced(spre), spre_eager=forced(spre, True),
+               spre=spre_after_step, spre_two_pass=forced(spre), spre_eager=forced(spre, True),
                lbc_removal=lbc_removal, lbc_between=lbc_between)
-    setup = dict(lbc_removal=lbc_reset, lbc_between=lambda: refresh_masks(lbc, removal))
+    setup = dict(spre=optimizer_like_step, spre_two_pass=drop_hints, lbc_removal=lbc_reset,
+                 lbc_between=lambda: refresh_masks(lbc, removal))
     facts = dict(arch=arch, n=n, m=m, base_channels=base_channels, layers=len(weights),
                  weights=sum(w.numel() for w in weights),
                  spatial_layers=sum(1 for layer in spre if isinstance(layer, _ConvNorm)),
-                 lbc_iterations=(removal, between),
+                 lbc_iterations=(removal, between), s_one_pass=s_passes,
                  fused_kernels=torch.device(device).type == 'cpu' and native.library() is not None)
     return Workloads(run, setup, facts, dict(srste=srste, spre=spre, lbc=lbc))
 
@@ -226,7 +261,9 @@ def format_result(result: Dict[str, object]) -> str:
              f'{result["spatial_layers"]} with S under SpRe; {result["n"]}:{result["m"]}, '
              f'{result["device"]}, {result["threads"]} threads, medians of {result["rounds"]} '
              'interleaved rounds, fused CPU kernels '
-             + ('on' if result['fused_kernels'] else 'off (every row is eager)'),
+             + ('on' if result['fused_kernels'] else 'off (every row is eager)')
+             + (f'; S after a step decided in one pass {result["s_one_pass"][0]} of '
+                f'{result["s_one_pass"][1]} times' if result['fused_kernels'] else ''),
              '', '| work | ms | / clone | / naive top-k |', '|---|---|---|---|']
     for name, label in WORK.items():
         lines.append(f'| {label} | {result["ms"][name]:.1f} | {result["vs_clone"][name]:.2f} | '

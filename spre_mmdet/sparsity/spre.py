@@ -38,7 +38,8 @@ SPRE_OPTIONS = ('rep_gamma', 'spatial_interval', 'rep_bn_train')
 
 
 def spatial_mask(weight: torch.Tensor, n: int, m: int,
-                 magnitude: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 magnitude: Optional[torch.Tensor] = None,
+                 hint: Optional[native.ThresholdHint] = None) -> torch.Tensor:
     """The layer-wide ``kh x kw`` mask ``S`` of SpRe (docs/methods/spre.md, steps 1-4).
 
     An unstructured magnitude mask at density ``n/m`` is taken over the whole layer; a kernel
@@ -51,10 +52,13 @@ def spatial_mask(weight: torch.Tensor, n: int, m: int,
         weight: the ``(O, C, kh, kw)`` weight.
         n, m: the N:M pattern.
         magnitude: ``|weight|`` if already computed, in any monotone form of it (e.g. as float32
-            with NaN -> inf: ``nm_masks``' magnitude hook); saves one pass.
+            with NaN -> inf: ``nm_masks``' magnitude hook); saves one pass of the eager code.
+        hint: the layer's last threshold, kept between refreshes: the fused kernel then
+            usually decides in one pass (:func:`~spre_mmdet.sparsity.native.spatial_mask`).
+            Updated in place; the result is the same with or without it.
     """
-    if native.handles(weight):  # fused: reads the weight itself, in two passes
-        spatial = native.spatial_mask(weight.detach(), n, m)
+    if native.handles(weight):  # fused: reads the weight itself
+        spatial = native.spatial_mask(weight.detach(), n, m, hint)
         if spatial is not None:
             return spatial.to(weight.dtype).reshape(weight.shape[2:])
     out_c, in_c = weight.shape[:2]
@@ -200,6 +204,15 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
         super().refresh(iteration)
         self._refresh_spatial(iteration)
 
+    @property
+    def threshold_hint(self) -> native.ThresholdHint:
+        """The last refresh's unstructured threshold, which speeds up the next ``S`` (not
+        saved: only a hint, see :func:`spatial_mask`)."""
+        hint = self.__dict__.get('_threshold_hint')
+        if hint is None:
+            hint = self.__dict__['_threshold_hint'] = native.ThresholdHint()
+        return hint
+
     def use_magnitude(self, magnitude: torch.Tensor, iteration: int) -> None:
         self._refresh_spatial(iteration, magnitude)  # |W| is at hand: no second pass for S
 
@@ -207,7 +220,7 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
         due = iteration % self.spatial_interval == 0
         if self.needs_init or (due and not self._spatial_is_current()):
             spatial = spatial_mask(self.weight.detach(), self.sparsity.n, self.sparsity.m,
-                                   magnitude)
+                                   magnitude, self.threshold_hint)
             if not self.needs_init:
                 self._spatial_flips = self._spatial_flips + (spatial != self.spatial).sum()
             self.spatial.copy_(spatial)

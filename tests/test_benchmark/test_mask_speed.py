@@ -30,7 +30,7 @@ def test_workloads_do_the_work_they_are_named_after():
     assert workloads.facts['layers'] == 19 and workloads.facts['spatial_layers'] == 16
     models = workloads.models
     for method, work in (('srste', 'srste'), ('spre', 'spre'), ('srste', 'srste_eager'),
-                         ('spre', 'spre_eager')):
+                         ('spre', 'spre_eager'), ('spre', 'spre_two_pass')):
         for _, layer in sparse_layers(models[method]):
             with torch.no_grad():  # through .data: only a forced refresh sees it
                 layer.weight.data.copy_(torch.randn_like(layer.weight))
@@ -39,6 +39,20 @@ def test_workloads_do_the_work_they_are_named_after():
             assert torch.equal(layer.sparsity.mask, nm_mask(layer.weight, 2, 4))
             if hasattr(layer, 'spatial'):
                 assert torch.equal(layer.spatial, spatial_mask(layer.weight, 2, 4))
+    hints = [module.threshold_hint for module in models['spre'].modules()
+             if hasattr(module, 'threshold_hint')]
+    workloads.setup['spre_two_pass']()
+    assert all(hint.key is None for hint in hints)  # as at a first refresh
+    workloads.run['spre_two_pass']()
+    assert all(hint.key is not None for hint in hints)
+    weights = [layer.weight.clone() for _, layer in sparse_layers(models['spre'])]
+    workloads.setup['spre']()  # the optimizer-like step: every weight scaled by 1 + STEP
+    for before, (_, layer) in zip(weights, sparse_layers(models['spre'])):
+        assert torch.allclose(layer.weight, before * (1 + mask_speed.STEP), rtol=1e-6, atol=0)
+    one_pass, total = workloads.facts['s_one_pass']
+    workloads.run['spre']()
+    # the threshold stayed in the window: every S in one pass
+    assert workloads.facts['s_one_pass'] == [one_pass + 16, total + 16]
     lbc = [layer.sparsity for _, layer in sparse_layers(models['lbc'])]
     for name, survivors in (('lbc_removal', 5), ('lbc_between', 5)):
         workloads.setup[name]()

@@ -71,6 +71,91 @@ def test_fused_spatial_mask_equals_eager_on_any_split(n, m, threads, monkeypatch
             torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize('threads', [1, 2, 3])
+@pytest.mark.parametrize('shape', [(32, 16, 3, 3), (8, 16, 5, 5), (12, 16, 1, 3), (7, 8, 3, 3)])
+def test_s_from_the_last_threshold_equals_eager_through_training_like_steps(shape, threads,
+                                                                         monkeypatch):
+    """With the last threshold as a hint, S equals the eager S at every step: one pass while
+    the threshold stays in the window, two after a jump out of it (both counted), and the
+    hint always ends as this weight's threshold."""
+    monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
+    previous = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(threads)
+    weight = torch.randn(shape, generator=gen)
+    hint = native.ThresholdHint()
+    steps = [1e-4] * 4 + [0.5] + [1e-4] * 3  # small moves, one jump, small moves
+    for step in steps:
+        expected = _eager(monkeypatch, spatial_mask, weight, 2, 4)
+        torch.set_num_threads(threads)
+        try:
+            fused = native.spatial_mask(weight, 2, 4, hint)
+        finally:
+            torch.set_num_threads(previous)
+        assert torch.equal(fused.float().reshape(shape[2:]), expected)
+        magnitudes = torch.sort(weight.abs().flatten(), descending=True).values
+        assert hint.key == int(magnitudes[weight.numel() // 2 - 1].view(torch.int32))
+        weight = weight * (1 + step * torch.randn(shape, generator=gen))
+    assert hint.two_pass == 2 and hint.one_pass == len(steps) - 2  # the first and the jump
+
+
+def test_s_from_a_hint_keeps_the_lowest_ties_and_ranks_nan_and_inf(monkeypatch):
+    """Ties at the threshold inside the window go to the lowest flat indices, and NaN/inf
+    (above the window) count as kept, exactly as the eager S; a hint at infinity or NaN is
+    not used (two passes)."""
+    gen = torch.Generator().manual_seed(7)
+    weight = torch.randn(32, 16, 3, 3, generator=gen)
+    flat = weight.view(-1)
+    flat[::97], flat[::101], flat[::103] = float('inf'), float('nan'), -float('inf')
+    magnitude = flat.abs().nan_to_num(float('inf'))
+    threshold = magnitude.sort(descending=True).values[flat.numel() // 2 - 1]
+    below = torch.nonzero(magnitude < threshold).squeeze(1)
+    # 40 more at the threshold, at any positions: the keep-th largest stays, now a tie of 41
+    flat[below[torch.randperm(len(below), generator=gen)[:40]]] = threshold
+    hint = native.ThresholdHint()
+    for _ in range(3):
+        assert torch.equal(native.spatial_mask(weight, 2, 4, hint).float().reshape(3, 3),
+                           _eager(monkeypatch, spatial_mask, weight, 2, 4))
+    assert hint.one_pass == 2 and hint.key == int(threshold.view(torch.int32))
+    hint = native.ThresholdHint()
+    hint.key = 0x7f800000  # +inf
+    weight = torch.randn(8, 8, 3, 3, generator=gen)
+    native.spatial_mask(weight, 2, 4, hint)
+    assert hint.two_pass == 1 and hint.key < 0x7f800000
+
+
+def test_the_window_follows_the_last_move_of_the_threshold():
+    """The next window is twice the threshold's last relative move, within WINDOWS; the
+    first is the middle one, and a threshold leaving zero gives the largest."""
+    def key(value):
+        return int(torch.tensor(value).view(torch.int32))
+    low, first, high = native.WINDOWS
+    hint = native.ThresholdHint()
+    assert hint.window == first
+    hint.update(key(1.0), one_pass=False)
+    assert hint.window == first and (hint.one_pass, hint.two_pass) == (0, 1)
+    hint.update(key(1.004), one_pass=True)
+    assert hint.window == pytest.approx(0.008, rel=1e-4) and hint.one_pass == 1
+    hint.update(key(1.004), one_pass=True)
+    assert hint.window == low
+    hint.update(key(2.0), one_pass=False)
+    assert hint.window == high
+    hint.update(key(0.0), one_pass=False)
+    hint.update(key(0.5), one_pass=False)
+    assert hint.window == high
+
+
+def test_a_window_holding_too_many_keys_falls_back_to_two_passes(monkeypatch):
+    """If the window collects more keys than its buffer holds (a layer of a few distinct
+    magnitudes), the exact two-pass selection decides, with the same S."""
+    weight = torch.full((16, 16, 3, 3), 0.5)
+    weight.view(-1)[::5] = 0.25
+    hint = native.ThresholdHint()
+    for _ in range(2):
+        assert torch.equal(native.spatial_mask(weight, 2, 4, hint).float().reshape(3, 3),
+                           _eager(monkeypatch, spatial_mask, weight, 2, 4))
+    assert hint.two_pass == 2 and hint.one_pass == 0
+
+
 def test_kernels_larger_than_the_s_kernel_takes_get_s_from_the_eager_code(monkeypatch):
     """A 9x9 kernel (81 positions) is beyond the fused S: native says so, spatial_mask still
     gives the reference S."""

@@ -335,9 +335,9 @@ def spatial_computations(monkeypatch):
     import spre_mmdet.sparsity.spre as spre
     calls = []
 
-    def counting(weight, n, m, magnitude=None):
+    def counting(weight, n, m, magnitude=None, hint=None):
         calls.append(weight.shape)
-        return spatial_mask(weight, n, m, magnitude)
+        return spatial_mask(weight, n, m, magnitude, hint)
     monkeypatch.setattr(spre, 'spatial_mask', counting)
     return calls
 
@@ -471,3 +471,23 @@ def test_refresh_masks_computes_s_from_the_masks_magnitudes(spatial_computations
     assert len(spatial_computations) == 1
     assert torch.equal(block.conv.spatial, sorted_reference_spatial_mask(block.conv.weight, 2, 4))
     assert torch.equal(block.conv.sparsity.mask, nm_mask(block.conv.weight, 2, 4))
+
+
+def test_s_through_sgd_steps_uses_the_last_threshold_and_equals_the_reference(mask_kernels):
+    """Through SGD steps, each refresh's S equals the sorted reference; on the fused path
+    every refresh after the first is decided in one pass from the layer's last threshold."""
+    block = _spre_block(seed=4, rep_gamma=1.0)
+    opt = torch.optim.SGD(block.parameters(), lr=1e-4, momentum=0.9)  # moves the threshold <0.1%
+    x = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(4))
+    for iteration in range(6):
+        refresh_masks(block, iteration)
+        assert torch.equal(block.conv.spatial,
+                           sorted_reference_spatial_mask(block.conv.weight.detach(), 2, 4))
+        opt.zero_grad()
+        block(x).square().mean().backward()
+        opt.step()
+    hint = block.conv.threshold_hint
+    if mask_kernels == 'fused':
+        assert (hint.two_pass, hint.one_pass) == (1, 5)
+    else:  # the eager code has its own way (a sampled bound): the hint is not used
+        assert (hint.two_pass, hint.one_pass, hint.key) == (0, 0, None)

@@ -253,29 +253,14 @@ static inline uint8_t spatial_rule(int64_t kept, int64_t rows, int n, int m) {
     return (rows - kept) * m < (int64_t)(m - n) * rows;
 }
 
-/* SpRe's layer-wide S of a contiguous float32 weight of `numel` values whose innermost
- * `positions` values are the kernel positions: S[p] = 1 where the unstructured magnitude mask
- * that keeps the `keep` largest |w| of the whole tensor (ties at the threshold to the lowest
- * flat indices) prunes less than (m - n) / m of position p.
- *
- * An exact radix selection in two passes: pass 1 finds the high 16 bits of the threshold (a
- * histogram), pass 2 counts per position the keys above that bucket and collects the
- * bucket's few keys (low 16 bits and position, in flat order), among which the rest of the
- * selection runs. Returns 0, or < 0 on a bad argument or allocation failure. */
-int spre_spatial_mask(const float *w, int64_t numel, int64_t positions, int64_t keep, int n,
-                      int m, uint8_t *spatial, int threads) {
-    if (positions < 1 || positions > 64 || numel < 1 || numel % positions || keep < 0 ||
-        keep > numel || n < 1 || n >= m)
-        return -1;
-    if (numel >= (int64_t)UINT32_MAX) return -1; /* the histogram counts are 32-bit */
+/* S without a hint: an exact radix selection in two passes. Pass 1 finds the high 16 bits of
+ * the threshold (a histogram), pass 2 counts per position the keys above that bucket and
+ * collects the bucket's few keys (low 16 bits and position, in flat order), among which the
+ * rest of the selection runs. Writes the threshold key. Returns 0, or -2 on allocation
+ * failure. */
+static int spatial_two_pass(const float *w, int64_t numel, int64_t positions, int64_t keep,
+                            int n, int m, uint8_t *spatial, int threads, uint32_t *threshold) {
     const int64_t rows = numel / positions;
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > numel) threads = (int)numel;
-    if (keep == 0) {
-        for (int64_t p = 0; p < positions; ++p) spatial[p] = spatial_rule(0, rows, n, m);
-        return 0;
-    }
     spatial_args_t a;
     memset(&a, 0, sizeof a);
     a.w = w;
@@ -316,6 +301,7 @@ int spre_spatial_mask(const float *w, int64_t numel, int64_t positions, int64_t 
         if (from_top + low_counts[low] >= keep) break;
         from_top += low_counts[low];
     }
+    *threshold = ((uint32_t)high << 16) | (uint32_t)low;
     int64_t ties_left = keep - from_top; /* 1 .. low_counts[low] */
     for (int64_t i = 0; i < in_bucket; ++i) {
         if (a.low[i] > low) {
@@ -337,3 +323,282 @@ done:
     free(a.where);
     return status;
 }
+
+/* ---------------------------------------------------------------- S from a hint, one pass */
+
+/* Between two refreshes an optimizer step moves the threshold (the keep-th largest key) very
+ * little. Given the last one, a single pass counts per position the keys above a narrow window
+ * around it and collects the few keys inside the window (key and flat index, in flat order);
+ * if the threshold still lies in the window, the selection finishes among those. Otherwise the
+ * two-pass selection runs. Keys are raw |w| bits here: the window lies below infinity, so
+ * every NaN and infinity is simply above it. */
+
+typedef int32_t v4i __attribute__((vector_size(16))); /* GCC/clang vectors: SSE2, NEON, ... */
+
+typedef struct {
+    const float *w;
+    int64_t numel, positions, block; /* block: lcm(positions, 4) values, whole vectors */
+    int32_t lo, hi;                  /* the window [lo, hi] of keys */
+    int64_t capacity;                /* candidates each worker may collect */
+    int64_t *above;                  /* [threads][positions] */
+    uint32_t *keys, *index;          /* [threads][capacity] the candidates, flat order */
+    int64_t *found;                  /* [threads] candidates collected, -1: too many */
+} window_args_t;
+
+/* The in-window keys of block b (a vector at a time; each lane stored, the count advanced
+ * by the in-window ones: no branch per value). Returns -1 when the buffer is full. */
+static inline int collect_block(const window_args_t *a, int64_t b, int64_t *found,
+                                uint32_t *keys, uint32_t *index) {
+    const v4i lo = {a->lo, a->lo, a->lo, a->lo}, hi = {a->hi, a->hi, a->hi, a->hi};
+    const v4i abs_bits = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
+    const float *p = a->w + b * a->block;
+    for (int64_t j = 0; j < a->block / 4; ++j) {
+        v4i x;
+        memcpy(&x, p + 4 * j, sizeof x);
+        x &= abs_bits;
+        const v4i inside = (x >= lo) & (x <= hi);
+        if (!(inside[0] | inside[1] | inside[2] | inside[3])) continue;
+        if (*found + 4 > a->capacity) return -1;
+        for (int l = 0; l < 4; ++l) {
+            keys[*found] = (uint32_t)x[l];
+            index[*found] = (uint32_t)(b * a->block + 4 * j + l);
+            *found += inside[l] & 1;
+        }
+    }
+    return 0;
+}
+
+/* The last, partial block [from, numel), value by value. */
+static inline int collect_tail(const window_args_t *a, int64_t from, int64_t *found,
+                               uint32_t *keys, uint32_t *index, int64_t *above) {
+    for (int64_t i = from; i < a->numel; ++i) {
+        const int32_t key = (int32_t)bits_of(a->w + i);
+        above[i % a->positions] += key > a->hi;
+        if (key >= a->lo && key <= a->hi) {
+            if (*found == a->capacity) return -1;
+            keys[*found] = (uint32_t)key;
+            index[(*found)++] = (uint32_t)i;
+        }
+    }
+    return 0;
+}
+
+/* One vector of a block: count the lanes above the window, note any inside it. */
+#define WINDOW_VECTOR(p, count, any)                                                        \
+    do {                                                                                    \
+        v4i x_;                                                                             \
+        memcpy(&x_, (p), sizeof x_);                                                        \
+        x_ &= abs_bits;                                                                     \
+        (count) -= x_ > hi; /* true is -1 */                                                \
+        (any) |= (x_ >= lo) & (x_ <= hi);                                                   \
+    } while (0)
+
+/* One worker over blocks [b0, b1): lane l of vector j counts block value 4j + l, at position
+ * (4j + l) % positions; a block with in-window keys is collected again from L1. 3x3 kernels
+ * (blocks of 36 = 9 vectors) keep their 9 counters in registers. */
+static void window_pass(void *p, int64_t b0, int64_t b1, int worker) {
+    window_args_t *a = (window_args_t *)p;
+    const int64_t vectors = a->block / 4, full = a->numel / a->block;
+    const v4i lo = {a->lo, a->lo, a->lo, a->lo}, hi = {a->hi, a->hi, a->hi, a->hi};
+    const v4i abs_bits = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
+    const v4i zero = {0, 0, 0, 0};
+    v4i count[64];
+    int64_t tail[64] = {0};
+    uint32_t *keys = a->keys + worker * a->capacity, *index = a->index + worker * a->capacity;
+    int64_t found = 0;
+    for (int64_t j = 0; j < vectors; ++j) count[j] = zero;
+    const int64_t end = b1 < full ? b1 : full;
+    if (a->block == 36) {
+        v4i c0 = zero, c1 = zero, c2 = zero, c3 = zero, c4 = zero, c5 = zero, c6 = zero,
+            c7 = zero, c8 = zero;
+        for (int64_t b = b0; b < end; ++b) {
+            const float *w = a->w + b * 36;
+            v4i any = zero;
+            WINDOW_VECTOR(w, c0, any);
+            WINDOW_VECTOR(w + 4, c1, any);
+            WINDOW_VECTOR(w + 8, c2, any);
+            WINDOW_VECTOR(w + 12, c3, any);
+            WINDOW_VECTOR(w + 16, c4, any);
+            WINDOW_VECTOR(w + 20, c5, any);
+            WINDOW_VECTOR(w + 24, c6, any);
+            WINDOW_VECTOR(w + 28, c7, any);
+            WINDOW_VECTOR(w + 32, c8, any);
+            if ((any[0] | any[1] | any[2] | any[3]) &&
+                collect_block(a, b, &found, keys, index)) {
+                a->found[worker] = -1;
+                return;
+            }
+        }
+        count[0] = c0, count[1] = c1, count[2] = c2, count[3] = c3, count[4] = c4;
+        count[5] = c5, count[6] = c6, count[7] = c7, count[8] = c8;
+    } else {
+        for (int64_t b = b0; b < end; ++b) {
+            const float *w = a->w + b * a->block;
+            v4i any = zero;
+            for (int64_t j = 0; j < vectors; ++j) WINDOW_VECTOR(w + 4 * j, count[j], any);
+            if ((any[0] | any[1] | any[2] | any[3]) &&
+                collect_block(a, b, &found, keys, index)) {
+                a->found[worker] = -1;
+                return;
+            }
+        }
+    }
+    if (b1 > full && collect_tail(a, full * a->block, &found, keys, index, tail)) {
+        a->found[worker] = -1;
+        return;
+    }
+    int64_t *above = a->above + worker * a->positions;
+    for (int64_t p = 0; p < a->positions; ++p) above[p] = tail[p];
+    for (int64_t j = 0; j < vectors; ++j)
+        for (int l = 0; l < 4; ++l) above[(4 * j + l) % a->positions] += count[j][l];
+    a->found[worker] = found;
+}
+
+static void swap_u32(uint32_t *x, uint32_t *y) {
+    const uint32_t t = *x;
+    *x = *y;
+    *y = t;
+}
+
+/* The rank-th largest (1-based) of v[0..count) (reordered): quickselect with a three-way
+ * partition, so runs of equal keys cost no more than distinct ones. */
+static uint32_t select_largest(uint32_t *v, int64_t count, int64_t rank) {
+    int64_t lo = 0, hi = count; /* the answer is in v[lo..hi) at rank `rank` from the top */
+    for (;;) {
+        if (hi - lo == 1) return v[lo];
+        const uint32_t a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi - 1]; /* median of 3 */
+        const uint32_t pivot = a < b ? (b < c ? b : (a < c ? c : a))
+                                     : (a < c ? a : (b < c ? c : b));
+        /* [lo, gt): > pivot, [gt, i): == pivot, [lt, hi): < pivot */
+        int64_t gt = lo, i = lo, lt = hi;
+        while (i < lt) {
+            if (v[i] > pivot)
+                swap_u32(&v[gt++], &v[i++]);
+            else if (v[i] < pivot)
+                swap_u32(&v[i], &v[--lt]);
+            else
+                ++i;
+        }
+        if (rank <= gt - lo) {
+            hi = gt;
+        } else if (rank <= lt - lo) {
+            return pivot;
+        } else {
+            rank -= lt - lo;
+            lo = lt;
+        }
+    }
+}
+
+/* One pass from the hint *threshold, as described above. Returns 1 if the threshold lay in
+ * the window (S and *threshold written), 0 if not (nothing written), -2 on allocation
+ * failure. */
+static int spatial_one_pass(const float *w, int64_t numel, int64_t positions, int64_t keep,
+                            int n, int m, uint8_t *spatial, int threads, uint32_t *threshold,
+                            double window) {
+    float last;
+    memcpy(&last, threshold, sizeof last);
+    const float low_value = (float)(last * (1.0 - window)),
+                high_value = (float)(last * (1.0 + window));
+    uint32_t lo, hi;
+    memcpy(&lo, &low_value, sizeof lo);
+    memcpy(&hi, &high_value, sizeof hi);
+    if (!(window > 0.0 && window < 1.0) || hi >= INF_BITS) return 0;
+    window_args_t a;
+    memset(&a, 0, sizeof a);
+    a.w = w;
+    a.numel = numel;
+    a.positions = positions;
+    a.block = positions % 4 == 0 ? positions : positions % 2 == 0 ? 2 * positions : 4 * positions;
+    a.lo = (int32_t)lo;
+    a.hi = (int32_t)hi;
+    const int64_t blocks = (numel + a.block - 1) / a.block;
+    if (threads > blocks) threads = (int)blocks;
+    /* the window holds ~2 * window * density of the keys; a few times that, then give up */
+    a.capacity = (int64_t)(8.0 * window * (double)numel / threads) + 256;
+    a.above = (int64_t *)calloc((size_t)threads * positions, sizeof(int64_t));
+    a.keys = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)(threads * a.capacity));
+    a.index = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)(threads * a.capacity));
+    a.found = (int64_t *)calloc((size_t)threads, sizeof(int64_t));
+    int64_t *kept = (int64_t *)calloc((size_t)positions, sizeof(int64_t));
+    uint32_t *scratch = NULL;
+    int status = -2;
+    if (!a.above || !a.keys || !a.index || !a.found || !kept) goto done;
+    parallel_for(window_pass, &a, blocks, threads);
+
+    status = 0;
+    int64_t candidates = 0, above = 0;
+    for (int t = 0; t < threads; ++t) {
+        if (a.found[t] < 0) goto done; /* the window held too many keys */
+        candidates += a.found[t];
+        for (int64_t p = 0; p < positions; ++p) kept[p] += a.above[t * positions + p];
+    }
+    for (int64_t p = 0; p < positions; ++p) above += kept[p];
+    const int64_t need = keep - above; /* kept keys still to choose in the window */
+    if (need < 1 || need > candidates) goto done; /* the threshold left the window */
+    scratch = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)candidates);
+    if (!scratch) {
+        status = -2;
+        goto done;
+    }
+    for (int t = 0, c = 0; t < threads; ++t)
+        for (int64_t i = 0; i < a.found[t]; ++i) scratch[c++] = a.keys[t * a.capacity + i];
+    const uint32_t at = select_largest(scratch, candidates, need);
+    int64_t ties_left = need;
+    for (int t = 0; t < threads; ++t)
+        for (int64_t i = 0; i < a.found[t]; ++i) ties_left -= a.keys[t * a.capacity + i] > at;
+    /* worker by worker is flat order: the ties kept are those at the lowest indices */
+    for (int t = 0; t < threads; ++t) {
+        for (int64_t i = 0; i < a.found[t]; ++i) {
+            const uint32_t key = a.keys[t * a.capacity + i];
+            if (key > at || (key == at && ties_left-- > 0))
+                ++kept[a.index[t * a.capacity + i] % positions];
+        }
+    }
+    const int64_t rows = numel / positions;
+    for (int64_t p = 0; p < positions; ++p) spatial[p] = spatial_rule(kept[p], rows, n, m);
+    *threshold = at;
+    status = 1;
+done:
+    free(a.above);
+    free(a.keys);
+    free(a.index);
+    free(a.found);
+    free(kept);
+    free(scratch);
+    return status;
+}
+
+/* SpRe's layer-wide S of a contiguous float32 weight of `numel` values whose innermost
+ * `positions` values are the kernel positions: S[p] = 1 where the unstructured magnitude mask
+ * that keeps the `keep` largest |w| of the whole tensor (ties at the threshold to the lowest
+ * flat indices) prunes less than (m - n) / m of position p.
+ *
+ * *threshold: in, the threshold key of the last refresh (UINT32_MAX: none); out, this one's.
+ * With a finite one, one pass within +-window of it (relative) usually decides; else, or if
+ * the threshold moved out of the window, the two-pass selection runs. Returns 1 (decided in
+ * one pass), 0 (two passes), or < 0 on a bad argument or allocation failure. */
+int spre_spatial_mask(const float *w, int64_t numel, int64_t positions, int64_t keep, int n,
+                      int m, uint8_t *spatial, int threads, uint32_t *threshold,
+                      double window) {
+    if (positions < 1 || positions > 64 || numel < 1 || numel % positions || keep < 0 ||
+        keep > numel || n < 1 || n >= m)
+        return -1;
+    if (numel >= (int64_t)UINT32_MAX) return -1; /* counts and indices are 32-bit */
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > numel) threads = (int)numel;
+    if (keep == 0) {
+        const int64_t rows = numel / positions;
+        for (int64_t p = 0; p < positions; ++p) spatial[p] = spatial_rule(0, rows, n, m);
+        *threshold = UINT32_MAX;
+        return 0;
+    }
+    if (*threshold < INF_BITS) {
+        const int status = spatial_one_pass(w, numel, positions, keep, n, m, spatial, threads,
+                                            threshold, window);
+        if (status) return status;
+    }
+    return spatial_two_pass(w, numel, positions, keep, n, m, spatial, threads, threshold);
+}
+
