@@ -11,6 +11,9 @@
  * Work is split into contiguous ranges over all layers of a call, one pthread each.
  */
 #include <pthread.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,13 @@
 #define FLOAT_MAX_BITS 0x7f7fffffu
 #define MAX_M 128
 #define MAX_THREADS 256
+
+/* GCC/clang vector extensions: SSE2, NEON, ... (no intrinsics, no target flags) */
+typedef int32_t v4i __attribute__((vector_size(16)));
+/* shuffles (the m = 4 ranking of 1x1 weights) need GCC >= 12 or clang */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define HAVE_SHUFFLES 1
+#endif
 
 static inline uint32_t bits_of(const float *p) {
     uint32_t b;
@@ -128,11 +138,83 @@ static void nm_rows(const float *w, uint8_t *mask, int64_t row_begin, int64_t ro
         m3 = ad + bd + cd < (n);                                                            \
     } while (0)
 
-/* The same as nm_rows for m = 4 (the hardware pattern family 2:4 / 1:4). */
+static inline v4i splat(int32_t x) { return (v4i){x, x, x, x}; }
+
+static inline v4i load_bits(const float *p) {
+    v4i b;
+    memcpy(&b, p, sizeof b);
+    return b;
+}
+
+/* nm_key of four values at once (their bits) */
+static inline v4i nm_keys(v4i b) {
+    b &= splat(ABS_BITS);
+    const v4i nan = b > splat(INF_BITS), inf = b == splat(INF_BITS);
+    return (b & ~(nan | inf)) | (splat(INF_BITS) & nan) | (splat(FLOAT_MAX_BITS) & inf);
+}
+
+/* NM4 on vectors: lane l of a, b, c, d holds the four members of one group; the ranks are
+ * those of NM4 (a true comparison is -1 here). Writes the four 0/1 mask vectors. */
+static inline void nm4_vectors(v4i a, v4i b, v4i c, v4i d, int n, v4i *m0, v4i *m1, v4i *m2,
+                               v4i *m3) {
+    const v4i ab = a >= b, ac = a >= c, ad = a >= d, bc = b >= c, bd = b >= d, cd = c >= d;
+    const v4i limit = splat(n);
+    *m0 = (splat(3) + ab + ac + ad < limit) & 1;
+    *m1 = (splat(2) - ab + bc + bd < limit) & 1;
+    *m2 = (splat(1) - ac - bc + cd < limit) & 1;
+    *m3 = (-ad - bd - cd < limit) & 1;
+}
+
+/* Member j's mask bytes at four consecutive positions, for each of the four members
+ * (k > 1: member-major runs). SSE2 packs them in two instructions; elsewhere lane by lane. */
+static inline void store_members(uint8_t *o0, uint8_t *o1, uint8_t *o2, uint8_t *o3, v4i m0,
+                                 v4i m1, v4i m2, v4i m3) {
+#ifdef __SSE2__
+    uint8_t bytes[16];
+    _mm_storeu_si128((__m128i *)bytes,
+                     _mm_packus_epi16(_mm_packs_epi32((__m128i)m0, (__m128i)m1),
+                                      _mm_packs_epi32((__m128i)m2, (__m128i)m3)));
+    memcpy(o0, bytes, 4), memcpy(o1, bytes + 4, 4), memcpy(o2, bytes + 8, 4);
+    memcpy(o3, bytes + 12, 4);
+#else
+    for (int l = 0; l < 4; ++l) {
+        o0[l] = (uint8_t)m0[l], o1[l] = (uint8_t)m1[l], o2[l] = (uint8_t)m2[l];
+        o3[l] = (uint8_t)m3[l];
+    }
+#endif
+}
+
+/* The same as nm_rows for m = 4 (the hardware pattern family 2:4 / 1:4), four groups per
+ * step: for K >= 4 the members' runs of K positions are read four positions at a time (the
+ * last four overlap the previous ones when K % 4: they are ranked again, to the same
+ * bytes); 1x1 weights (K = 1) are transposed four groups at a time. */
 static void nm_rows_m4(const float *restrict w, uint8_t *restrict mask, int64_t row_begin,
                        int64_t row_end, int64_t k, int n) {
+    int64_t r = row_begin;
+    v4i m0, m1, m2, m3;
+#ifdef HAVE_SHUFFLES
     if (k == 1) { /* 1x1 convs and Linear: the four members are adjacent */
-        for (int64_t r = row_begin; r < row_end; ++r) {
+        for (; r + 4 <= row_end; r += 4) {
+            const float *g = w + 4 * r;
+            const v4i g0 = load_bits(g), g1 = load_bits(g + 4), g2 = load_bits(g + 8),
+                      g3 = load_bits(g + 12);
+            const v4i t0 = __builtin_shufflevector(g0, g1, 0, 4, 1, 5),
+                      t1 = __builtin_shufflevector(g2, g3, 0, 4, 1, 5),
+                      t2 = __builtin_shufflevector(g0, g1, 2, 6, 3, 7),
+                      t3 = __builtin_shufflevector(g2, g3, 2, 6, 3, 7);
+            nm4_vectors(nm_keys(__builtin_shufflevector(t0, t1, 0, 1, 4, 5)),
+                        nm_keys(__builtin_shufflevector(t0, t1, 2, 3, 6, 7)),
+                        nm_keys(__builtin_shufflevector(t2, t3, 0, 1, 4, 5)),
+                        nm_keys(__builtin_shufflevector(t2, t3, 2, 3, 6, 7)), n, &m0, &m1, &m2,
+                        &m3);
+            /* lane g: group g's four mask bytes, little-endian: its 4 bytes in memory order */
+            const v4i bytes = m0 | (m1 << 8) | (m2 << 16) | (m3 << 24);
+            memcpy(mask + 4 * r, &bytes, sizeof bytes);
+        }
+    }
+#endif
+    if (k == 1) {
+        for (; r < row_end; ++r) {
             const float *g = w + 4 * r;
             uint8_t *o = mask + 4 * r;
             const uint32_t a = nm_key(g), b = nm_key(g + 1), c = nm_key(g + 2),
@@ -141,13 +223,25 @@ static void nm_rows_m4(const float *restrict w, uint8_t *restrict mask, int64_t 
         }
         return;
     }
-    for (int64_t r = row_begin; r < row_end; ++r) {
+    for (; r < row_end; ++r) {
         const float *w0 = w + r * 4 * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
-        uint8_t *m0 = mask + r * 4 * k, *m1 = m0 + k, *m2 = m1 + k, *m3 = m2 + k;
-        for (int64_t p = 0; p < k; ++p) {
+        uint8_t *o0 = mask + r * 4 * k, *o1 = o0 + k, *o2 = o1 + k, *o3 = o2 + k;
+        int64_t p = 0;
+        if (k >= 4) {
+            for (;; p += 4) {
+                if (p + 4 > k) p = k - 4; /* the overlapping last four */
+                nm4_vectors(nm_keys(load_bits(w0 + p)), nm_keys(load_bits(w1 + p)),
+                            nm_keys(load_bits(w2 + p)), nm_keys(load_bits(w3 + p)), n, &m0,
+                            &m1, &m2, &m3);
+                store_members(o0 + p, o1 + p, o2 + p, o3 + p, m0, m1, m2, m3);
+                if (p + 4 == k) break;
+            }
+            continue;
+        }
+        for (; p < k; ++p) { /* 1x2, 1x3, ... kernels */
             const uint32_t a = nm_key(w0 + p), b = nm_key(w1 + p), c = nm_key(w2 + p),
                            d = nm_key(w3 + p);
-            NM4(a, b, c, d, n, m0[p], m1[p], m2[p], m3[p]);
+            NM4(a, b, c, d, n, o0[p], o1[p], o2[p], o3[p]);
         }
     }
 }
@@ -332,8 +426,6 @@ done:
  * if the threshold still lies in the window, the selection finishes among those. Otherwise the
  * two-pass selection runs. Keys are raw |w| bits here: the window lies below infinity, so
  * every NaN and infinity is simply above it. */
-
-typedef int32_t v4i __attribute__((vector_size(16))); /* GCC/clang vectors: SSE2, NEON, ... */
 
 typedef struct {
     const float *w;
