@@ -283,6 +283,16 @@ def pair_ratios(res: Dict[str, dict], pairs: Sequence = PAIRS) -> Dict[str, dict
     return out
 
 
+def _count(least: int):
+    """An argparse type: a whole number >= ``least`` (checked before any work starts)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f'must be >= {least}, got {value}')
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m spre_mmdet.benchmark.train_cost',
                                      description=__doc__.splitlines()[0])
@@ -291,10 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                          'ip_srste'])
     parser.add_argument('--img-size', type=int, default=512)
     parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--rounds', type=int, default=5, help='timed steps per variant')
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--infer-rounds', type=int, default=5)
-    parser.add_argument('--mem-steps', type=int, default=3)
+    parser.add_argument('--rounds', type=_count(1), default=5, help='timed steps per variant')
+    parser.add_argument('--warmup', type=_count(0), default=2)
+    parser.add_argument('--infer-rounds', type=_count(0), default=5,
+                        help='timed predictions of each deployed model (0: none)')
+    parser.add_argument('--mem-steps', type=_count(1), default=3)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--interval', type=int, default=None,
                         help='mask refresh interval (default: the config\'s)')
@@ -362,7 +373,7 @@ def measure(args) -> dict:
             info['params_equal_dense'] = info['params'] == param_count(dense.model)
         result['variants'][v]['deploy'] = info
         infer[f'{v}_deploy'] = deployed
-    if infer:
+    if infer and args.infer_rounds:
         any_model = next(iter(infer.values()))
         data = any_model.data_preprocessor(copy.copy(batch), False)
 

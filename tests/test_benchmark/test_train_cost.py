@@ -123,3 +123,13 @@ def test_backbone_only_step_trains_backbone_and_neck_alone():
     assert any(k.startswith('neck.') for k in changed)
     assert not any(k.startswith(('rpn_head.', 'roi_head.')) for k in changed)
     assert len(trainer.refresh_s) == 1
+
+
+def test_counts_are_checked_before_any_work():
+    """--rounds 0 (or a negative count) is refused by the parser; --infer-rounds 0 means no
+    prediction timing."""
+    parser = train_cost.build_parser()
+    for bad in (['--rounds', '0'], ['--infer-rounds', '-1'], ['--mem-steps', '0']):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    assert parser.parse_args(['--infer-rounds', '0']).infer_rounds == 0
