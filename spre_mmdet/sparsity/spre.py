@@ -264,6 +264,25 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
                            'SpReBatchNorm2d.fold (reparameterize() does).')
 
 
+class FoldBranches(torch.autograd.Function):
+    """``main * a + (rep * (mask * spatial)) * b`` (``a``, ``b`` per output channel) and its
+    gradients with respect to ``main``, ``rep``, ``a`` and ``b``, by the fused CPU kernel
+    (:func:`~spre_mmdet.sparsity.native.fold`): the same forward bit for bit as the tensor
+    expression, and its backward in one pass."""
+
+    @staticmethod
+    def forward(ctx, main, rep, mask, spatial, main_scale, rep_scale):
+        ctx.save_for_backward(main, rep, mask, spatial, main_scale, rep_scale)
+        return native.fold(main, rep, mask, spatial, main_scale, rep_scale)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        d_main, d_rep, d_main_scale, d_rep_scale = native.fold(*ctx.saved_tensors,
+                                                               grad=grad.contiguous())
+        return d_main, d_rep, None, None, d_main_scale, d_rep_scale
+
+
 class SpReBatchNorm2d(nn.BatchNorm2d):
     """The main branch's BN (same parameters and keys as the dense BN) plus ``rep_bn``.
 
@@ -308,7 +327,12 @@ class SpReBatchNorm2d(nn.BatchNorm2d):
     def fused_weight(self, conv: SpReConv2d) -> torch.Tensor:
         """``K_main + K_rep`` from the live parameters (the fused path's conv weight)."""
         main_scale, rep_scale, _ = self._scales_and_bias()
-        return (conv.sparsity(conv.weight) * main_scale.view(-1, 1, 1, 1) +
+        main = conv.sparsity(conv.weight)
+        operands = (main, conv.weight_rep, conv.sparsity.mask, conv.spatial, main_scale,
+                    rep_scale)
+        if native.can_fold(*operands):  # one pass each way instead of a chain of operations
+            return FoldBranches.apply(*operands)
+        return (main * main_scale.view(-1, 1, 1, 1) +
                 conv.rep_weight() * rep_scale.view(-1, 1, 1, 1))
 
     def forward(self, x):

@@ -119,6 +119,9 @@ def _build() -> ctypes.CDLL:
                                       ctypes.c_void_p, ctypes.c_int,
                                       ctypes.POINTER(ctypes.c_uint32), ctypes.c_double]
     lib.spre_spatial_mask.restype = ctypes.c_int
+    float_p = ctypes.c_void_p
+    lib.spre_fold.argtypes = [float_p] * 12 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    lib.spre_fold.restype = ctypes.c_int
     return lib
 
 
@@ -258,6 +261,43 @@ def spatial_mask(weight: torch.Tensor, n: int, m: int,
     return spatial
 
 
+def can_fold(*tensors: torch.Tensor) -> bool:
+    """Whether :func:`fold` takes these tensors: the kernels are available and every tensor
+    is contiguous on the CPU, float32 (or the bool mask)."""
+    return all(t.device.type == 'cpu' and t.is_contiguous() and
+               t.dtype in (torch.float32, torch.bool) for t in tensors) and library() is not None
+
+
+def fold(main: torch.Tensor, rep: torch.Tensor, mask: torch.Tensor, spatial: torch.Tensor,
+         main_scale: torch.Tensor, rep_scale: torch.Tensor,
+         grad: Optional[torch.Tensor] = None):
+    """SpRe's two branches as one weight, ``K = main * a + (rep * (mask * spatial)) * b`` per
+    output channel (``a = main_scale``, ``b = rep_scale``), equal to that tensor expression
+    bit for bit; or, given ``grad`` (dL/dK), its backward ``(d_main, d_rep, d_a, d_b)`` in one
+    pass (``d_a``, ``d_b`` summed in double). Tensors as :func:`can_fold` requires."""
+    lib = library()
+    out_c = main.shape[0]
+    per_out = main[0].numel()
+    positions = spatial.numel()
+    threads = _threads(main.numel())
+    pointers = [t.data_ptr() for t in (main, rep, mask, spatial, main_scale, rep_scale)]
+    if grad is None:
+        folded = torch.empty_like(main)
+        status = lib.spre_fold(None, *pointers, folded.data_ptr(), None, None, None, None,
+                               out_c, per_out, positions, threads)
+        result = folded
+    else:
+        grads = (torch.empty_like(main), torch.empty_like(rep), torch.empty_like(main_scale),
+                 torch.empty_like(rep_scale))
+        status = lib.spre_fold(grad.data_ptr(), *pointers, None,
+                               *(g.data_ptr() for g in grads), out_c, per_out, positions,
+                               threads)
+        result = grads
+    if status:
+        raise RuntimeError(f'spre_fold failed with status {status}')
+    return result
+
+
 __all__: List[str] = ['enabled', 'disabled', 'cache_dir', 'library', 'unavailable_reason',
-                      'handles', 'nm_masks', 'spatial_mask', 'ThresholdHint', 'MAX_M',
-                      'WINDOWS']
+                      'handles', 'nm_masks', 'spatial_mask', 'ThresholdHint', 'can_fold',
+                      'fold', 'MAX_M', 'WINDOWS']

@@ -694,3 +694,70 @@ int spre_spatial_mask(const float *w, int64_t numel, int64_t positions, int64_t 
     return spatial_two_pass(w, numel, positions, keep, n, m, spatial, threads, threshold);
 }
 
+
+/* ---------------------------------------------------------------- SpRe's fold of two branches */
+
+/* While both BNs use running statistics, SpRe's two branches run as one conv with the weight
+ *     K = L * a + (R * (B * S)) * b        (per output channel o: a[o], b[o])
+ * where L is the learner's masked main weight, R the branch weight, B the mask and S the
+ * spatial mask (0/1 per kernel position). Computed as written, in float32, so K equals the
+ * same tensor expression bit for bit; the backward gives dL, dR and the per-channel sums da,
+ * db in one pass instead of a chain of tensor operations. */
+
+typedef struct {
+    const float *dk, *l, *r, *s, *a, *b;
+    const uint8_t *mask;
+    float *k, *dl, *dr, *da, *db;
+    int64_t per_out, positions;
+} fold_args_t;
+
+static void fold_forward_range(void *p, int64_t begin, int64_t end, int worker) {
+    (void)worker;
+    const fold_args_t *f = (const fold_args_t *)p;
+    const int64_t n = f->per_out, kk = f->positions;
+    for (int64_t o = begin; o < end; ++o) {
+        const float a = f->a[o], b = f->b[o];
+        const float *l = f->l + o * n, *r = f->r + o * n;
+        const uint8_t *mask = f->mask + o * n;
+        float *k = f->k + o * n;
+        for (int64_t i = 0, pos = 0; i < n; ++i, pos = pos + 1 == kk ? 0 : pos + 1) {
+            const float bs = (float)mask[i] * f->s[pos];
+            k[i] = l[i] * a + (r[i] * bs) * b;
+        }
+    }
+}
+
+static void fold_backward_range(void *p, int64_t begin, int64_t end, int worker) {
+    (void)worker;
+    const fold_args_t *f = (const fold_args_t *)p;
+    const int64_t n = f->per_out, kk = f->positions;
+    for (int64_t o = begin; o < end; ++o) {
+        const float a = f->a[o], b = f->b[o];
+        const float *dk = f->dk + o * n, *l = f->l + o * n, *r = f->r + o * n;
+        const uint8_t *mask = f->mask + o * n;
+        float *dl = f->dl + o * n, *dr = f->dr + o * n;
+        double da = 0.0, db = 0.0; /* per-channel sums over C * kh * kw terms */
+        for (int64_t i = 0, pos = 0; i < n; ++i, pos = pos + 1 == kk ? 0 : pos + 1) {
+            const float bs = (float)mask[i] * f->s[pos], g = dk[i];
+            dl[i] = g * a;
+            dr[i] = (g * b) * bs;
+            da += (double)(g * l[i]);
+            db += (double)(g * (r[i] * bs));
+        }
+        f->da[o] = (float)da;
+        f->db[o] = (float)db;
+    }
+}
+
+/* The forward (dk == NULL: writes k) or the backward (writes dl, dr, da, db) of the fold, for
+ * `out` output channels of `per_out` values whose innermost `positions` values are the
+ * kernel positions. Returns 0, or -1 on a bad argument. */
+int spre_fold(const float *dk, const float *l, const float *r, const uint8_t *mask,
+              const float *s, const float *a, const float *b, float *k, float *dl, float *dr,
+              float *da, float *db, int64_t out, int64_t per_out, int64_t positions,
+              int threads) {
+    if (out < 1 || per_out < 1 || positions < 1 || per_out % positions) return -1;
+    fold_args_t f = {dk, l, r, s, a, b, mask, k, dl, dr, da, db, per_out, positions};
+    parallel_for(dk ? fold_backward_range : fold_forward_range, &f, out, threads);
+    return 0;
+}
