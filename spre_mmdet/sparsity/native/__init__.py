@@ -1,4 +1,4 @@
-"""Fused CPU kernels for the mask work of every training step.
+"""Fused CPU kernels for the per-step work of the sparse methods.
 
 The eager PyTorch code (:func:`~spre_mmdet.sparsity.nm.nm_masks`,
 :func:`~spre_mmdet.sparsity.spre.spatial_mask`) is a chain of full-length tensor passes: about
@@ -6,7 +6,8 @@ eight clones' worth of time for the N:M ranking on CPU (docs/results.md). The ke
 ``nm_kernels.c`` do the same work in one read of the weights: the N:M masks, and SpRe's ``S``
 from the last refresh's threshold (an exact radix selection in two reads when that threshold
 is unknown or has moved too far). They give exactly the eager results: the same masks and
-``S``, ties to the lower index, NaN/inf ranked the same way.
+``S``, ties to the lower index, NaN/inf ranked the same way. A third kernel folds SpRe's two
+branches into one conv weight (:func:`fold`, forward and backward) in one pass each way.
 
 They run for contiguous float32 CPU weights. Everything else (CUDA, half, other layouts) takes
 the eager path, which stays the reference the tests compare against.

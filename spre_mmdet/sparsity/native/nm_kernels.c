@@ -1,4 +1,4 @@
-/* Fused CPU kernels for the per-step mask work (see native/__init__.py).
+/* Fused CPU kernels for the per-step work of the sparse methods (see native/__init__.py).
  *
  * Each kernel reads the float32 weights once per pass and writes its result directly; the
  * eager PyTorch code in nm.py / spre.py is the reference they must match exactly.
@@ -24,7 +24,8 @@
 #define MAX_M 128
 #define MAX_THREADS 256
 
-/* GCC/clang vector extensions: SSE2, NEON, ... (no intrinsics, no target flags) */
+/* GCC/clang vector extensions: SSE2, NEON, ... (no target flags; SSE2 intrinsics only to
+ * pack mask bytes, where available) */
 typedef int32_t v4i __attribute__((vector_size(16)));
 /* shuffles (the m = 4 ranking of 1x1 weights) need GCC >= 12 or clang */
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
