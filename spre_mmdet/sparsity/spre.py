@@ -54,8 +54,9 @@ def spatial_mask(weight: torch.Tensor, n: int, m: int,
         magnitude: ``|weight|`` if already computed, in any monotone form of it (e.g. as float32
             with NaN -> inf: ``nm_masks``' magnitude hook); saves one pass of the eager code.
         hint: the layer's last threshold, kept between refreshes: the fused kernel then
-            usually decides in one pass (:func:`~spre_mmdet.sparsity.native.spatial_mask`).
-            Updated in place; the result is the same with or without it.
+            usually decides in one pass and updates it
+            (:func:`~spre_mmdet.sparsity.native.spatial_mask`); the eager code does not use
+            it. The result is the same with or without it.
     """
     if native.handles(weight):  # fused: reads the weight itself
         spatial = native.spatial_mask(weight.detach(), n, m, hint)
