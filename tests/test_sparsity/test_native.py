@@ -291,3 +291,41 @@ def test_fold_takes_only_what_it_can_read(monkeypatch):
     assert not native.can_fold(plain.transpose(0, 1), plain)
     monkeypatch.setenv('SPRE_MMDET_NATIVE', '0')
     assert not native.can_fold(plain, plain)
+
+
+@pytest.mark.parametrize('threads', [1, 3])
+def test_the_portable_build_gives_the_same_masks_s_and_fold(threads, tmp_path, monkeypatch):
+    """The build a compiler without SSE2 or vector shuffles gets (-DSPRE_MMDET_PORTABLE: mask
+    bytes stored lane by lane, 1x1 groups ranked one at a time) gives the eager masks and S,
+    and the same fold as the default build, on any thread split."""
+    monkeypatch.setenv('SPRE_MMDET_CACHE', str(tmp_path))
+    monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
+    portable = native._build(('-DSPRE_MMDET_PORTABLE',))
+    default = native.library()
+    gen = torch.Generator().manual_seed(threads)
+    weights = _weights(threads, 4) + [torch.randn(64, 32, 3, 3, generator=gen)]
+    previous = torch.get_num_threads()
+    for n in (1, 2, 3):
+        monkeypatch.setattr(native, '_library', portable)
+        torch.set_num_threads(threads)
+        try:
+            masks = [torch.empty(w.shape, dtype=torch.bool) for w in weights]
+            assert native.nm_masks(weights, masks, n, 4)
+            hint = native.ThresholdHint()
+            spatial = [native.spatial_mask(weights[-1] * (1 + 1e-4 * step), n, 4, hint)
+                       for step in range(3)]
+        finally:
+            torch.set_num_threads(previous)
+        assert hint.one_pass == 2
+        monkeypatch.setattr(native, '_library', default)
+        for got, want in zip(masks, _eager(monkeypatch, nm_masks, weights, n, 4)):
+            assert torch.equal(got, want)
+        for step, got in enumerate(spatial):
+            want = _eager(monkeypatch, spatial_mask, weights[-1] * (1 + 1e-4 * step), n, 4)
+            assert torch.equal(got.float().reshape(3, 3), want)
+    main, rep = weights[-1], weights[-1].flip(0)
+    operands = (main, rep, main > 0, torch.ones(3, 3), torch.rand(64, generator=gen),
+                torch.rand(64, generator=gen))
+    folded = native.fold(*operands)
+    monkeypatch.setattr(native, '_library', portable)
+    assert torch.equal(native.fold(*operands), folded)

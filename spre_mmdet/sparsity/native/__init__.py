@@ -85,14 +85,18 @@ def _compiler() -> Optional[str]:
     return None
 
 
-def _build() -> ctypes.CDLL:
+def _build(extra_flags: Sequence[str] = ()) -> ctypes.CDLL:
+    """Compile (or find in the cache) and load the kernels, built with :data:`FLAGS` and
+    ``extra_flags`` (e.g. ``-DSPRE_MMDET_PORTABLE``: the build of a compiler without SSE2 or
+    vector shuffles, for the tests)."""
+    flags = (*FLAGS, *extra_flags)
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError('no C compiler found (set $CC, or install one, e.g. '
                            '`apt install gcc`)')
     with open(SOURCE, 'rb') as f:
         source = f.read()
-    digest = hashlib.sha256(source + ' '.join((compiler, *FLAGS)).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(source + ' '.join((compiler, *flags)).encode()).hexdigest()[:16]
     folder = cache_dir()
     path = osp.join(folder, f'nm_kernels_{digest}.so')
     if not osp.isfile(path):
@@ -101,7 +105,7 @@ def _build() -> ctypes.CDLL:
         handle, partial = tempfile.mkstemp(suffix='.so', dir=folder)
         os.close(handle)
         try:
-            done = subprocess.run([compiler, *FLAGS, SOURCE, '-o', partial],
+            done = subprocess.run([compiler, *flags, SOURCE, '-o', partial],
                                   capture_output=True, text=True)
             if done.returncode:
                 raise RuntimeError(f'{compiler} failed: {done.stderr.strip()[-2000:]}')

@@ -11,7 +11,10 @@
  * Work is split into contiguous ranges over all layers of a call, one pthread each.
  */
 #include <pthread.h>
-#ifdef __SSE2__
+/* SPRE_MMDET_PORTABLE builds what a compiler without SSE2 or vector shuffles gets (the tests
+ * build it too) */
+#if defined(__SSE2__) && !defined(SPRE_MMDET_PORTABLE)
+#define HAVE_SSE2 1
 #include <emmintrin.h>
 #endif
 #include <stdint.h>
@@ -28,7 +31,8 @@
  * pack mask bytes, where available) */
 typedef int32_t v4i __attribute__((vector_size(16)));
 /* shuffles (the m = 4 ranking of 1x1 weights) need GCC >= 12 or clang */
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)) && \
+    !defined(SPRE_MMDET_PORTABLE)
 #define HAVE_SHUFFLES 1
 #endif
 
@@ -170,7 +174,7 @@ static inline void nm4_vectors(v4i a, v4i b, v4i c, v4i d, int n, v4i *m0, v4i *
  * (k > 1: member-major runs). SSE2 packs them in two instructions; elsewhere lane by lane. */
 static inline void store_members(uint8_t *o0, uint8_t *o1, uint8_t *o2, uint8_t *o3, v4i m0,
                                  v4i m1, v4i m2, v4i m3) {
-#ifdef __SSE2__
+#ifdef HAVE_SSE2
     uint8_t bytes[16];
     _mm_storeu_si128((__m128i *)bytes,
                      _mm_packus_epi16(_mm_packs_epi32((__m128i)m0, (__m128i)m1),
