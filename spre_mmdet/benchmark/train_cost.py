@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..allocator import reuse_freed_memory
 from .detector import load_config, load_detector
 from .timing import time_interleaved
 
@@ -242,6 +243,8 @@ def memory_command(args, variant) -> List[str]:
         cmd += ['--interval', str(args.interval)]
     if args.equal_head_work:
         cmd.append('--equal-head-work')
+    if args.default_malloc:
+        cmd.append('--default-malloc')
     return cmd
 
 
@@ -317,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                              'backward, optimizer step, mask refresh): the part the sparse '
                              'methods change, without the RoI heads, whose work depends on '
                              'each variant\'s proposals')
+    parser.add_argument('--default-malloc', action='store_true',
+                        help="keep glibc's default malloc settings (the tools keep freed "
+                             'memory for reuse: spre_mmdet.allocator)')
     parser.add_argument('--no-memory', action='store_true')
     parser.add_argument('--json', help='write the results here')
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
@@ -433,11 +439,13 @@ def format_report(result: dict, infer_rounds: int) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     args = build_parser().parse_args(argv)
+    allocator = None if args.default_malloc else reuse_freed_memory()  # as the tools run
     if args.memory_child:
         return memory_child(args)
     torch.set_num_threads(args.threads)
     print(f'Mask R-CNN {args.arch.upper()}-FPN, batch {args.batch} x {args.img_size}^2, '
-          f'{torch.get_num_threads()} threads, torch {torch.__version__}', flush=True)
+          f'{torch.get_num_threads()} threads, torch {torch.__version__}, '
+          f'{allocator or "the default malloc settings"}', flush=True)
     result = measure(args)
     result['ratios'] = pair_ratios(result['variants'])
     print(format_report(result, args.infer_rounds))
