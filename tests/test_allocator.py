@@ -1,5 +1,6 @@
 """spre_mmdet.allocator: freed tensor memory is kept for reuse, and only when it may be."""
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -33,7 +34,7 @@ def _second_pass(**env):
     return lines['APPLIED'], int(lines['FAULTS'])
 
 
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc only')
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc malloc only')
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
     """With the settings, a second pass over the same tensor sizes faults in (almost) no
     pages; with glibc's defaults it faults in most of the 108 MiB again."""
