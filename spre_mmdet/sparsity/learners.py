@@ -123,6 +123,13 @@ class MaskLearner(DerivedStateMixin, nn.Module):
         """The weight used in forward."""
         raise NotImplementedError
 
+    @property
+    def srste_decay(self) -> Optional[float]:
+        """``lambda_w`` if :meth:`forward` is exactly SR-STE's ``weight * mask`` with the
+        sparse-refined backward (:func:`~spre_mmdet.sparsity.srste.srste`), so that a fused
+        kernel may compute it in place of :meth:`forward`; ``None`` for any other forward."""
+        return None
+
     def initialize(self, weight: torch.Tensor) -> None:
         """Compute the mask from the current (e.g. just loaded) weights."""
         compute_magnitude_masks([(self, weight)])
@@ -193,6 +200,10 @@ class SRSTEMask(MaskLearner):
 
     def forward(self, weight):
         return srste(weight, self.mask, self.decay)
+
+    @property
+    def srste_decay(self):
+        return self.decay
 
     def magnitude_mask_due(self, weight, iteration):
         return self.needs_init or (iteration % self.interval == 0 and
@@ -282,6 +293,10 @@ class UnstructuredMask(MaskLearner):
         if self.interval:
             return srste(weight, self.mask, self.decay)
         return apply_mask(weight, self.mask)
+
+    @property
+    def srste_decay(self):
+        return self.decay if self.interval else None
 
     def initialize(self, weight):
         self.mask.copy_(unstructured_mask(weight, self.density))

@@ -269,19 +269,23 @@ class FoldBranches(torch.autograd.Function):
     """``main * a + (rep * (mask * spatial)) * b`` (``a``, ``b`` per output channel) and its
     gradients with respect to ``main``, ``rep``, ``a`` and ``b``, by the fused CPU kernel
     (:func:`~spre_mmdet.sparsity.native.fold`): the same forward bit for bit as the tensor
-    expression, and its backward in one pass."""
+    expression, and its backward in one pass. With ``srste_decay`` (not ``None``), ``main`` is
+    SR-STE's dense latent weight, masked and given its sparse-refined gradient inside the
+    kernel (as :func:`~spre_mmdet.sparsity.srste.srste` followed by the expression)."""
 
     @staticmethod
-    def forward(ctx, main, rep, mask, spatial, main_scale, rep_scale):
+    def forward(ctx, main, rep, mask, spatial, main_scale, rep_scale, srste_decay=None):
         ctx.save_for_backward(main, rep, mask, spatial, main_scale, rep_scale)
-        return native.fold(main, rep, mask, spatial, main_scale, rep_scale)
+        ctx.srste_decay = srste_decay
+        return native.fold(main, rep, mask, spatial, main_scale, rep_scale,
+                           srste_decay=srste_decay)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        d_main, d_rep, d_main_scale, d_rep_scale = native.fold(*ctx.saved_tensors,
-                                                               grad=grad.contiguous())
-        return d_main, d_rep, None, None, d_main_scale, d_rep_scale
+        d_main, d_rep, d_main_scale, d_rep_scale = native.fold(
+            *ctx.saved_tensors, grad=grad.contiguous(), srste_decay=ctx.srste_decay)
+        return d_main, d_rep, None, None, d_main_scale, d_rep_scale, None
 
 
 class SpReBatchNorm2d(nn.BatchNorm2d):
@@ -328,11 +332,15 @@ class SpReBatchNorm2d(nn.BatchNorm2d):
     def fused_weight(self, conv: SpReConv2d) -> torch.Tensor:
         """``K_main + K_rep`` from the live parameters (the fused path's conv weight)."""
         main_scale, rep_scale, _ = self._scales_and_bias()
+        branch = (conv.weight_rep, conv.sparsity.mask, conv.spatial, main_scale, rep_scale)
+        # one pass each way instead of a chain of operations; an SR-STE learner's masking and
+        # backward run inside that pass too
+        decay = conv.sparsity.srste_decay
+        if decay is not None and native.can_fold(conv.weight, *branch):
+            return FoldBranches.apply(conv.weight, *branch, decay)
         main = conv.sparsity(conv.weight)
-        operands = (main, conv.weight_rep, conv.sparsity.mask, conv.spatial, main_scale,
-                    rep_scale)
-        if native.can_fold(*operands):  # one pass each way instead of a chain of operations
-            return FoldBranches.apply(*operands)
+        if native.can_fold(main, *branch):
+            return FoldBranches.apply(main, *branch)
         return (main * main_scale.view(-1, 1, 1, 1) +
                 conv.rep_weight() * rep_scale.view(-1, 1, 1, 1))
 

@@ -283,21 +283,86 @@ def test_fold_equals_the_tensor_expression_and_its_gradients(kernel, threads, mo
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('decay', [2e-4, 0.5, 0.0])
+@pytest.mark.parametrize('threads', [1, 3])
+def test_fold_with_srste_equals_srste_then_the_expression(decay, threads, monkeypatch):
+    """Given SR-STE's latent weight, the fold equals srste(W, mask, decay) followed by the
+    tensor expression bit for bit, forward and the gradients of W and rep (the sparse-refined
+    term included; none when decay is 0), with infinities, NaN and signed zeros among the
+    weights and gradients; the scale gradients to float32 rounding; any channel split."""
+    from spre_mmdet.sparsity.spre import FoldBranches
+    from spre_mmdet.sparsity.srste import srste
+    monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
+    gen = torch.Generator().manual_seed(threads)
+    shape = (12, 8, 3, 3)
+    weight = torch.randn(shape, generator=gen)
+    weight.view(-1)[:6] = torch.tensor([float('inf'), -float('inf'), float('nan'), 0.0, -0.0,
+                                        1e-30])
+    weight.requires_grad_()
+    rep = torch.randn(shape, generator=gen).requires_grad_()
+    mask = torch.rand(shape, generator=gen) > 0.5
+    spatial = (torch.rand(3, 3, generator=gen) > 0.4).float()
+    scales = [torch.rand(12, generator=gen).requires_grad_() for _ in range(2)]
+    grad = torch.randn(shape, generator=gen)
+    grad.view(-1)[6:9] = torch.tensor([-0.0, 0.0, float('inf')])
+    assert native.can_fold(weight, rep, mask, spatial, *scales)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fused = FoldBranches.apply(weight, rep, mask, spatial, *scales, decay)
+        fused_grads = torch.autograd.grad(fused, (weight, rep, *scales), grad)
+    finally:
+        torch.set_num_threads(previous)
+    expected = srste(weight, mask, decay) * scales[0].view(-1, 1, 1, 1) + \
+        (rep * (mask * spatial)) * scales[1].view(-1, 1, 1, 1)
+    expected_grads = torch.autograd.grad(expected, (weight, rep, *scales), grad)
+
+    def same_bits(got, want):  # NaN where NaN, every other value to the bit (signed zeros)
+        nan = torch.isnan(want)
+        return torch.equal(torch.isnan(got), nan) and \
+            torch.equal(got[~nan].view(torch.int32), want[~nan].view(torch.int32))
+
+    assert same_bits(fused, expected)
+    assert same_bits(fused_grads[0], expected_grads[0])
+    assert same_bits(fused_grads[1], expected_grads[1])
+    if decay:  # the sparse-refined term is there: the pruned weights get decay * W on top
+        pruned = ~mask & torch.isfinite(weight.detach()) & (weight.detach() != 0)
+        assert pruned.any()
+        assert not torch.equal(fused_grads[0][pruned], (grad * scales[0].view(-1, 1, 1, 1))[pruned])
+    finite = [torch.isfinite(want).all() for want in expected_grads[2:]]
+    for got, want, ok in zip(fused_grads[2:], expected_grads[2:], finite):
+        if ok:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_fold_takes_only_what_it_can_read(monkeypatch):
-    """can_fold refuses half, non-contiguous tensors and a turned-off library."""
-    plain = torch.randn(4, 4, 3, 3)
-    assert native.can_fold(plain, plain, plain > 0)
-    assert not native.can_fold(plain.half(), plain)
-    assert not native.can_fold(plain.transpose(0, 1), plain)
+    """can_fold takes float32 weights, a bool mask, a (kh, kw) spatial mask and O scales, all
+    contiguous on the CPU; it refuses any other dtype, shape or layout per operand, and a
+    turned-off library."""
+    weight = torch.randn(4, 2, 3, 3)
+    good = dict(main=weight, rep=weight.clone(), mask=weight > 0, spatial=torch.ones(3, 3),
+                main_scale=torch.rand(4), rep_scale=torch.rand(4))
+    assert native.can_fold(**good)
+    bad = dict(main=[weight.half(), weight.transpose(0, 1), weight[:, :1], weight > 0],
+               rep=[weight > 0, weight.double()],
+               mask=[(weight > 0).float(), (weight > 0).to(torch.uint8), weight[:2] > 0],
+               spatial=[torch.ones(9), torch.ones(3, 3, dtype=torch.bool), torch.ones(3, 3).t()
+                        .contiguous()[:, :2]],
+               main_scale=[torch.rand(5), torch.rand(4, 1), torch.rand(4).double()],
+               rep_scale=[torch.rand(8)[::2], torch.rand(3)])
+    for role, values in bad.items():
+        for value in values:
+            assert not native.can_fold(**{**good, role: value}), (role, value.shape, value.dtype)
     monkeypatch.setenv('SPRE_MMDET_NATIVE', '0')
-    assert not native.can_fold(plain, plain)
+    assert not native.can_fold(**good)
 
 
 @pytest.mark.parametrize('threads', [1, 3])
 def test_the_portable_build_gives_the_same_masks_s_and_fold(threads, tmp_path, monkeypatch):
     """The build a compiler without SSE2 or vector shuffles gets (-DSPRE_MMDET_PORTABLE: mask
     bytes stored lane by lane, 1x1 groups ranked one at a time) gives the eager masks and S,
-    and the same fold as the default build, on any thread split."""
+    and the same fold as the default build (plain and with SR-STE, forward and backward), on any
+    thread split."""
     monkeypatch.setenv('SPRE_MMDET_CACHE', str(tmp_path))
     monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
     portable = native._build(('-DSPRE_MMDET_PORTABLE',))
@@ -326,6 +391,11 @@ def test_the_portable_build_gives_the_same_masks_s_and_fold(threads, tmp_path, m
     main, rep = weights[-1], weights[-1].flip(0)
     operands = (main, rep, main > 0, torch.ones(3, 3), torch.rand(64, generator=gen),
                 torch.rand(64, generator=gen))
-    folded = native.fold(*operands)
+    grad = torch.randn(main.shape, generator=gen)
+    runs = [dict(), dict(srste_decay=2e-4), dict(grad=grad), dict(grad=grad, srste_decay=2e-4)]
+    folded = [native.fold(*operands, **run) for run in runs]
     monkeypatch.setattr(native, '_library', portable)
-    assert torch.equal(native.fold(*operands), folded)
+    for run, want in zip(runs, folded):
+        got = native.fold(*operands, **run)
+        for got_part, want_part in zip(*((got, want) if 'grad' in run else ([got], [want]))):
+            assert torch.equal(got_part, want_part)

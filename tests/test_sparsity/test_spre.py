@@ -314,6 +314,50 @@ def test_eval_statistics_pair_runs_as_one_conv_with_same_output_and_gradients():
                                    atol=1e-5 * reference.grad.abs().max().item())
 
 
+@pytest.mark.parametrize('learner', [dict(method='srste'), dict(method='srste', decay=0.0),
+                                     dict(method='asp'), dict(method='lbc')])
+def test_fused_pair_equals_the_tensor_path_and_folds_srste_into_the_kernel(learner, monkeypatch):
+    """With running statistics, the pair's conv output and the gradients of W and W_rep are
+    the same bit for bit with the fold kernel as with the tensor expression (kernels turned
+    off), for every learner; an SR-STE learner's latent weight goes into the kernel, which
+    then masks it and adds the sparse-refined term; other learners pass their masked weight."""
+    import spre_mmdet.sparsity.spre as spre
+    torch.manual_seed(3)
+    block = Block()
+    kwargs = {key: value for key, value in learner.items() if key != 'method'}
+    sparsify_layer(block, 'conv', learner['method'], 2, 4, norm_name='bn', rep_gamma=0.7,
+                   **kwargs)
+    _train_spre(block)
+    refresh_masks(block, 6)
+    calls = []
+    apply = spre.FoldBranches.apply
+
+    def spying(main, *rest):
+        calls.append((main, rest[5:]))
+        return apply(main, *rest)
+    monkeypatch.setattr(spre.FoldBranches, 'apply', spying)
+    x = torch.randn(4, 8, 9, 9) * 2
+    target = torch.randn(4, 8, 9, 9)
+    results = []
+    for kernels in ('1', '0'):
+        monkeypatch.setenv('SPRE_MMDET_NATIVE', kernels)
+        block.zero_grad(set_to_none=True)
+        y = block.conv(x)
+        (y * target).sum().backward()
+        results.append((y.detach(), block.conv.weight.grad, block.conv.weight_rep.grad))
+    assert len(calls) == 1  # the kernel ran with SPRE_MMDET_NATIVE=1 only
+    decay = block.conv.sparsity.srste_decay
+    if learner['method'] == 'srste':
+        assert calls[0][0] is block.conv.weight and calls[0][1] == (decay,)
+    else:
+        assert decay is None and calls[0][0] is not block.conv.weight and calls[0][1] == ()
+    for fused, tensors in zip(*results):
+        assert torch.equal(fused, tensors)
+    if decay:  # the sparse-refined term reached the pruned weights
+        pruned = ~block.conv.sparsity.mask
+        assert results[0][1][pruned].abs().sum() > 0
+
+
 def test_training_statistics_keep_two_branches_and_link_survives_deepcopy():
     """Train-mode BN: the conv emits [main | rep] (2*O channels); a deep copy links its conv to
     its own BN copy; a fused output reaching a train-mode BN is refused."""

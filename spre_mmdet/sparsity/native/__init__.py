@@ -35,8 +35,10 @@ from typing import List, Optional, Sequence
 import torch
 
 SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'nm_kernels.c')
-# -O2: gcc's -O3 vectorizes the ranking into 8-byte vectors that run slower (measured)
-FLAGS = ('-O2', '-std=gnu99', '-shared', '-fPIC', '-pthread')
+# -O2: gcc's -O3 vectorizes the ranking into 8-byte vectors that run slower (measured).
+# -ffp-contract=off: no fused multiply-adds (gnu99 allows them where the target has them, e.g.
+# ARM), so that the fold rounds as the tensor expression it must equal bit for bit.
+FLAGS = ('-O2', '-std=gnu99', '-ffp-contract=off', '-shared', '-fPIC', '-pthread')
 #: the largest M the kernels rank (the eager code sorts beyond it; never a hardware pattern)
 MAX_M = 128
 #: the largest kernel (kh * kw) the S kernel takes (9x9 and up go to the eager code)
@@ -125,7 +127,8 @@ def _build(extra_flags: Sequence[str] = ()) -> ctypes.CDLL:
                                       ctypes.POINTER(ctypes.c_uint32), ctypes.c_double]
     lib.spre_spatial_mask.restype = ctypes.c_int
     float_p = ctypes.c_void_p
-    lib.spre_fold.argtypes = [float_p] * 12 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    lib.spre_fold.argtypes = [float_p] * 12 + [ctypes.c_int64] * 3 + [
+        ctypes.c_int, ctypes.c_float, ctypes.c_int]
     lib.spre_fold.restype = ctypes.c_int
     return lib
 
@@ -266,37 +269,54 @@ def spatial_mask(weight: torch.Tensor, n: int, m: int,
     return spatial
 
 
-def can_fold(*tensors: torch.Tensor) -> bool:
-    """Whether :func:`fold` takes these tensors: the kernels are available and every tensor
-    is contiguous on the CPU, float32 (or the bool mask)."""
-    return all(t.device.type == 'cpu' and t.is_contiguous() and
-               t.dtype in (torch.float32, torch.bool) for t in tensors) and library() is not None
+def can_fold(main: torch.Tensor, rep: torch.Tensor, mask: torch.Tensor, spatial: torch.Tensor,
+             main_scale: torch.Tensor, rep_scale: torch.Tensor) -> bool:
+    """Whether :func:`fold` takes these operands: the kernels are available, every tensor is
+    contiguous on the CPU, ``mask`` is bool and the rest float32, ``main``, ``rep`` and
+    ``mask`` have one ``(O, C, kh, kw)`` shape, ``spatial`` is ``(kh, kw)`` and the scales have
+    ``O`` entries."""
+    tensors = (main, rep, mask, spatial, main_scale, rep_scale)
+    if not all(t.device.type == 'cpu' and t.is_contiguous() for t in tensors):
+        return False
+    if mask.dtype != torch.bool or any(t.dtype != torch.float32 for t in tensors if t is not mask):
+        return False
+    if main.dim() != 4 or not main.shape == rep.shape == mask.shape:
+        return False
+    out = main.shape[0]
+    return (spatial.shape == main.shape[2:] and main_scale.shape == rep_scale.shape == (out,)
+            and main.numel() > 0 and library() is not None)
 
 
 def fold(main: torch.Tensor, rep: torch.Tensor, mask: torch.Tensor, spatial: torch.Tensor,
          main_scale: torch.Tensor, rep_scale: torch.Tensor,
-         grad: Optional[torch.Tensor] = None):
+         grad: Optional[torch.Tensor] = None, srste_decay: Optional[float] = None):
     """SpRe's two branches as one weight, ``K = main * a + (rep * (mask * spatial)) * b`` per
     output channel (``a = main_scale``, ``b = rep_scale``), equal to that tensor expression
     bit for bit; or, given ``grad`` (dL/dK), its backward ``(d_main, d_rep, d_a, d_b)`` in one
-    pass (``d_a``, ``d_b`` summed in double). Tensors as :func:`can_fold` requires."""
+    pass (``d_a``, ``d_b`` summed in double). Operands as :func:`can_fold` requires.
+
+    With ``srste_decay`` (SR-STE's ``lambda_w``), ``main`` is the dense latent weight ``W``
+    instead: the kernel uses ``W * mask`` for it, and ``d_main`` is SR-STE's
+    ``dL/dW = dL/dW~ + lambda_w * (1 - mask) * W``, both equal to
+    :func:`~spre_mmdet.sparsity.srste.srste` followed by the expression, bit for bit."""
     lib = library()
     out_c = main.shape[0]
     per_out = main[0].numel()
     positions = spatial.numel()
     threads = _threads(main.numel())
     pointers = [t.data_ptr() for t in (main, rep, mask, spatial, main_scale, rep_scale)]
+    masked = (int(srste_decay is not None), 0.0 if srste_decay is None else float(srste_decay))
     if grad is None:
         folded = torch.empty_like(main)
         status = lib.spre_fold(None, *pointers, folded.data_ptr(), None, None, None, None,
-                               out_c, per_out, positions, threads)
+                               out_c, per_out, positions, *masked, threads)
         result = folded
     else:
         grads = (torch.empty_like(main), torch.empty_like(rep), torch.empty_like(main_scale),
                  torch.empty_like(rep_scale))
         status = lib.spre_fold(grad.data_ptr(), *pointers, None,
                                *(g.data_ptr() for g in grads), out_c, per_out, positions,
-                               threads)
+                               *masked, threads)
         result = grads
     if status:
         raise RuntimeError(f'spre_fold failed with status {status}')

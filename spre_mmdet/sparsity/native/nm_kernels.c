@@ -704,65 +704,140 @@ int spre_spatial_mask(const float *w, int64_t numel, int64_t positions, int64_t 
 
 /* While both BNs use running statistics, SpRe's two branches run as one conv with the weight
  *     K = L * a + (R * (B * S)) * b        (per output channel o: a[o], b[o])
- * where L is the learner's masked main weight, R the branch weight, B the mask and S the
- * spatial mask (0/1 per kernel position). Computed as written, in float32, so K equals the
- * same tensor expression bit for bit; the backward gives dL, dR and the per-channel sums da,
- * db in one pass instead of a chain of tensor operations. */
+ * where L is the main branch's weight, R the branch weight, B the mask and S the spatial mask
+ * (0/1 per kernel position). L is either the learner's masked weight as given, or, for an
+ * SR-STE learner, W * B from the dense latent weight W: then the backward also applies SR-STE,
+ *     dW = dL + (decay * W) * (1 - B),
+ * so that its masking costs no pass of its own either way. Computed as written, in float32, so
+ * K and the gradients of W and R equal the same tensor expressions bit for bit; the per-channel
+ * sums da, db are accumulated in double. */
+
+typedef float v4f __attribute__((vector_size(16)));
 
 typedef struct {
-    const float *dk, *l, *r, *s, *a, *b;
+    const float *dk, *l, *r, *a, *b;
+    const float *sv; /* S repeated: sv[j] = S[j % positions], j < 4 * positions */
     const uint8_t *mask;
     float *k, *dl, *dr, *da, *db;
     int64_t per_out, positions;
+    float decay;
+    int masked; /* L = W * B (SR-STE) instead of L as given */
 } fold_args_t;
 
-static void fold_forward_range(void *p, int64_t begin, int64_t end, int worker) {
-    (void)worker;
-    const fold_args_t *f = (const fold_args_t *)p;
-    const int64_t n = f->per_out, kk = f->positions;
+static inline v4f load4(const float *p) {
+    v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store4(float *p, v4f v) { memcpy(p, &v, sizeof v); }
+
+/* four mask bytes (0/1) as floats */
+static inline v4f keep4(const uint8_t *mask) {
+#ifdef HAVE_SSE2
+    int32_t word;
+    memcpy(&word, mask, sizeof word);
+    const __m128i zero = _mm_setzero_si128();
+    const __m128i bytes = _mm_cvtsi32_si128(word);
+    return (v4f)_mm_cvtepi32_ps(_mm_unpacklo_epi16(_mm_unpacklo_epi8(bytes, zero), zero));
+#else
+    return (v4f){(float)mask[0], (float)mask[1], (float)mask[2], (float)mask[3]};
+#endif
+}
+
+/* Output channels [begin, end): 4 weights at a time, the last n % 4 one by one, with the same
+ * float operations per weight either way (the results do not depend on the lane). `forward`,
+ * `masked` and `refine` are constants at the call sites: each inlined copy has its own loop,
+ * with no test per weight. The sums da, db are added in float over 64 weights, then in
+ * double. */
+static inline void fold_rows(const fold_args_t *f, int64_t begin, int64_t end,
+                             const int forward, const int masked, const int refine) {
+    const int64_t n = f->per_out, period = 4 * f->positions;
+    const float decay = f->decay, one = 1.0f;
+    const v4f zero = {0, 0, 0, 0};
     for (int64_t o = begin; o < end; ++o) {
         const float a = f->a[o], b = f->b[o];
         const float *l = f->l + o * n, *r = f->r + o * n;
         const uint8_t *mask = f->mask + o * n;
-        float *k = f->k + o * n;
-        for (int64_t i = 0, pos = 0; i < n; ++i, pos = pos + 1 == kk ? 0 : pos + 1) {
-            const float bs = (float)mask[i] * f->s[pos];
-            k[i] = l[i] * a + (r[i] * bs) * b;
+        double da = 0.0, db = 0.0;
+        int64_t i = 0, j = 0; /* j: i's place in the period of sv */
+        while (i + 4 <= n) {
+            v4f part_a = zero, part_b = zero;
+            for (int terms = 0; terms < 16 && i + 4 <= n; ++terms) {
+                const v4f keep = keep4(mask + i), bs = keep * load4(f->sv + j);
+                const v4f branch = load4(r + i) * bs;
+                const v4f main = masked ? load4(l + i) * keep : load4(l + i);
+                if (forward) {
+                    store4(f->k + o * n + i, main * a + branch * b);
+                } else {
+                    const v4f g = load4(f->dk + o * n + i);
+                    store4(f->dl + o * n + i,
+                           refine ? g * a + (decay * load4(l + i)) * (one - keep) : g * a);
+                    store4(f->dr + o * n + i, (g * b) * bs);
+                    part_a += g * main;
+                    part_b += g * branch;
+                }
+                i += 4;
+                j = j + 4 == period ? 0 : j + 4;
+            }
+            if (!forward) {
+                da += (double)part_a[0] + (double)part_a[1] + (double)part_a[2] +
+                      (double)part_a[3];
+                db += (double)part_b[0] + (double)part_b[1] + (double)part_b[2] +
+                      (double)part_b[3];
+            }
+        }
+        for (; i < n; ++i, ++j) { /* j stays below the period: it was at most period - 4 */
+            const float keep = (float)mask[i], bs = keep * f->sv[j], branch = r[i] * bs;
+            const float main = masked ? l[i] * keep : l[i];
+            if (forward) {
+                f->k[o * n + i] = main * a + branch * b;
+            } else {
+                const float g = f->dk[o * n + i];
+                f->dl[o * n + i] = refine ? g * a + (decay * l[i]) * (one - keep) : g * a;
+                f->dr[o * n + i] = (g * b) * bs;
+                da += (double)(g * main);
+                db += (double)(g * branch);
+            }
+        }
+        if (!forward) {
+            f->da[o] = (float)da;
+            f->db[o] = (float)db;
         }
     }
 }
 
+static void fold_forward_range(void *p, int64_t begin, int64_t end, int worker) {
+    (void)worker;
+    const fold_args_t *f = (const fold_args_t *)p;
+    if (f->masked) fold_rows(f, begin, end, 1, 1, 0);
+    else fold_rows(f, begin, end, 1, 0, 0);
+}
+
+/* refine: add SR-STE's term (masked, decay != 0; with decay == 0 SR-STE passes dL as is) */
 static void fold_backward_range(void *p, int64_t begin, int64_t end, int worker) {
     (void)worker;
     const fold_args_t *f = (const fold_args_t *)p;
-    const int64_t n = f->per_out, kk = f->positions;
-    for (int64_t o = begin; o < end; ++o) {
-        const float a = f->a[o], b = f->b[o];
-        const float *dk = f->dk + o * n, *l = f->l + o * n, *r = f->r + o * n;
-        const uint8_t *mask = f->mask + o * n;
-        float *dl = f->dl + o * n, *dr = f->dr + o * n;
-        double da = 0.0, db = 0.0; /* per-channel sums over C * kh * kw terms */
-        for (int64_t i = 0, pos = 0; i < n; ++i, pos = pos + 1 == kk ? 0 : pos + 1) {
-            const float bs = (float)mask[i] * f->s[pos], g = dk[i];
-            dl[i] = g * a;
-            dr[i] = (g * b) * bs;
-            da += (double)(g * l[i]);
-            db += (double)(g * (r[i] * bs));
-        }
-        f->da[o] = (float)da;
-        f->db[o] = (float)db;
-    }
+    if (!f->masked) fold_rows(f, begin, end, 0, 0, 0);
+    else if (f->decay != 0.0f) fold_rows(f, begin, end, 0, 1, 1);
+    else fold_rows(f, begin, end, 0, 1, 0);
 }
 
 /* The forward (dk == NULL: writes k) or the backward (writes dl, dr, da, db) of the fold, for
  * `out` output channels of `per_out` values whose innermost `positions` values are the
- * kernel positions. Returns 0, or -1 on a bad argument. */
+ * kernel positions; `masked`: l is SR-STE's latent weight W (masked here, `decay` in the
+ * backward). Returns 0, -1 on a bad argument, -2 if out of memory. */
 int spre_fold(const float *dk, const float *l, const float *r, const uint8_t *mask,
               const float *s, const float *a, const float *b, float *k, float *dl, float *dr,
               float *da, float *db, int64_t out, int64_t per_out, int64_t positions,
-              int threads) {
+              int masked, float decay, int threads) {
     if (out < 1 || per_out < 1 || positions < 1 || per_out % positions) return -1;
-    fold_args_t f = {dk, l, r, s, a, b, mask, k, dl, dr, da, db, per_out, positions};
+    float *sv = malloc(4 * positions * sizeof *sv);
+    if (!sv) return -2;
+    for (int64_t j = 0; j < 4 * positions; ++j) sv[j] = s[j % positions];
+    fold_args_t f = {dk, l, r, a, b, sv, mask, k, dl, dr, da, db, per_out, positions, decay,
+                     masked != 0};
     parallel_for(dk ? fold_backward_range : fold_forward_range, &f, out, threads);
+    free(sv);
     return 0;
 }
