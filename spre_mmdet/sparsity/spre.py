@@ -14,8 +14,9 @@ branch keeps the dense layer's state-dict keys:
 When both BNs normalize with running statistics (eval mode; in detection fine-tuning that is
 every training step, since mmdet's ResNet keeps its BNs in eval with ``norm_eval=True``), the
 block is linear after the conv. The pair then runs as one ``O``-channel conv with the weight
-``K_main + K_rep`` folded from the live parameters, and the BN adds ``c_main + c_rep``: the same
-function and the same gradients as the two branches, at the cost of the plain N:M conv.
+``K_main + K_rep`` and the bias ``c_main + c_rep`` folded from the live parameters, and the BN
+passes its output on: the same function and the same gradients as the two branches, at the
+cost of the plain N:M conv.
 
 After training, :meth:`SpReBatchNorm2d.fold` merges the pair into a plain conv whose weight is
 exactly N:M (its support lies inside ``B``) and a BN that only adds the folded bias.
@@ -256,7 +257,7 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
     def forward(self, x):
         norm = self.__dict__.get('_paired_norm')
         if norm is not None and norm.uses_running_stats:
-            return self._conv_forward(x, norm.fused_weight(self), None)  # O channels
+            return self._conv_forward(x, *norm.fused_weight_and_bias(self))  # O channels
         weight = torch.cat([self.sparsity(self.weight), self.rep_weight()])
         return self._conv_forward(x, weight, None)  # 2 * O channels: [main | rep]
 
@@ -329,28 +330,29 @@ class SpReBatchNorm2d(nn.BatchNorm2d):
         rep_scale, rep_shift = batchnorm_affine(self.rep_bn)
         return main_scale, rep_scale, main_shift + rep_shift
 
-    def fused_weight(self, conv: SpReConv2d) -> torch.Tensor:
-        """``K_main + K_rep`` from the live parameters (the fused path's conv weight)."""
-        main_scale, rep_scale, _ = self._scales_and_bias()
+    def fused_weight_and_bias(self, conv: SpReConv2d) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``K_main + K_rep`` and ``c_main + c_rep`` from the live parameters: the fused path's
+        conv weight and bias (the conv adds the bias in its own pass over the output)."""
+        main_scale, rep_scale, bias = self._scales_and_bias()
         branch = (conv.weight_rep, conv.sparsity.mask, conv.spatial, main_scale, rep_scale)
         # one pass each way instead of a chain of operations; an SR-STE learner's masking and
         # backward run inside that pass too
         decay = conv.sparsity.srste_decay
         if decay is not None and native.can_fold(conv.weight, *branch):
-            return FoldBranches.apply(conv.weight, *branch, decay)
+            return FoldBranches.apply(conv.weight, *branch, decay), bias
         main = conv.sparsity(conv.weight)
         if native.can_fold(main, *branch):
-            return FoldBranches.apply(main, *branch)
+            return FoldBranches.apply(main, *branch), bias
         return (main * main_scale.view(-1, 1, 1, 1) +
-                conv.rep_weight() * rep_scale.view(-1, 1, 1, 1))
+                conv.rep_weight() * rep_scale.view(-1, 1, 1, 1)), bias
 
     def forward(self, x):
-        if x.shape[1] == self.num_features:  # the paired conv already applied both scales
+        if x.shape[1] == self.num_features:  # the paired conv already applied both BNs
             if not self.uses_running_stats:
                 raise RuntimeError('SpReBatchNorm2d got the fused O-channel output while a BN is '
                                    'in training mode; the paired conv decides the same way, so '
                                    'the pair was changed between conv and BN.')
-            return x + self._scales_and_bias()[2].view(1, -1, 1, 1)
+            return x
         main, rep = x.chunk(2, dim=1)
         return super().forward(main) + self.rep_bn(rep)
 

@@ -293,7 +293,8 @@ def fold(main: torch.Tensor, rep: torch.Tensor, mask: torch.Tensor, spatial: tor
     """SpRe's two branches as one weight, ``K = main * a + (rep * (mask * spatial)) * b`` per
     output channel (``a = main_scale``, ``b = rep_scale``), equal to that tensor expression
     bit for bit; or, given ``grad`` (dL/dK), its backward ``(d_main, d_rep, d_a, d_b)`` in one
-    pass (``d_a``, ``d_b`` summed in double). Operands as :func:`can_fold` requires.
+    pass (``d_a``, ``d_b``: float partial sums over 64 weights, added in double). Operands as
+    :func:`can_fold` requires.
 
     With ``srste_decay`` (SR-STE's ``lambda_w``), ``main`` is the dense latent weight ``W``
     instead: the kernel uses ``W * mask`` for it, and ``d_main`` is SR-STE's

@@ -710,7 +710,7 @@ int spre_spatial_mask(const float *w, int64_t numel, int64_t positions, int64_t 
  *     dW = dL + (decay * W) * (1 - B),
  * so that its masking costs no pass of its own either way. Computed as written, in float32, so
  * K and the gradients of W and R equal the same tensor expressions bit for bit; the per-channel
- * sums da, db are accumulated in double. */
+ * sums da, db are accumulated as fold_rows says. */
 
 typedef float v4f __attribute__((vector_size(16)));
 
