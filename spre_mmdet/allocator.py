@@ -24,7 +24,7 @@ import ctypes.util
 import os
 from typing import Optional
 
-__all__ = ['MMAP_THRESHOLD', 'TRIM_THRESHOLD', 'reuse_freed_memory']
+__all__ = ['MMAP_THRESHOLD', 'TRIM_THRESHOLD', 'reuse_freed_memory', 'applied_setting']
 
 #: blocks up to this size come from the heap (glibc's largest allowed value on 64-bit)
 MMAP_THRESHOLD = 32 << 20
@@ -57,4 +57,9 @@ def reuse_freed_memory() -> Optional[str]:
         return None
     _applied = (f'glibc {version().decode()} malloc: mmap threshold {MMAP_THRESHOLD >> 20} MiB, '
                 f'trim threshold {TRIM_THRESHOLD >> 20} MiB')
+    return _applied
+
+
+def applied_setting() -> Optional[str]:
+    """What :func:`reuse_freed_memory` set in this process, or ``None`` if it set nothing."""
     return _applied

@@ -19,7 +19,10 @@ import platform
 from importlib import metadata
 from typing import Any, Dict, Optional
 
-__all__ = ['DISTRIBUTIONS', 'THREAD_ENV_VARS', 'collect_environment', 'write_environment']
+from . import allocator
+
+__all__ = ['DISTRIBUTIONS', 'THREAD_ENV_VARS', 'PACKAGE_ENV_VARS', 'collect_environment',
+           'write_environment']
 
 #: Installed distributions whose version is recorded (``None`` when not installed). Several
 #: opencv distributions provide the same ``cv2`` module; all are listed so a mix shows up.
@@ -35,6 +38,12 @@ THREAD_ENV_VARS = (
     'OMP_DYNAMIC', 'OMP_PROC_BIND', 'KMP_AFFINITY', 'KMP_BLOCKTIME', 'MKL_CBWR',
     'MKL_ENABLE_INSTRUCTIONS', 'ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA',
     'CUDA_VISIBLE_DEVICES', 'CUBLAS_WORKSPACE_CONFIG', 'PYTHONHASHSEED')
+
+#: Environment variables that turn this package's CPU kernels off (which changes how SpRe's
+#: fused fold sums its scale gradients: the last bits of a norm_eval run) or its malloc settings
+#: (which change only the time).
+PACKAGE_ENV_VARS = ('SPRE_MMDET_NATIVE', 'SPRE_MMDET_MALLOC', 'MALLOC_MMAP_THRESHOLD_',
+                    'MALLOC_TRIM_THRESHOLD_')
 
 
 def _dist_version(name: str) -> Optional[str]:
@@ -135,7 +144,9 @@ def collect_environment() -> Dict[str, Any]:
         opencv=_opencv_info(),
         pycocotools=_dist_version('pycocotools'),
         distributions={name: _dist_version(name) for name in DISTRIBUTIONS},
-        env={name: os.environ.get(name) for name in THREAD_ENV_VARS},
+        env={name: os.environ.get(name) for name in THREAD_ENV_VARS + PACKAGE_ENV_VARS},
+        # what spre_mmdet.allocator set in this process (None: glibc's defaults or the user's)
+        malloc=allocator.applied_setting(),
     )
 
 

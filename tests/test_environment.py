@@ -5,8 +5,9 @@ from importlib import metadata
 import numpy as np
 import torch
 
-from spre_mmdet.environment import (DISTRIBUTIONS, THREAD_ENV_VARS, collect_environment,
-                                    write_environment)
+from spre_mmdet import allocator
+from spre_mmdet.environment import (DISTRIBUTIONS, PACKAGE_ENV_VARS, THREAD_ENV_VARS,
+                                    collect_environment, write_environment)
 
 
 def test_collect_environment_fields(monkeypatch):
@@ -28,7 +29,7 @@ def test_collect_environment_fields(monkeypatch):
     assert env['distributions']['mmdet'] == '3.3.0'
     # exactly one distribution provides cv2 in a clean install; record them all
     assert any(env['distributions'][d] for d in DISTRIBUTIONS if d.startswith('opencv'))
-    assert set(env['env']) == set(THREAD_ENV_VARS)
+    assert set(env['env']) == set(THREAD_ENV_VARS + PACKAGE_ENV_VARS)
     assert env['env']['OMP_NUM_THREADS'] == '3'
     assert env['env']['MKL_NUM_THREADS'] is None
     json.dumps(env)  # serialisable as is
@@ -48,3 +49,16 @@ def test_write_environment_records_the_extra_entries(tmp_path):
     written = json.loads(path.read_text())
     assert (written['threads_per_run'], written['runs_at_a_time']) == (1, 2)
     assert written['torch']['version'] and written['numpy']
+
+
+def test_the_malloc_setting_and_the_kernel_switch_are_recorded(monkeypatch):
+    """The record says what the allocator module set in this process (or None) and carries
+    the package's own switches (SPRE_MMDET_NATIVE, SPRE_MMDET_MALLOC, glibc's MALLOC_*_)."""
+    monkeypatch.setattr(allocator, '_applied', None)
+    monkeypatch.setenv('SPRE_MMDET_NATIVE', '0')
+    monkeypatch.delenv('MALLOC_TRIM_THRESHOLD_', raising=False)
+    env = collect_environment()
+    assert env['malloc'] is None
+    assert env['env']['SPRE_MMDET_NATIVE'] == '0' and env['env']['MALLOC_TRIM_THRESHOLD_'] is None
+    monkeypatch.setattr(allocator, '_applied', 'glibc 2.36 malloc: mmap threshold 32 MiB')
+    assert collect_environment()['malloc'] == 'glibc 2.36 malloc: mmap threshold 32 MiB'

@@ -27,6 +27,7 @@ import time
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 sys.path.insert(0, REPO)
 
+from spre_mmdet.cli import run_tool  # noqa: E402
 from spre_mmdet.environment import write_environment  # noqa: E402
 
 CONFIG = 'configs/toy/mask_rcnn_r18_spre_2x4_toy.py'
@@ -70,7 +71,8 @@ def main():
     env_line = (f'python {env["python"]}, torch {env["torch"]["version"]} ({threads} thread'
                 f'{"s" if threads != 1 else ""}), mmcv {env["mmcv"]["version"]}, '
                 f'mmdet {env["mmdet"]}, numpy {env["numpy"]}, opencv {env["opencv"]["version"]}, '
-                f'{env["cpu"]["model"]} ({env["torch"]["cpu_capability"]})')
+                f'{env["cpu"]["model"]} ({env["torch"]["cpu_capability"]}), '
+                f'{env["malloc"] or "the default malloc settings"}')
     print(f'environment: {env_line}')
 
     step('1/6 synthetic COCO dataset')
@@ -135,4 +137,4 @@ def main():
 
 if __name__ == '__main__':
     os.environ.setdefault('PYTHONUNBUFFERED', '1')
-    main()
+    run_tool(main)  # the malloc setting its tools apply is applied here too, so recorded
