@@ -19,7 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..sparsity import check_sparsity_options, refresh_masks, reparameterize, sparsify_layer
+from ..sparsity import (check_sparsity_options, refresh_masks, reparameterize,
+                        sparsify_residual_block)
 from .gemm import gemm_dims
 from .layers import capture_input_shapes
 
@@ -96,29 +97,10 @@ def sparsify_torchvision_resnet(model: nn.Module, method: str, n: int = 2, m: in
     dense = {}
     for stage in stages:
         for index, block in enumerate(getattr(model, stage)):
-            prefix = f'{stage}.{index}'
-            conv_index = 1
-            while hasattr(block, f'conv{conv_index}'):
-                conv_name, norm_name = f'conv{conv_index}', f'bn{conv_index}'
-                conv_index += 1
-                spatial = getattr(block, conv_name).kernel_size != (1, 1)
-                if interspace is not None and spatial and not sparsify_layer(
-                        block, conv_name, method, n, m, interspace=interspace,
-                        **learner_kwargs):
-                    continue
-                use_spre = spre is not None and spatial
-                reason = sparsify_layer(block, conv_name, method, n, m,
-                                        norm_name=norm_name if use_spre else None,
-                                        **(spre if use_spre else {}), **learner_kwargs)
-                if reason:
-                    dense[f'{prefix}.{conv_name}'] = reason
-            if block.downsample is not None:
-                for name, module in block.downsample.named_children():
-                    if isinstance(module, nn.Conv2d):
-                        reason = sparsify_layer(block.downsample, name, method, n, m,
-                                                **learner_kwargs)
-                        if reason:
-                            dense[f'{prefix}.downsample.{name}'] = reason
+            pairs = [(f'conv{i}', f'bn{i}') for i in range(1, 4) if hasattr(block, f'conv{i}')]
+            dense.update(sparsify_residual_block(block, pairs, method, n, m, spre=spre,
+                                                 interspace=interspace,
+                                                 prefix=f'{stage}.{index}', **learner_kwargs))
     return dense
 
 

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from .sparse_pretrained import load_sparse_pretrained
 from ..sparsity import (InterspaceDeployConv2d, SpReBatchNorm2d, check_nm, check_sparsity_options,
                         interspace_incompatibility, refresh_masks,
-                        sparse_layers, sparsify_layer, spre_pairs)
+                        sparse_layers, sparsify_residual_block, spre_pairs)
 
 DEFAULT_SPARSITY = dict(
     n=2,
@@ -102,7 +102,8 @@ class SparseResNetMixin:
         method = learner.pop('type')
         spre, interspace = cfg['spre'], cfg['interspace']
         # the options of the layers; rep_bn_train is the backbone's (see train())
-        block_spre = {k: v for k, v in (spre or {}).items() if k != 'rep_bn_train'}
+        block_spre = None if spre is None else {k: v for k, v in spre.items()
+                                                 if k != 'rep_bn_train'}
         if spre is not None and interspace is not None:
             raise ConfigError('sparsity.spre and sparsity.interspace are alternative structures '
                              'for the k x k convs: set one of them to None.')
@@ -117,27 +118,10 @@ class SparseResNetMixin:
                     '. Set frozen_stages=0 to train them.', logger='current')
         for stage, prefix, block in self._selected_blocks(cfg['stages']):
             frozen = stage <= self.frozen_stages
-            for conv_name, norm_name in self._conv_norm_pairs(block):
-                conv = getattr(block, conv_name)
-                spatial = conv.kernel_size != (1, 1)
-                if interspace is not None and spatial and not sparsify_layer(
-                        block, conv_name, method, self.n, self.m, interspace=interspace,
-                        **learner):
-                    continue
-                use_spre = spre is not None and not frozen and spatial
-                reason = sparsify_layer(block, conv_name, method, self.n, self.m,
-                                        norm_name=norm_name if use_spre else None,
-                                        **(block_spre if use_spre else {}), **learner)
-                if reason:
-                    dense[f'{prefix}.{conv_name}'] = reason
-            downsample = block.downsample
-            if downsample is not None:
-                for name, module in downsample.named_children():
-                    if hasattr(module, 'kernel_size') and hasattr(module, 'weight'):
-                        reason = sparsify_layer(downsample, name, method, self.n, self.m,
-                                                **learner)
-                        if reason:
-                            dense[f'{prefix}.downsample.{name}'] = reason
+            dense.update(sparsify_residual_block(
+                block, self._conv_norm_pairs(block), method, self.n, self.m,
+                spre=None if frozen else block_spre,
+                interspace=interspace, prefix=prefix, **learner))
         if not any(cfg['stages']):
             print_log(f'{type(self).__name__}: no stage selected (sparsity.stages all False): '
                       'a dense network', logger='current')

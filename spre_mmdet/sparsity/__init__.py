@@ -7,7 +7,8 @@ registered with :func:`register_learner` (its ``method`` name is then valid ever
 """
 from .convert import (LayerReport, NotFinalError, check_sparsity_options, forget_mask_sources,
                       format_report, initialize_masks, refresh_masks, reparameterize, sparse_layer_records,
-                      sparse_layers, sparsify_layer, sparsity_report, spre_pairs)
+                      sparse_layers, sparsify_layer, sparsify_residual_block, sparsity_report,
+                      spre_pairs)
 from .interspace import (InterspaceConv2d, InterspaceDeployConv2d, coefficient_learner,
                          interspace_incompatibility, pixel_basis)
 from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
@@ -29,6 +30,6 @@ __all__ = [
     'format_report', 'from_groups', 'member_magnitudes', 'nm_masks',
     'initialize_masks', 'interspace_incompatibility', 'nm_incompatibility', 'nm_mask',
     'pixel_basis', 'refresh_masks', 'register_learner', 'reparameterize', 'sparse_layer_records',
-    'sparse_layers', 'sparsify_layer', 'sparsity_report', 'spre_pairs', 'spatial_mask', 'srste',
+    'sparse_layers', 'sparsify_layer', 'sparsify_residual_block', 'sparsity_report', 'spre_pairs', 'spatial_mask', 'srste',
     'subset_matrix', 'to_groups', 'unstructured_mask'
 ]

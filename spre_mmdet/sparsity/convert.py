@@ -5,7 +5,7 @@ through ``SpReBatchNorm2d.fold``); the functions here only walk the model.
 """
 import copy
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -145,6 +145,44 @@ def sparsify_layer(parent: nn.Module, name: str, method: str, n: int, m: int,
     else:
         setattr(parent, name, SparseLinear.from_dense(layer, method, n, m, **learner_kwargs))
     return None
+
+
+def sparsify_residual_block(block: nn.Module, conv_norm_pairs: Iterable[Tuple[str, str]],
+                            method: str, n: int, m: int, spre: Optional[dict] = None,
+                            interspace: Optional[dict] = None, prefix: str = '',
+                            **learner_kwargs) -> Dict[str, str]:
+    """Make a ResNet block's convs N:M sparse, in place, with :func:`sparsify_layer`: each
+    ``(conv, norm)`` of ``conv_norm_pairs`` and the convs of ``block.downsample``.
+
+    A k x k conv becomes an interspace conv if ``interspace`` is given and it can be one,
+    otherwise a SpRe block with its norm if ``spre`` (``rep_gamma``, ``spatial_interval``) is
+    given, otherwise a plain sparse conv; 1x1 and downsample convs are always plain. The ResNet
+    backbone (mmdet's) and the torchvision ResNet of the benchmarks walk their blocks through
+    this one function, so both get the same structure.
+
+    Returns:
+        ``{'<prefix>.<conv>': reason}`` of the convs that stayed dense.
+    """
+    dense = {}
+    for conv_name, norm_name in conv_norm_pairs:
+        spatial = getattr(block, conv_name).kernel_size != (1, 1)
+        if interspace is not None and spatial and not sparsify_layer(
+                block, conv_name, method, n, m, interspace=interspace, **learner_kwargs):
+            continue
+        use_spre = spre is not None and spatial
+        reason = sparsify_layer(block, conv_name, method, n, m,
+                                norm_name=norm_name if use_spre else None,
+                                **(spre if use_spre else {}), **learner_kwargs)
+        if reason:
+            dense[f'{prefix}.{conv_name}'] = reason
+    downsample = getattr(block, 'downsample', None)
+    if downsample is not None:
+        for name, module in downsample.named_children():
+            if isinstance(module, nn.Conv2d):
+                reason = sparsify_layer(downsample, name, method, n, m, **learner_kwargs)
+                if reason:
+                    dense[f'{prefix}.downsample.{name}'] = reason
+    return dense
 
 
 @torch.no_grad()

@@ -247,3 +247,31 @@ def test_state_dict_round_trip(method):
         refresh_masks(fresh, 4)  # the next iteration keeps the state consistent
         refresh_masks(net, 4)
         torch.testing.assert_close(fresh(x), net(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('structure', ['plain', 'spre', 'interspace'])
+def test_sparsify_residual_block_builds_each_structure_and_names_what_stays_dense(structure):
+    """A ResNet block's k x k conv becomes the chosen structure (SpRe pairs with its BN), 1x1
+    and downsample convs become plain sparse convs, and a conv N:M cannot cover stays dense,
+    reported under the block's prefix."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+    from spre_mmdet.sparsity import (InterspaceConv2d, SparseConv2d, SpReBatchNorm2d, SpReConv2d,
+                                     sparsify_residual_block)
+    options = dict(spre=dict(rep_gamma=0.5) if structure == 'spre' else None,
+                   interspace=dict(pruning='nm') if structure == 'interspace' else None)
+    block = Bottleneck(64, 16, downsample=nn.Sequential(nn.Conv2d(64, 64, 1, bias=False),
+                                                       nn.BatchNorm2d(64)))
+    pairs = [('conv1', 'bn1'), ('conv2', 'bn2'), ('conv3', 'bn3')]
+    assert sparsify_residual_block(block, pairs, 'srste', 2, 4, prefix='layer1.0',
+                                   **options) == {}
+    expected = dict(plain=SparseConv2d, spre=SpReConv2d, interspace=InterspaceConv2d)[structure]
+    assert type(block.conv2) is expected
+    assert (type(block.bn2) is SpReBatchNorm2d) == (structure == 'spre')
+    assert type(block.conv1) is type(block.conv3) is type(block.downsample[0]) is SparseConv2d
+    stem_like = BasicBlock(3, 8, downsample=nn.Sequential(nn.Conv2d(3, 8, 1, bias=False),
+                                                         nn.BatchNorm2d(8)))
+    dense = sparsify_residual_block(stem_like, [('conv1', 'bn1'), ('conv2', 'bn2')], 'srste', 2,
+                                    4, prefix='layer0.1', **options)
+    assert set(dense) == {'layer0.1.conv1', 'layer0.1.downsample.0'}
+    assert type(stem_like.conv1) is nn.Conv2d and type(stem_like.downsample[0]) is nn.Conv2d
+    assert type(stem_like.conv2) is expected
