@@ -37,6 +37,7 @@ def test_fused_masks_equal_eager_on_any_split(n, m, threads, monkeypatch):
     between threads (ranges start and end inside layers)."""
     monkeypatch.setenv('SPRE_MMDET_NATIVE', '1')
     monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
+    monkeypatch.setattr(native, 'SPATIAL_MIN_PER_THREAD', 1)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -56,6 +57,7 @@ def test_fused_spatial_mask_equals_eager_on_any_split(n, m, threads, monkeypatch
     """Fused S equals the eager S however the weights are split between threads (the kept
     ties must be the lowest flat indices, whichever range holds them)."""
     monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
+    monkeypatch.setattr(native, 'SPATIAL_MIN_PER_THREAD', 1)
     previous = torch.get_num_threads()
     gen = torch.Generator().manual_seed(n * 1000 + m)
     cases = [torch.randn(32, 2 * m, 3, 3, generator=gen),
@@ -79,6 +81,7 @@ def test_s_from_the_last_threshold_equals_eager_through_training_like_steps(shap
     the threshold stays in the window, two after a jump out of it (both counted), and the
     hint always ends as this weight's threshold."""
     monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
+    monkeypatch.setattr(native, 'SPATIAL_MIN_PER_THREAD', 1)
     previous = torch.get_num_threads()
     gen = torch.Generator().manual_seed(threads)
     weight = torch.randn(shape, generator=gen)
@@ -257,6 +260,7 @@ def test_fold_equals_the_tensor_expression_and_its_gradients(kernel, threads, mo
     split of the output channels."""
     from spre_mmdet.sparsity.spre import FoldBranches
     monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
+    monkeypatch.setattr(native, 'SPATIAL_MIN_PER_THREAD', 1)
     gen = torch.Generator().manual_seed(kernel[1] * 10 + threads)
     shape = (12, 8, *kernel)
     main = torch.randn(shape, generator=gen).requires_grad_()
@@ -293,6 +297,7 @@ def test_fold_with_srste_equals_srste_then_the_expression(decay, threads, monkey
     from spre_mmdet.sparsity.spre import FoldBranches
     from spre_mmdet.sparsity.srste import srste
     monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
+    monkeypatch.setattr(native, 'SPATIAL_MIN_PER_THREAD', 1)
     gen = torch.Generator().manual_seed(threads)
     shape = (12, 8, 3, 3)
     weight = torch.randn(shape, generator=gen)
@@ -365,6 +370,7 @@ def test_the_portable_build_gives_the_same_masks_s_and_fold(threads, tmp_path, m
     thread split."""
     monkeypatch.setenv('SPRE_MMDET_CACHE', str(tmp_path))
     monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
+    monkeypatch.setattr(native, 'SPATIAL_MIN_PER_THREAD', 1)
     portable = native._build(('-DSPRE_MMDET_PORTABLE',))
     default = native.library()
     gen = torch.Generator().manual_seed(threads)
