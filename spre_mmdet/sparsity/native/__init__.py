@@ -46,9 +46,9 @@ MAX_POSITIONS = 64
 #: at least this many weights per thread: waking a thread can take a scheduler tick (ms) when
 #: the cores are busy, which only a long share of work pays for
 MIN_PER_THREAD = 1 << 22
-#: the same for S, whose pass is bound by memory: inside R-50's training step, splitting the
-#: layers from this size on took S from 8.2 to 5.9 ms a step (the fold, also measured there,
-#: was slower split: it keeps MIN_PER_THREAD)
+#: the same for S: inside R-50's training step, splitting the layers from this size on took S
+#: from 8.2 to 5.9 ms a step (the fold, measured there the same way, was slower split: it keeps
+#: MIN_PER_THREAD)
 SPATIAL_MIN_PER_THREAD = 1 << 18
 
 _library = None
