@@ -178,7 +178,9 @@ def sparsify_residual_block(block: nn.Module, conv_norm_pairs: Iterable[Tuple[st
     downsample = getattr(block, 'downsample', None)
     if downsample is not None:
         for name, module in downsample.named_children():
-            if isinstance(module, nn.Conv2d):
+            # any conv (not the pooling or the norm): one that is not a plain nn.Conv2d is
+            # refused by sparsify_layer, not left dense unreported
+            if hasattr(module, 'kernel_size') and hasattr(module, 'weight'):
                 reason = sparsify_layer(downsample, name, method, n, m, **learner_kwargs)
                 if reason:
                     dense[f'{prefix}.downsample.{name}'] = reason

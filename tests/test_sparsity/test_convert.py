@@ -275,3 +275,23 @@ def test_sparsify_residual_block_builds_each_structure_and_names_what_stays_dens
     assert set(dense) == {'layer0.1.conv1', 'layer0.1.downsample.0'}
     assert type(stem_like.conv1) is nn.Conv2d and type(stem_like.downsample[0]) is nn.Conv2d
     assert type(stem_like.conv2) is expected
+
+
+def test_sparsify_residual_block_refuses_a_downsample_conv_it_cannot_convert():
+    """A downsample conv that is not a plain nn.Conv2d (here a subclass) is refused with the
+    layer named, not left dense without a word; pooling and norm there are skipped."""
+    from torchvision.models.resnet import Bottleneck
+    from spre_mmdet.sparsity import sparsify_residual_block
+
+    class WeightStandardizedConv2d(nn.Conv2d):
+        pass
+
+    pooled = Bottleneck(64, 16, downsample=nn.Sequential(
+        nn.AvgPool2d(2), nn.Conv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64)))
+    pairs = [('conv1', 'bn1'), ('conv2', 'bn2'), ('conv3', 'bn3')]
+    assert sparsify_residual_block(pooled, pairs, 'srste', 2, 4) == {}
+    assert type(pooled.downsample[1]) is SparseConv2d
+    odd = Bottleneck(64, 16, downsample=nn.Sequential(
+        WeightStandardizedConv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64)))
+    with pytest.raises(TypeError, match='WeightStandardizedConv2d'):
+        sparsify_residual_block(odd, pairs, 'srste', 2, 4)
