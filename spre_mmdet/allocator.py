@@ -5,8 +5,8 @@ gradients, the sparse methods' masked weights). glibc serves blocks above its mm
 with a fresh ``mmap`` and gives them back at ``free``; it raises that threshold only as it sees
 frees, and it trims the heap's free top. So each step faults in pages the step before returned,
 and the kernel zeroes them. Measured on Mask R-CNN R-50 (backbone and neck, batch 2 x 320, 2
-threads): the step fell from 1.05-1.16 s to 0.88-0.92 s for every variant, and the spread of
-single steps from 0.9-2.1 s to 0.85-1.2 s (docs/results.md, section 4).
+threads, 21 rounds each): dense 1.05 -> 0.85 s, SR-STE 1.11 -> 0.91 s, SpRe 1.29 -> 0.98 s, and
+single steps over 0.83-1.07 s instead of 0.9-2.1 s (docs/results.md, section 4).
 
 :func:`reuse_freed_memory` sets both limits once, through ``mallopt``: blocks up to
 :data:`MMAP_THRESHOLD` come from the heap, and the heap keeps up to :data:`TRIM_THRESHOLD` of
