@@ -9,7 +9,8 @@ the work one training iteration asks of the masks is timed:
   ``1 +- STEP``, which moves each layer's unstructured threshold by the median move measured
   in SGD training), and without the last threshold (the first refresh, or after a jump);
 * **LBC**: a refresh at a step of the removal schedule (one subset per group removed, subset
-  scores random as after some training), and one between steps (nothing to remove);
+  scores random as after some training): the first (all subsets alive, no mask changes) and
+  the last (two subsets left, most masks change), and one between steps (nothing to remove);
 
 each of the first two also on the eager PyTorch reference (the fused CPU kernels of
 ``spre_mmdet.sparsity.native`` turned off), against two yardsticks: **one clone** of the same
@@ -59,7 +60,8 @@ WORK = {
     'spre': 'SpRe refresh (N:M masks + S), after a step',
     'spre_two_pass': 'SpRe refresh, S without the last threshold',
     'spre_eager': 'SpRe refresh, eager reference',
-    'lbc_removal': 'LBC step with a removal',
+    'lbc_removal': 'LBC step with a removal (first: K to K - 1 subsets)',
+    'lbc_last_removal': 'LBC step with a removal (last: 2 subsets to 1)',
     'lbc_between': 'LBC step without removal',
 }
 
@@ -176,6 +178,12 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
     synchronize(device)
     start = [{k: v.clone() for k, v in learner.state_dict().items()} for learner in learners]
     removal, between = _schedule_iterations(learners[0])
+    lbc_weights = [layer.weight for _, layer in sparse_layers(lbc)]
+    for learner, weight in zip(learners, lbc_weights):  # two subsets left per group
+        learner._keep_best(weight, 2)
+    two_left = [{k: v.clone() for k, v in learner.state_dict().items()} for learner in learners]
+    for learner, state in zip(learners, start):
+        learner.load_state_dict(state)
 
     def clone():
         for weight in weights:
@@ -217,8 +225,11 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
     def lbc_removal():
         refresh_masks(lbc, removal)
 
-    def lbc_reset():  # untimed: back to all subsets alive before the next removal
-        for learner, state in zip(learners, start):
+    def lbc_last_removal():  # at t_f: from two subsets per group to one, most masks change
+        refresh_masks(lbc, learners[0].t_f)
+
+    def lbc_reset(states=start):  # untimed: back to the state before the removal
+        for learner, state in zip(learners, states):
             learner.load_state_dict(state)
 
     def lbc_between():
@@ -226,9 +237,11 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
 
     run = dict(clone=clone, topk=topk, srste=forced(srste), srste_eager=forced(srste, True),
                spre=spre_after_step, spre_two_pass=forced(spre), spre_eager=forced(spre, True),
-               lbc_removal=lbc_removal, lbc_between=lbc_between)
+               lbc_removal=lbc_removal, lbc_last_removal=lbc_last_removal,
+               lbc_between=lbc_between)
     setup = dict(spre=optimizer_like_step, spre_two_pass=drop_hints, lbc_removal=lbc_reset,
-                 lbc_between=lambda: refresh_masks(lbc, removal))
+                 lbc_last_removal=lambda: lbc_reset(two_left),
+                 lbc_between=lambda: (lbc_reset(), refresh_masks(lbc, removal)))
     facts = dict(arch=arch, n=n, m=m, base_channels=base_channels, layers=len(weights),
                  weights=sum(w.numel() for w in weights),
                  spatial_layers=sum(1 for layer in spre if isinstance(layer, _ConvNorm)),

@@ -4,6 +4,7 @@ Each sparse module knows how to become its deploy form (``to_deploy``; a SpRe co
 through ``SpReBatchNorm2d.fold``); the functions here only walk the model.
 """
 import copy
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -39,6 +40,12 @@ def refresh_masks(model: nn.Module, iteration: int) -> None:
            if layer.sparsity.magnitude_mask_due(layer.weight, iteration)]
     compute_magnitude_masks(((layer.sparsity, layer.weight) for layer in due),
                             lambda i, magnitude: due[i].use_magnitude(magnitude, iteration))
+    # other work a learner class batches (LBC's removal steps)
+    by_class = defaultdict(list)
+    for layer in layers:
+        by_class[type(layer.sparsity)].append((layer.sparsity, layer.weight))
+    for learner_class, pairs in by_class.items():
+        learner_class.refresh_together(pairs, iteration)
     for layer in layers:
         layer.refresh(iteration)
 

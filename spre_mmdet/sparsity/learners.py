@@ -10,7 +10,7 @@ distributed ranks and resumed runs identical.
 import inspect
 import weakref
 from collections import defaultdict
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -139,6 +139,14 @@ class MaskLearner(DerivedStateMixin, nn.Module):
         ``weight``: then :func:`compute_magnitude_masks` may do it together with other layers'
         beforehand (``refresh_masks`` does), and the refresh finds the mask current."""
         return False
+
+    @classmethod
+    def refresh_together(cls, pairs: Sequence[Tuple['MaskLearner', torch.Tensor]],
+                         iteration: int) -> None:
+        """Do the part of ``refresh(weight, iteration)`` that is cheaper for many layers at
+        once, for every ``(learner, weight)`` of ``pairs`` (all of this class), so that each
+        layer's refresh then finds it done (``refresh_masks`` calls it first). Nothing here:
+        SR-STE-like masks are batched by :meth:`magnitude_mask_due` instead."""
 
     def mask_is_current(self, weight: torch.Tensor) -> bool:
         """Whether :attr:`mask` was computed from ``weight`` as it is now (neither was written

@@ -24,7 +24,7 @@ def test_naive_topk_mask_is_the_nm_mask_without_ties():
 
 def test_workloads_do_the_work_they_are_named_after():
     """The SR-STE/SpRe refreshes recompute every mask (and S); the LBC workloads remove one
-    subset per group and then nothing."""
+    subset per group (masks unchanged at the first step, changed at the last) or nothing."""
     workloads = mask_speed.make_workloads('r18', 2, 4, base_channels=8)
     assert set(workloads.run) == set(mask_speed.WORK)
     assert workloads.facts['layers'] == 19 and workloads.facts['spatial_layers'] == 16
@@ -54,10 +54,16 @@ def test_workloads_do_the_work_they_are_named_after():
     # the threshold stayed in the window: every S in one pass
     assert workloads.facts['s_one_pass'] == [one_pass + 16, total + 16]
     lbc = [layer.sparsity for _, layer in sparse_layers(models['lbc'])]
-    for name, survivors in (('lbc_removal', 5), ('lbc_between', 5)):
+    for name, before, after in (('lbc_removal', 6, 5), ('lbc_last_removal', 2, 1),
+                                ('lbc_between', 5, 5)):
         workloads.setup[name]()
+        assert all(learner._survivors == before for learner in lbc), name
+        masks = [learner.mask.clone() for learner in lbc]
         workloads.run[name]()
-        assert all(learner._survivors == survivors for learner in lbc), name
+        assert all(learner._survivors == after for learner in lbc), name
+        assert all(int(learner.alive.sum()) == after * len(learner.alive) for learner in lbc)
+        changed = sum(int((learner.mask != mask).sum()) for learner, mask in zip(lbc, masks))
+        assert (changed > 0) == (name == 'lbc_last_removal'), name
     workloads.setup['lbc_removal']()
     assert all(learner._survivors == 6 for learner in lbc)
 

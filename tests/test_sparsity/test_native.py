@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from spre_mmdet.sparsity import native, nm_masks
+from spre_mmdet.sparsity.lbc import LBCMask
 from spre_mmdet.sparsity.spre import spatial_mask
 
 SHAPES = [(64, 32, 3, 3), (16, 8, 1, 1), (8, 24, 7, 7), (40, 16), (12, 16, 1, 3)]
@@ -367,11 +368,12 @@ def test_fold_takes_only_what_it_can_read(monkeypatch):
 
 
 @pytest.mark.parametrize('threads', [1, 3])
-def test_the_portable_build_gives_the_same_masks_s_and_fold(threads, tmp_path, monkeypatch):
+def test_the_portable_build_gives_the_same_masks_s_fold_and_lbc(threads, tmp_path,
+                                                                 monkeypatch):
     """The build a compiler without SSE2 or vector shuffles gets (-DSPRE_MMDET_PORTABLE: mask
-    bytes stored lane by lane, 1x1 groups ranked one at a time) gives the eager masks and S,
-    and the same fold as the default build (plain and with SR-STE, forward and backward), on any
-    thread split."""
+    bytes stored lane by lane, 1x1 groups ranked one at a time, LBC's scores gathered lane by
+    lane) gives the eager masks and S, and the same fold (plain and with SR-STE, forward and
+    backward) and LBC removal steps as the default build, on any thread split."""
     monkeypatch.setenv('SPRE_MMDET_CACHE', str(tmp_path))
     monkeypatch.setattr(native, 'MIN_PER_THREAD', 1)
     monkeypatch.setattr(native, 'SPATIAL_MIN_PER_THREAD', 1)
@@ -409,3 +411,22 @@ def test_the_portable_build_gives_the_same_masks_s_and_fold(threads, tmp_path, m
         got = native.fold(*operands, **run)
         for got_part, want_part in zip(*((got, want) if 'grad' in run else ([got], [want]))):
             assert torch.equal(got_part, want_part)
+    for n, m in ((2, 4), (2, 8)):  # six subsets (the 2:4 loads) and 28
+        states = []
+        for library in (portable, default):
+            monkeypatch.setattr(native, '_library', library)
+            learner = LBCMask(torch.Size((8, 16, 3, 3)), n, m, t_i=0, t_f=8)
+            scores_gen = torch.Generator().manual_seed(m)
+            weight = torch.randn(8, 16, 3, 3, generator=scores_gen)
+            torch.set_num_threads(threads)
+            try:
+                for iteration in range(10):
+                    with torch.no_grad():
+                        fresh = torch.rand(learner.scores.shape, generator=scores_gen)
+                        learner.scores.copy_(torch.where(learner.alive, fresh, learner.scores))
+                    learner.refresh(weight, iteration)
+            finally:
+                torch.set_num_threads(previous)
+            states.append({k: v.clone() for k, v in learner.state_dict().items()})
+        for key, value in states[0].items():
+            assert torch.equal(value, states[1][key]), (n, m, key)

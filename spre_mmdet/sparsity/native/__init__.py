@@ -7,7 +7,9 @@ eight clones' worth of time for the N:M ranking on CPU (docs/results.md). The ke
 from the last refresh's threshold (an exact radix selection in two reads when that threshold
 is unknown or has moved too far). They give exactly the eager results: the same masks and
 ``S``, ties to the lower index, NaN/inf ranked the same way. A third kernel folds SpRe's two
-branches into one conv weight (:func:`fold`, forward and backward) in one pass each way.
+branches into one conv weight (:func:`fold`, forward and backward) in one pass each way, and a
+fourth does LBC's removal step for all layers of a pattern in one pass over their subset
+scores (:func:`lbc_remove_worst`).
 
 They run for contiguous float32 CPU weights. Everything else (CUDA, half, other layouts) takes
 the eager path, which stays the reference the tests compare against.
@@ -50,6 +52,8 @@ MIN_PER_THREAD = 1 << 22
 #: from 8.2 to 5.9 ms a step (the fold, measured there the same way, was slower split: it keeps
 #: MIN_PER_THREAD)
 SPATIAL_MIN_PER_THREAD = 1 << 18
+#: the most subsets per group, and the largest M, LBC's removal kernel takes (else: eager)
+LBC_MAX_SUBSETS, LBC_MAX_M = 256, 32
 
 _library = None
 _failure: Optional[str] = None
@@ -134,6 +138,10 @@ def _build(extra_flags: Sequence[str] = ()) -> ctypes.CDLL:
     lib.spre_fold.argtypes = [float_p] * 12 + [ctypes.c_int64] * 3 + [
         ctypes.c_int, ctypes.c_float, ctypes.c_int]
     lib.spre_fold.restype = ctypes.c_int
+    lib.spre_lbc_remove.argtypes = [ctypes.c_int, pointers, pointers, pointers, int64s, int64s,
+                                    int64s, int64s, pointers, int64s, ctypes.c_int64,
+                                    ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.spre_lbc_remove.restype = ctypes.c_int
     return lib
 
 
@@ -328,6 +336,70 @@ def fold(main: torch.Tensor, rep: torch.Tensor, mask: torch.Tensor, spatial: tor
     return result
 
 
+def lbc_takes(scores: torch.Tensor, alive: torch.Tensor, mask: torch.Tensor, m: int) -> bool:
+    """Whether :func:`lbc_remove_worst` takes a layer's LBC state: the kernels are available,
+    ``scores`` is ``(groups, K)`` float32, ``alive`` a bool tensor of that shape and ``mask``
+    the bool ``(O, C, *kernel)`` (or ``(O, C)``) mask those groups of ``m`` input channels
+    make up, all contiguous on the CPU, ``K <= LBC_MAX_SUBSETS``, ``m <= LBC_MAX_M``."""
+    tensors = (scores, alive, mask)
+    if not all(t.device.type == 'cpu' and t.is_contiguous() for t in tensors):
+        return False
+    if scores.dtype != torch.float32 or alive.dtype != torch.bool or mask.dtype != torch.bool:
+        return False
+    if scores.dim() != 2 or alive.shape != scores.shape or mask.dim() < 2:
+        return False
+    groups, subsets = scores.shape
+    return (0 < groups and 0 < subsets <= LBC_MAX_SUBSETS and 0 < m <= LBC_MAX_M
+            and mask.shape[1] % m == 0 and mask.numel() == groups * m
+            and library() is not None)
+
+
+def lbc_remove_worst(layers: Sequence[tuple], members: torch.Tensor,
+                     m: int) -> Optional[List[torch.Tensor]]:
+    """LBC's usual removal step for many layers of one N:M pattern at once, in place: every
+    group with ``survivors`` alive subsets whose lowest alive score is unique loses that subset
+    (``alive`` False, its score 0), and its ``mask`` entries become the union of the members of
+    the subsets left. The other groups (lowest alive score tied, NaN or +inf, or another count
+    of alive subsets) are left as they are and returned, for the full ranking.
+
+    Args:
+        layers: ``(scores, alive, mask, survivors)`` per layer, each as :func:`lbc_takes`
+            requires (checked by the caller).
+        members: ``(K,)`` int32, bit ``j`` set where member ``j`` is in subset ``k``.
+
+    Returns:
+        per layer, its undecided groups (int64 indices, ascending), or ``None`` (nothing done)
+        if the kernels are unavailable.
+    """
+    lib = library()
+    if lib is None:
+        return None
+    num = len(layers)
+    if num == 0:
+        return []
+    assert members.dtype == torch.int32 and members.is_contiguous()
+    scores, alive, masks, survivors = zip(*layers)
+    ties = [torch.empty(len(s), dtype=torch.int64) for s in scores]
+    counts = (ctypes.c_int64 * num)()
+
+    def pointers(tensors):
+        return (ctypes.c_void_p * num)(*(t.data_ptr() for t in tensors))
+
+    def int64s(values):
+        return (ctypes.c_int64 * num)(*values)
+
+    status = lib.spre_lbc_remove(
+        num, pointers(scores), pointers(alive), pointers(masks), int64s(len(s) for s in scores),
+        int64s(mask.shape[1] // m for mask in masks),
+        int64s(mask[0, 0].numel() for mask in masks), int64s(survivors), pointers(ties), counts,
+        members.shape[0], m, members.data_ptr(),
+        _threads(sum(s.numel() for s in scores), SPATIAL_MIN_PER_THREAD))
+    if status:
+        raise RuntimeError(f'spre_lbc_remove failed with status {status}')
+    # threads list them in no particular order
+    return [found[:count].sort().values for found, count in zip(ties, counts)]
+
+
 __all__: List[str] = ['enabled', 'disabled', 'cache_dir', 'library', 'unavailable_reason',
                       'handles', 'nm_masks', 'spatial_mask', 'ThresholdHint', 'can_fold',
-                      'fold', 'MAX_M', 'WINDOWS']
+                      'fold', 'lbc_takes', 'lbc_remove_worst', 'MAX_M', 'WINDOWS']

@@ -17,6 +17,7 @@
 #define HAVE_SSE2 1
 #include <emmintrin.h>
 #endif
+#include <math.h> /* INFINITY */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -839,5 +840,254 @@ int spre_fold(const float *dk, const float *l, const float *r, const uint8_t *ma
                      masked != 0};
     parallel_for(dk ? fold_backward_range : fold_forward_range, &f, out, threads);
     free(sv);
+    return 0;
+}
+
+
+/* ---------------------------------------------------------------- LBC's removal step */
+
+/* One step of LBC's schedule, from `survivors` alive subsets per group to one fewer: a group
+ * whose lowest alive score is unique loses that subset (the ranking's later keys, magnitude
+ * and index, cannot change which one), its score becomes 0 and its mask bytes the union of
+ * the members of the subsets left. A group whose lowest alive score is tied, NaN or +inf (then
+ * equal to the dead subsets' key), or that does not have `survivors` alive subsets, is left
+ * as it is and listed for the full ranking, which the caller does.
+ *
+ * Four groups at a time, one per vector lane (subset k of four groups is one vector): one
+ * group at a time, the data-dependent position of the lowest score costs a mispredicted branch
+ * or a serial chain per group, three times slower (measured). All layers of a call (one N:M
+ * pattern) are one range of work for the threads: a thread start per layer cost a quarter of
+ * the time on R-50 (measured). */
+
+#define LBC_MAX_SUBSETS 256
+#define LBC_MAX_M 32
+
+typedef struct {
+    float *scores;
+    uint8_t *alive, *mask;
+    int64_t groups, channel_blocks, positions, survivors;
+    int64_t first_block; /* of the call's blocks of four groups */
+    int64_t *ties;       /* the undecided groups, in no particular order */
+    int64_t tie_count;   /* updated atomically: threads may share a layer */
+} lbc_layer_t;
+
+typedef struct {
+    lbc_layer_t *layers;
+    int num;
+    int64_t subsets, m;
+    const uint32_t *members; /* bit j set: member j of a group is in subset k */
+} lbc_args_t;
+
+/* Subset k of four consecutive groups as one vector: their scores, and a lane mask (all bits
+ * set) where the subset is dead. With six subsets (2:4) the 4 x 6 scores are transposed with six
+ * loads and twelve shuffles, and each group's six alive bytes (0/1) become bits with one
+ * multiply (reading two bytes past them: the caller pads the last block); otherwise the lanes
+ * are gathered one by one. */
+static inline __attribute__((always_inline)) void lbc_load(const float *s, const uint8_t *al,
+                                                           const int64_t subsets, v4f *score,
+                                                           v4i *dead) {
+#if defined(HAVE_SHUFFLES) && defined(__BYTE_ORDER__) && \
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (subsets == 6) {
+        const v4f a = load4(s), b = load4(s + 4), c = load4(s + 8), d = load4(s + 12),
+                  e = load4(s + 16), f = load4(s + 20);
+        const v4f ab = __builtin_shufflevector(a, b, 0, 6, 1, 7),
+                  de = __builtin_shufflevector(d, e, 0, 6, 1, 7),
+                  ac = __builtin_shufflevector(a, c, 2, 4, 3, 5),
+                  df = __builtin_shufflevector(d, f, 2, 4, 3, 5),
+                  bc = __builtin_shufflevector(b, c, 0, 6, 1, 7),
+                  ef = __builtin_shufflevector(e, f, 0, 6, 1, 7);
+        score[0] = __builtin_shufflevector(ab, de, 0, 1, 4, 5);
+        score[1] = __builtin_shufflevector(ab, de, 2, 3, 6, 7);
+        score[2] = __builtin_shufflevector(ac, df, 0, 1, 4, 5);
+        score[3] = __builtin_shufflevector(ac, df, 2, 3, 6, 7);
+        score[4] = __builtin_shufflevector(bc, ef, 0, 1, 4, 5);
+        score[5] = __builtin_shufflevector(bc, ef, 2, 3, 6, 7);
+        /* byte j of a little-endian word lands at bit 56 + j of the product (no carries) */
+        const uint64_t gather = 0x0102040810204080ull;
+        uint64_t w0, w1, w2, w3;
+        memcpy(&w0, al, 8);
+        memcpy(&w1, al + 6, 8);
+        memcpy(&w2, al + 12, 8);
+        memcpy(&w3, al + 18, 8);
+        const v4i bits = {(int32_t)((w0 * gather) >> 56), (int32_t)((w1 * gather) >> 56),
+                          (int32_t)((w2 * gather) >> 56), (int32_t)((w3 * gather) >> 56)};
+        for (int k = 0; k < 6; ++k) dead[k] = (bits & splat(1 << k)) == splat(0);
+        return;
+    }
+#endif
+#pragma GCC unroll 8
+    for (int64_t k = 0; k < subsets; ++k) {
+        score[k] = (v4f){s[k], s[subsets + k], s[2 * subsets + k], s[3 * subsets + k]};
+        dead[k] = (v4i){al[k], al[subsets + k], al[2 * subsets + k], al[3 * subsets + k]} ==
+                  splat(0);
+    }
+}
+
+/* the lower of x and y per lane; y where x is NaN */
+static inline v4f lbc_min(v4f x, v4f y) {
+#ifdef HAVE_SSE2
+    return (v4f)_mm_min_ps((__m128)x, (__m128)y);
+#else
+    const v4i less = x < y;
+    return (v4f)(((v4i)x & less) | ((v4i)y & ~less));
+#endif
+}
+
+/* Groups [4 * begin, 4 * end) of `layer` (clipped to its last group). `subsets` is a constant
+ * at the 2:4 call site, so that its loops unroll. */
+static inline __attribute__((always_inline)) void lbc_blocks(const lbc_args_t *a,
+                                                             lbc_layer_t *layer, int64_t begin,
+                                                             int64_t end, const int64_t subsets) {
+    const int64_t m = a->m, positions = layer->positions, blocks = layer->channel_blocks;
+    const int64_t block_stride = m * positions, row_stride = m * blocks * positions;
+    const int64_t groups = layer->groups;
+    const int64_t first = 4 * begin, last = 4 * end < groups ? 4 * end : groups;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const int wide_masks = m == 4 && positions == 1;
+#else
+    const int wide_masks = 0; /* the byte spreading below assumes little-endian lanes */
+#endif
+    const v4i survivors = splat((int32_t)layer->survivors);
+    const v4i dead_subsets = splat((int32_t)(subsets - layer->survivors));
+    const v4f inf = {INFINITY, INFINITY, INFINITY, INFINITY};
+    float *const all_scores = layer->scores;
+    uint8_t *const all_alive = layer->alive;
+    v4f key[LBC_MAX_SUBSETS];
+    v4i dead[LBC_MAX_SUBSETS], members[LBC_MAX_SUBSETS];
+    float pad_scores[4 * LBC_MAX_SUBSETS];
+    uint8_t pad_alive[4 * LBC_MAX_SUBSETS];
+    for (int64_t k = 0; k < subsets; ++k) members[k] = splat((int32_t)a->members[k]);
+    /* group g holds input channels [cb * m, cb * m + m) at kernel position pos of output
+     * channel o (the layout of to_groups): its mask bytes start at row + cb * m * positions,
+     * row = mask + o * m * blocks * positions + pos, followed along rather than divided out */
+    int64_t cb = first % blocks, pos = first / blocks % positions;
+    uint8_t *row = layer->mask + first / (blocks * positions) * row_stride + pos;
+    uint8_t *group_mask = row + cb * block_stride;
+    for (int64_t g = first; g < last; g += 4) {
+        const int lanes = last - g < 4 ? (int)(last - g) : 4;
+        const float *s = all_scores + g * subsets;
+        const uint8_t *al = all_alive + g * subsets;
+        if (g + 4 >= groups) { /* the last groups: from a copy padded with dead subsets */
+            memset(pad_scores, 0, sizeof pad_scores);
+            memset(pad_alive, 0, sizeof pad_alive);
+            memcpy(pad_scores, s, (size_t)(lanes * subsets) * sizeof(float));
+            memcpy(pad_alive, al, (size_t)(lanes * subsets));
+            s = pad_scores;
+            al = pad_alive;
+        }
+        lbc_load(s, al, subsets, key, dead);
+        /* A dead subset's key is NaN (all bits set): no minimum, equal to nothing, not
+         * counted as valid. So a group is decided iff it has `survivors` valid keys (alive,
+         * not NaN) and `subsets - survivors` dead ones, and its lowest key is unique. */
+        v4f lowest = inf;
+        v4i valid = splat(0), dead_count = splat(0);
+#pragma GCC unroll 8
+        for (int64_t k = 0; k < subsets; ++k) {
+            key[k] = (v4f)((v4i)key[k] | dead[k]);
+            lowest = lbc_min(key[k], lowest);
+            valid -= key[k] == key[k];
+            dead_count -= dead[k];
+        }
+        v4i hits = splat(0), worst = splat(0), others = splat(0);
+#pragma GCC unroll 8
+        for (int64_t k = 0; k < subsets; ++k) {
+            const v4i hit = key[k] == lowest;
+            hits -= hit;
+            worst |= hit & splat((int32_t)k);
+            others |= members[k] & ~(dead[k] | hit);
+        }
+        /* +inf lowest: it ties with the dead subsets in the full ranking's terms */
+        const v4i undecided = (hits != splat(1)) | (valid != survivors) |
+                              (dead_count != dead_subsets) | (lowest == inf);
+        /* The mask bytes of the settled groups: the union of the subsets left. A 1x1 conv at
+         * M = 4 has the 16 bytes of four consecutive groups in a row: one vector store (the
+         * undecided lanes keep theirs); otherwise byte by byte. */
+        const int row_of_16 = wide_masks && lanes == 4;
+        if (row_of_16) {
+            uint8_t *bytes = layer->mask + g * 4;
+            v4i old;
+            memcpy(&old, bytes, sizeof old);
+            /* bit j of a lane's union -> byte j of the lane (no carries: distinct bits) */
+            const v4i spread = (others * splat(0x00204081)) & splat(0x01010101);
+            const v4i merged = (spread & ~undecided) | (old & undecided);
+            memcpy(bytes, &merged, sizeof merged);
+        }
+        for (int lane = 0; lane < lanes; ++lane) {
+            const int64_t group = g + lane;
+            if (undecided[lane]) {
+                layer->ties[__atomic_fetch_add(&layer->tie_count, 1, __ATOMIC_RELAXED)] = group;
+            } else {
+                all_alive[group * subsets + worst[lane]] = 0;
+                all_scores[group * subsets + worst[lane]] = 0.0f;
+                if (!row_of_16) {
+                    const uint32_t union_bits = (uint32_t)others[lane];
+                    for (int64_t j = 0; j < m; ++j)
+                        group_mask[j * positions] = (uint8_t)((union_bits >> j) & 1u);
+                }
+            }
+            group_mask += block_stride;
+            if (++cb == blocks) {
+                cb = 0;
+                if (++pos == positions) {
+                    pos = 0;
+                    row += row_stride - (positions - 1);
+                } else {
+                    row += 1;
+                }
+                group_mask = row;
+            }
+        }
+    }
+}
+
+/* The blocks [begin, end) of all layers of the call, layer by layer. */
+static void lbc_range(void *p, int64_t begin, int64_t end, int worker) {
+    const lbc_args_t *a = (const lbc_args_t *)p;
+    (void)worker;
+    for (int i = 0; i < a->num; ++i) {
+        lbc_layer_t *layer = &a->layers[i];
+        const int64_t first = layer->first_block, count = (layer->groups + 3) / 4;
+        const int64_t from = begin > first ? begin - first : 0;
+        const int64_t to = end < first + count ? end - first : count;
+        if (from >= to) continue;
+        if (a->subsets == 6)
+            lbc_blocks(a, layer, from, to, 6); /* 2:4: its own copy, with unrolled loops */
+        else
+            lbc_blocks(a, layer, from, to, a->subsets);
+    }
+}
+
+/* The removal step over `num` layers of one N:M pattern (`subsets` subsets of `m` members,
+ * `members[k]` the bits of subset k). Layer i has groups[i] groups of scores[i] (float32) and
+ * alive[i] (bool) and the mask masks[i] of a weight with channel_blocks[i] * m input channels
+ * and positions[i] kernel positions (the groups are the rows of to_groups); survivors[i] alive
+ * subsets per group before the step. Its undecided groups go to ties[i] (room for groups[i]),
+ * tie_counts[i] of them, in no particular order. Returns 0, or -1 on a bad argument. */
+int spre_lbc_remove(int num, void *const *scores, void *const *alive, void *const *masks,
+                    const int64_t *groups, const int64_t *channel_blocks,
+                    const int64_t *positions, const int64_t *survivors, void *const *ties,
+                    int64_t *tie_counts, int64_t subsets, int64_t m, const uint32_t *members,
+                    int threads) {
+    if (num < 1 || subsets < 1 || subsets > LBC_MAX_SUBSETS || m < 1 || m > LBC_MAX_M)
+        return -1;
+    lbc_layer_t *layers = (lbc_layer_t *)calloc((size_t)num, sizeof *layers);
+    if (!layers) return -2;
+    int64_t blocks = 0;
+    for (int i = 0; i < num; ++i) {
+        if (groups[i] < 1 || channel_blocks[i] < 1 || positions[i] < 1 ||
+            groups[i] % (channel_blocks[i] * positions[i])) {
+            free(layers);
+            return -1;
+        }
+        layers[i] = (lbc_layer_t){(float *)scores[i], (uint8_t *)alive[i], (uint8_t *)masks[i],
+                                  groups[i], channel_blocks[i], positions[i], survivors[i],
+                                  blocks, (int64_t *)ties[i], 0};
+        blocks += (groups[i] + 3) / 4;
+    }
+    lbc_args_t a = {layers, num, subsets, m, members};
+    parallel_for(lbc_range, &a, blocks, threads);
+    for (int i = 0; i < num; ++i) tie_counts[i] = layers[i].tie_count;
+    free(layers);
     return 0;
 }
