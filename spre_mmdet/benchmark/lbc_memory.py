@@ -65,7 +65,8 @@ def print_table(rows):
 
 def time_layer(n, m, repeats=5):
     """Forward+backward time of one ResNet-50 layer3 3x3 conv (256->256) with LBC vs SR-STE,
-    and the time of one LBC refresh that removes subsets (CPU, fp32)."""
+    and the time of LBC refreshes: one removal step, several subsets at once, none (CPU,
+    fp32)."""
     from spre_mmdet.sparsity import SparseConv2d
     import spre_mmdet.sparsity.lbc  # noqa: F401  (registers 'lbc')
     torch.manual_seed(0)
@@ -82,9 +83,18 @@ def time_layer(n, m, repeats=5):
             layer(x).sum().backward()
         results[method] = (time.perf_counter() - start) / repeats * 1e3
         if method == 'lbc':
-            start = time.perf_counter()
-            layer.refresh(30)  # a removal step
-            results['lbc refresh (removal)'] = (time.perf_counter() - start) * 1e3
+            learner = layer.sparsity
+            with torch.no_grad():  # trained-like: distinct scores
+                learner.scores.copy_(torch.rand(learner.scores.shape))
+            # the first step of the schedule (one subset fewer per group: the fused step on
+            # CPU), then a jump to iteration 30 (several at once: every group ranked in full)
+            step = next(it for it in range(1, 100) if learner.survivors(it) < learner.num_subsets)
+            for iteration in (step, 30):
+                before = learner._survivors
+                start = time.perf_counter()
+                layer.refresh(iteration)
+                results[f'lbc refresh {before} -> {learner._survivors}'] = \
+                    (time.perf_counter() - start) * 1e3
             start = time.perf_counter()
             layer.refresh(30)  # no removal: the common case
             results['lbc refresh (no removal)'] = (time.perf_counter() - start) * 1e3
