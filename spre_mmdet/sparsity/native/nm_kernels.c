@@ -912,6 +912,7 @@ static inline __attribute__((always_inline)) void lbc_load(const float *s, const
         memcpy(&w3, al + 18, 8);
         const v4i bits = {(int32_t)((w0 * gather) >> 56), (int32_t)((w1 * gather) >> 56),
                           (int32_t)((w2 * gather) >> 56), (int32_t)((w3 * gather) >> 56)};
+#pragma GCC unroll 6
         for (int k = 0; k < 6; ++k) dead[k] = (bits & splat(1 << k)) == splat(0);
         return;
     }
@@ -934,12 +935,13 @@ static inline v4f lbc_min(v4f x, v4f y) {
 #endif
 }
 
-/* Groups [4 * begin, 4 * end) of `layer` (clipped to its last group). `subsets` is a constant
- * at the 2:4 call site, so that its loops unroll. */
+/* Groups [4 * begin, 4 * end) of `layer` (clipped to its last group). `subsets` and `m` are
+ * constants at the 2:4 call site, so that its loops unroll. */
 static inline __attribute__((always_inline)) void lbc_blocks(const lbc_args_t *a,
                                                              lbc_layer_t *layer, int64_t begin,
-                                                             int64_t end, const int64_t subsets) {
-    const int64_t m = a->m, positions = layer->positions, blocks = layer->channel_blocks;
+                                                             int64_t end, const int64_t subsets,
+                                                             const int64_t m) {
+    const int64_t positions = layer->positions, blocks = layer->channel_blocks;
     const int64_t block_stride = m * positions, row_stride = m * blocks * positions;
     const int64_t groups = layer->groups;
     const int64_t first = 4 * begin, last = 4 * end < groups ? 4 * end : groups;
@@ -1022,6 +1024,7 @@ static inline __attribute__((always_inline)) void lbc_blocks(const lbc_args_t *a
                 all_scores[group * subsets + worst[lane]] = 0.0f;
                 if (!row_of_16) {
                     const uint32_t union_bits = (uint32_t)others[lane];
+#pragma GCC unroll 4
                     for (int64_t j = 0; j < m; ++j)
                         group_mask[j * positions] = (uint8_t)((union_bits >> j) & 1u);
                 }
@@ -1051,10 +1054,10 @@ static void lbc_range(void *p, int64_t begin, int64_t end, int worker) {
         const int64_t from = begin > first ? begin - first : 0;
         const int64_t to = end < first + count ? end - first : count;
         if (from >= to) continue;
-        if (a->subsets == 6)
-            lbc_blocks(a, layer, from, to, 6); /* 2:4: its own copy, with unrolled loops */
+        if (a->subsets == 6 && a->m == 4)
+            lbc_blocks(a, layer, from, to, 6, 4); /* 2:4: its own copy, with unrolled loops */
         else
-            lbc_blocks(a, layer, from, to, a->subsets);
+            lbc_blocks(a, layer, from, to, a->subsets, a->m);
     }
 }
 
