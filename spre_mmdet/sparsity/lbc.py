@@ -346,16 +346,22 @@ class LBCMask(MaskLearner):
             self._rank_undecided(weight, count, rows)
             return
         rows = self._remove_unique_worst() if count == self._survivors - 1 else None
+        self._keep_ranked(weight, count, rows)
+        self._sync_from_alive()
+
+    def _keep_ranked(self, weight: torch.Tensor, count: int,
+                     rows: Optional[torch.Tensor] = None) -> None:
+        """Rank the groups ``rows`` (``None``: all) in full and keep ``count`` alive subsets in
+        each; the subsets removed get score 0 (``None``: every dead subset does)."""
         alive = self.alive if rows is None else self.alive[rows]
         keep = torch.zeros_like(alive).scatter_(1, self._rank(weight, rows)[:, :count], True)
         if rows is None:
             self.alive.logical_and_(keep)
             # dead scores are out of the forward/backward already (through alive); zero them
             self.scores.masked_fill_(~self.alive, 0.0)
-        else:
+        elif len(rows):
             self.scores[rows] = self.scores[rows].masked_fill(alive & ~keep, 0.0)
             self.alive[rows] = alive & keep
-        self._sync_from_alive()
 
     def _kernel_takes(self) -> bool:
         """Whether the removal kernel can take this layer's state (CPU float32 scores)."""
@@ -368,12 +374,7 @@ class LBCMask(MaskLearner):
     def _rank_undecided(self, weight: torch.Tensor, count: int, rows: torch.Tensor) -> None:
         """After the removal kernel: rank the groups it left (``rows``) in full, keeping
         ``count`` subsets in each; every other group has ``count`` alive and its mask."""
-        if len(rows):
-            alive = self.alive[rows]
-            keep = torch.zeros_like(alive).scatter_(1, self._rank(weight, rows)[:, :count],
-                                                    True)
-            self.scores[rows] = self.scores[rows].masked_fill(alive & ~keep, 0.0)
-            self.alive[rows] = alive & keep
+        self._keep_ranked(weight, count, rows)
         self._sync_from_alive(rows=rows, others=count)
 
     @classmethod
