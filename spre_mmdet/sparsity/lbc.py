@@ -253,8 +253,11 @@ class LBCMask(MaskLearner):
             survivors: the count per group, when known to be the same in every group.
             rows: only these groups' masks to recompute (int64 group indices): the removal
                 kernel wrote the others'. ``None``: every group's.
-            others: with ``rows``: the alive subsets of each group not in ``rows``.
+            others: with ``rows`` (required then): the alive subsets of each group not in
+                ``rows``.
         """
+        if rows is not None and others is None:
+            raise ValueError('_sync_from_alive(rows=...) needs others, the count of the rest')
         if rows is None:
             alive = self.alive
         elif len(rows):
@@ -384,8 +387,8 @@ class LBCMask(MaskLearner):
         """The usual step of the schedule (one subset fewer per group) of all layers of
         ``pairs`` (``(learner, weight)``) due for it at ``iteration``, in one kernel call per
         N:M pattern: one range of work for the threads instead of a thread start per layer
-        (a quarter of the time on R-50). Each layer's refresh then finds its step done. The
-        state is exactly what the layers' own refreshes give."""
+        (which cost 15-25% of the time on R-50). Each layer's refresh then finds its step
+        done. The state is exactly what the layers' own refreshes give."""
         due = defaultdict(list)
         for learner, weight in pairs:
             if not learner.needs_init and learner._survivors > 1 and \

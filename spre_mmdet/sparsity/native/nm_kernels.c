@@ -856,8 +856,8 @@ int spre_fold(const float *dk, const float *l, const float *r, const uint8_t *ma
  * Four groups at a time, one per vector lane (subset k of four groups is one vector): one
  * group at a time, the data-dependent position of the lowest score costs a mispredicted branch
  * or a serial chain per group, three times slower (measured). All layers of a call (one N:M
- * pattern) are one range of work for the threads: a thread start per layer cost a quarter of
- * the time on R-50 (measured). */
+ * pattern) are one range of work for the threads: a thread start per layer cost 15-25% of the
+ * time on R-50 (measured). */
 
 #define LBC_MAX_SUBSETS 256
 #define LBC_MAX_M 32
