@@ -244,13 +244,11 @@ class LBCMask(MaskLearner):
         """Exactly one alive subset per group (derived from ``alive``, so it survives a resume)."""
         return self._survivors == 1
 
-    def _sync_from_alive(self, survivors: Optional[int] = None,
-                         rows: Optional[torch.Tensor] = None,
+    def _sync_from_alive(self, rows: Optional[torch.Tensor] = None,
                          others: Optional[int] = None) -> None:
         """Recompute ``mask``, the survivor count and the frozen state from ``alive``.
 
         Args:
-            survivors: the count per group, when known to be the same in every group.
             rows: only these groups' masks to recompute (int64 group indices): the removal
                 kernel wrote the others'. ``None``: every group's.
             others: with ``rows`` (required then): the alive subsets of each group not in
@@ -258,22 +256,16 @@ class LBCMask(MaskLearner):
         """
         if rows is not None and others is None:
             raise ValueError('_sync_from_alive(rows=...) needs others, the count of the rest')
-        if rows is None:
-            alive = self.alive
-        elif len(rows):
-            alive = self.alive[rows]
-        else:  # nothing to recompute: every group has `others` alive
-            alive, survivors = None, others
-        if survivors is None:
-            counts = alive.sum(dim=1)
-            if counts.numel() and int(counts.min()) < 1:
-                raise CheckpointError('LBC state has a group with no alive subset; the checkpoint '
-                                      'is corrupt or from another N:M pattern.')
-            survivors = int(counts.max()) if counts.numel() else 1
-            if rows is not None and len(rows) < len(self.alive):
-                survivors = max(survivors, others)
-        self._survivors = survivors
-        if alive is not None:
+        alive = self.alive if rows is None else self.alive[rows]
+        counts = alive.sum(dim=1)
+        if counts.numel() and int(counts.min()) < 1:
+            raise CheckpointError('LBC state has a group with no alive subset; the checkpoint '
+                                  'is corrupt or from another N:M pattern.')
+        survivors = [int(counts.max())] if counts.numel() else []
+        if rows is not None and len(rows) < len(self.alive):
+            survivors.append(others)
+        self._survivors = max(survivors, default=1)
+        if len(alive):
             # bool -> float through uint8: the same 0/1, several times faster on CPU
             union = (alive.view(torch.uint8).to(self.subsets.dtype) @ self.subsets) != 0
             if rows is None:
@@ -322,14 +314,14 @@ class LBCMask(MaskLearner):
         return groups.to(self.subsets.dtype) @ self.subsets.t()
 
     def _member_bits(self) -> torch.Tensor:
-        """``(K,)`` int32: bit ``j`` set where member ``j`` of a group is in subset ``k``."""
-        bits = self.__dict__.get('_members')
-        if bits is None:
+        """``P`` as the removal kernel takes it: ``(K,)`` int32, bit ``j`` set where member
+        ``j`` of a group is in subset ``k`` (computed once; the kernel takes ``M <= 32``)."""
+        if getattr(self, '_members', None) is None:
             place = torch.ones(self.m, dtype=torch.int32) << torch.arange(self.m,
                                                                          dtype=torch.int32)
-            bits = (self.subsets.cpu().to(torch.int32) * place).sum(dim=1, dtype=torch.int32)
-            self.__dict__['_members'] = bits
-        return bits
+            self._members = (self.subsets.cpu().to(torch.int32) * place).sum(
+                dim=1, dtype=torch.int32)
+        return self._members
 
     @torch.no_grad()
     def _keep_best(self, weight: torch.Tensor, count: int) -> None:

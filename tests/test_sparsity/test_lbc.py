@@ -408,6 +408,16 @@ def _lbc_state(shape, n, m, kind, seed):
     return learner, weight
 
 
+def _count_kernel_calls(monkeypatch):
+    """Record the layers of each call of the removal kernel, so that a test on the fused path
+    fails if the kernel never ran (e.g. could not be built) instead of passing on eager code."""
+    from spre_mmdet.sparsity import native
+    calls, kernel = [], native.lbc_remove_worst
+    monkeypatch.setattr(native, 'lbc_remove_worst',
+                        lambda layers, *args: calls.append(len(layers)) or kernel(layers, *args))
+    return calls
+
+
 @pytest.mark.parametrize('n, m', [(2, 4), (1, 4), (2, 8)])
 @pytest.mark.parametrize('shape', [(6, 16, 3, 3), (10, 16)], ids=['conv', 'linear'])
 @pytest.mark.parametrize('kind', ['random', 'ties', 'nan_inf', 'equal'])
@@ -417,6 +427,7 @@ def test_removal_steps_equal_the_full_ranking(n, m, shape, kind, kernels, monkey
     exactly what ranking every group in full keeps; mask and survivors follow alive (with the
     fused removal kernel and with the eager code)."""
     monkeypatch.setenv('SPRE_MMDET_NATIVE', kernels)
+    calls = _count_kernel_calls(monkeypatch)
     learner, weight = _lbc_state(shape, n, m, kind, seed=n * 100 + m)
     counts = list(range(learner.num_subsets - 1, 0, -1))
     counts = counts[:2] + counts[3::2] if len(counts) > 3 else counts  # single and jumps
@@ -428,6 +439,7 @@ def test_removal_steps_equal_the_full_ranking(n, m, shape, kind, kernels, monkey
         union = (learner.alive.float() @ learner.subsets) != 0
         assert torch.equal(learner.mask, from_groups(union, weight.shape))
         assert learner._survivors == int(learner.alive.sum(dim=1).max())
+    assert bool(calls) == (kernels == '1')  # the first step (K - 1) takes the kernel
 
 
 def _scores_with_hard_cases(shape, gen):
@@ -453,6 +465,7 @@ def test_removal_kernel_equals_the_eager_removal_through_the_schedule(shape, n, 
     infinities among the scores (their groups go to the full ranking), on any thread split."""
     from spre_mmdet.sparsity import native
     monkeypatch.setattr(native, 'SPATIAL_MIN_PER_THREAD', 1)
+    calls = _count_kernel_calls(monkeypatch)
     gen = torch.Generator().manual_seed(threads * 100 + m)
     weight = torch.randn(shape, generator=gen)
     learners = {kernels: LBCMask(torch.Size(shape), n, m, t_i=0, t_f=12)
@@ -477,6 +490,7 @@ def test_removal_kernel_equals_the_eager_removal_through_the_schedule(shape, n, 
     finally:
         torch.set_num_threads(previous)
     assert fused.is_final and eager.is_final
+    assert calls  # the fused learner's single steps went through the kernel
 
 
 @pytest.mark.parametrize('shape', [(4, 8, 3, 3), (7, 8, 1, 1)])  # 72 and 14 groups (a tail)
@@ -551,10 +565,7 @@ def test_refresh_masks_batches_the_removal_steps_with_the_same_result(threads, m
              for s, n, m in shapes]
     batched = nn.Sequential(*convs)
     alone = copy.deepcopy(batched)
-    calls = []
-    kernel = native.lbc_remove_worst
-    monkeypatch.setattr(native, 'lbc_remove_worst',
-                        lambda layers, *args: calls.append(len(layers)) or kernel(layers, *args))
+    calls = _count_kernel_calls(monkeypatch)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
