@@ -25,6 +25,8 @@ from typing import Callable, List, Optional, Tuple
 import cv2
 import numpy as np
 
+from . import shapes
+
 __all__ = ['CLASSES', 'generate_synthetic_classification', 'render_sample', 'fingerprint',
            'remove_generated', 'written_files']
 
@@ -39,40 +41,31 @@ _SPLIT_CODE = {'train': 1, 'val': 2}
 GENERATOR = 'spre_mmdet synthetic classification'  # meta.json marks folders it wrote
 
 
-def _regular(n: int, r: float, phase: float = 0.0) -> np.ndarray:
-    t = phase + 2 * np.pi * np.arange(n) / n
-    return np.stack([r * np.cos(t), r * np.sin(t)], 1)
-
-
 def _polygons(name: str, r: float, rng: np.random.Generator):
     """Outer polygon and optional hole of ``name``, radius ``r``, centred at the origin."""
     hole = None
     if name == 'circle':
-        outer = _regular(48, r)
+        outer = shapes.regular(48, r)
     elif name == 'ring':
-        outer = _regular(48, r)
-        hole = _regular(48, r * rng.uniform(0.45, 0.65))
+        outer = shapes.regular(48, r)
+        hole = shapes.regular(48, r * rng.uniform(0.45, 0.65))
     elif name == 'ellipse':
-        outer = _regular(48, r) * np.array([1.0, rng.uniform(0.45, 0.65)])
+        outer = shapes.ellipse(r, rng.uniform(0.45, 0.65), 48)
     elif name == 'square':
-        outer = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float) * r * 0.72
+        outer = shapes.square(r * 0.72)
     elif name == 'triangle':
-        outer = _regular(3, r, -np.pi / 2)
+        outer = shapes.regular(3, r, -np.pi / 2)
     elif name == 'crescent':
-        outer = _regular(48, r)
-        hole = _regular(48, r * rng.uniform(0.8, 0.95)) + np.array([r * rng.uniform(0.35, 0.5),
-                                                                     0.0])
+        outer = shapes.regular(48, r)
+        hole = shapes.regular(48, r * rng.uniform(0.8, 0.95)) + np.array(
+            [r * rng.uniform(0.35, 0.5), 0.0])
     elif name == 'semicircle':
         t = np.linspace(0, np.pi, 25)
         outer = np.stack([r * np.cos(t), r * np.sin(t) - r * 0.4], 1)
     elif name == 'star':
-        outer = np.empty((10, 2))
-        outer[0::2] = _regular(5, r, -np.pi / 2)
-        outer[1::2] = _regular(5, r * rng.uniform(0.38, 0.5), -np.pi / 2 + np.pi / 5)
+        outer = shapes.star(r, r * rng.uniform(0.38, 0.5))
     elif name == 'cross':
-        w = r * rng.uniform(0.28, 0.38)
-        outer = np.array([[-w, -r], [w, -r], [w, -w], [r, -w], [r, w], [w, w], [w, r], [-w, r],
-                          [-w, w], [-r, w], [-r, -w], [-w, -w]], float)
+        outer = shapes.cross(r, r * rng.uniform(0.28, 0.38))
     elif name == 'arrow':
         w, head = r * 0.25, r * 0.1
         outer = np.array([[-r, -w], [head, -w], [head, -2.2 * w], [r, 0], [head, 2.2 * w],
@@ -81,9 +74,8 @@ def _polygons(name: str, r: float, rng: np.random.Generator):
         raise ValueError(name)
     if name not in ('circle', 'ring'):  # (a rotated hole stays inside its shape)
         angle = rng.uniform(0, 2 * np.pi)
-        rot = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
-        outer = outer @ rot
-        hole = None if hole is None else hole @ rot
+        outer = shapes.rotate(outer, angle)
+        hole = None if hole is None else shapes.rotate(hole, angle)
     return outer, hole
 
 

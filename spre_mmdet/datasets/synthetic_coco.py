@@ -26,6 +26,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from . import shapes
+
 __all__ = ['CLASSES', 'generate_synthetic_coco', 'render_image', 'dataset_fingerprint']
 
 #: Category names; category ids are ``index + 1``.
@@ -48,42 +50,27 @@ _GENERATOR_VERSION = 1    # bump when the rendering changes (part of the fingerp
 # --------------------------------------------------------------------------------------------
 # shapes (all as polygons in continuous pixel coordinates, pixel (i, j) covers [j, j+1]x[i, i+1])
 # --------------------------------------------------------------------------------------------
-def _regular(n: int, r: float, phase: float) -> np.ndarray:
-    t = phase + 2 * np.pi * np.arange(n) / n
-    return np.stack([r * np.cos(t), r * np.sin(t)], 1)
-
-
 def _shape_polygon(name: str, size: float, rng: np.random.Generator) -> np.ndarray:
     """Polygon (K, 2) centred at the origin with bounding extent about ``size`` pixels."""
     r = size / 2.0
-    rot = rng.uniform(0, 2 * np.pi)
+    rot = rng.uniform(0, 2 * np.pi)  # drawn for every shape: the circle's keeps the draw order
     if name == 'circle':
-        pts = _regular(64, r, 0.0)
-        rot = 0.0
-    elif name == 'ellipse':
-        ratio = rng.uniform(0.4, 0.65)
-        pts = _regular(64, r, 0.0) * np.array([1.0, ratio])
+        return shapes.regular(64, r)
+    if name == 'ellipse':
+        pts = shapes.ellipse(r, rng.uniform(0.4, 0.65), 64)
     elif name == 'square':
         aspect = rng.uniform(0.8, 1.25)   # squares and mildly rectangular boxes
-        pts = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float) * r * 0.75
-        pts *= np.array([aspect, 1 / aspect])
+        pts = shapes.square(r * 0.75) * np.array([aspect, 1 / aspect])
     elif name == 'triangle':
-        pts = _regular(3, r, -np.pi / 2)
+        pts = shapes.regular(3, r, -np.pi / 2)
         pts[:, 1] += r * 0.25
     elif name == 'star':
-        outer = _regular(5, r, -np.pi / 2)
-        inner = _regular(5, r * rng.uniform(0.4, 0.5), -np.pi / 2 + np.pi / 5)
-        pts = np.empty((10, 2))
-        pts[0::2], pts[1::2] = outer, inner
+        pts = shapes.star(r, r * rng.uniform(0.4, 0.5))
     elif name == 'cross':
-        w = rng.uniform(0.28, 0.4)
-        a, b = r, r * w
-        pts = np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a],
-                        [-b, b], [-a, b], [-a, -b], [-b, -b]], float)
+        pts = shapes.cross(r, r * rng.uniform(0.28, 0.4))
     else:  # pragma: no cover
         raise ValueError(name)
-    c, s = np.cos(rot), np.sin(rot)
-    return pts @ np.array([[c, s], [-s, c]])
+    return shapes.rotate(pts, rot)
 
 
 # --------------------------------------------------------------------------------------------
