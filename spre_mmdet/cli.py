@@ -5,7 +5,6 @@ import os.path as osp
 import sys
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .allocator import reuse_freed_memory
 from .errors import DatasetError, DatasetNotFoundError, SpreMMDetError
 
 _TOY_COCO_HINT = 'python tools/make_toy_coco.py'
@@ -16,9 +15,7 @@ _COCO_KEYS = ('images', 'annotations', 'categories')
 
 def run_tool(main: Callable[[], Any]) -> None:
     """Run a tool's ``main``; print a :class:`~spre_mmdet.errors.SpreMMDetError` as one
-    ``ERROR: ...`` message (no traceback) and exit with status 1. Freed tensor memory is kept
-    for reuse first (:func:`~spre_mmdet.allocator.reuse_freed_memory`)."""
-    reuse_freed_memory()
+    ``ERROR: ...`` message (no traceback) and exit with status 1."""
     try:
         main()
     except SpreMMDetError as e:

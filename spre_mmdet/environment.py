@@ -1,14 +1,18 @@
-"""What a result was measured in: package versions, torch build, threads, CPU.
+"""What a result was measured in: the one environment record of every tool and benchmark.
 
 Training from scratch on CPU is bit-exact only for a fixed software stack, thread count and CPU
-instruction set (docs/reproducibility.md): a figure without this record cannot be compared.
-:func:`collect_environment` gathers it as a JSON-serialisable dict and
-:func:`write_environment` stores it (``tools/demo.py`` writes ``environment.json`` next to its
-results).
+instruction set (docs/reproducibility.md), and a GPU timing means nothing without the device,
+driver and sparse-kernel libraries: a figure without this record cannot be compared.
 
-mmengine's ``collect_env`` is not used: it runs compilers in subprocesses and leaves out
-numpy, pycocotools, the distribution that provides ``cv2`` and the thread settings, which are
-exactly what the toy figures depend on.
+:func:`collect_environment` is mmengine's ``collect_env`` (Python, compiler, the torch build and
+its compiling details, torchvision, OpenCV, MMEngine, the GPUs and NVCC), made JSON-serialisable,
+plus what the figures depend on and it leaves out: the thread settings and the environment
+variables that set them, the versions of numpy, pycocotools, mmcv (and whether its ops are
+compiled), mmdet and the distribution that provides ``cv2``, the CPU model and instruction set,
+and on CUDA each device's name, compute capability and memory, the driver, cuDNN, cuSPARSELt and
+whether the device can run 2:4 sparse tensor-core kernels. :func:`write_environment` stores it
+(``tools/demo.py`` and the sweep write ``environment.json`` next to their results) and
+:func:`summary_line` gives its one-line form.
 """
 from __future__ import annotations
 
@@ -16,34 +20,43 @@ import importlib
 import json
 import os
 import platform
+import shutil
+import subprocess
+import sys
+import warnings
 from importlib import metadata
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
-from . import allocator
-
-__all__ = ['DISTRIBUTIONS', 'THREAD_ENV_VARS', 'PACKAGE_ENV_VARS', 'collect_environment',
+__all__ = ['DISTRIBUTIONS', 'ENV_VARS', 'collect_environment', 'nvidia_smi', 'summary_line',
            'write_environment']
 
 #: Installed distributions whose version is recorded (``None`` when not installed). Several
 #: opencv distributions provide the same ``cv2`` module; all are listed so a mix shows up.
 DISTRIBUTIONS = (
-    'torch', 'torchvision', 'mmcv', 'mmcv-lite', 'mmengine', 'mmdet', 'mmpretrain', 'numpy',
-    'opencv-python', 'opencv-python-headless', 'opencv-contrib-python',
-    'opencv-contrib-python-headless', 'pycocotools', 'scipy', 'shapely', 'pillow',
-    'matplotlib', 'spre-mmdet')
+    'torch', 'torchvision', 'triton', 'mmcv', 'mmcv-lite', 'mmengine', 'mmdet', 'mmpretrain',
+    'numpy', 'opencv-python', 'opencv-python-headless', 'opencv-contrib-python',
+    'opencv-contrib-python-headless', 'pycocotools', 'scipy', 'shapely', 'pillow', 'matplotlib',
+    'nvidia-cusparselt-cu12', 'nvidia-cusparselt-cu13', 'spre-mmdet')
 
-#: Environment variables that change thread counts or the CPU code paths of torch/oneDNN/MKL.
-THREAD_ENV_VARS = (
+#: Environment variables that set thread counts or the CPU/GPU code paths of torch, oneDNN,
+#: MKL and cuBLAS (``None`` in the record when unset).
+ENV_VARS = (
     'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'NUMEXPR_NUM_THREADS',
     'OMP_DYNAMIC', 'OMP_PROC_BIND', 'KMP_AFFINITY', 'KMP_BLOCKTIME', 'MKL_CBWR',
     'MKL_ENABLE_INSTRUCTIONS', 'ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA',
     'CUDA_VISIBLE_DEVICES', 'CUBLAS_WORKSPACE_CONFIG', 'PYTHONHASHSEED')
 
-#: Environment variables that turn this package's CPU kernels off (which changes how SpRe's
-#: fused fold sums its scale gradients: the last bits of a norm_eval run) or its malloc settings
-#: (which change only the time).
-PACKAGE_ENV_VARS = ('SPRE_MMDET_NATIVE', 'SPRE_MMDET_MALLOC', 'MALLOC_MMAP_THRESHOLD_',
-                    'MALLOC_TRIM_THRESHOLD_')
+#: mmengine ``collect_env`` entries left out: not the environment (the global numpy RNG state)
+_DROPPED = ('numpy_random_seed',)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as a JSON type (numpy scalars to Python ones, anything else to ``str``)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, 'item'):
+        return value.item()
+    return str(value)
 
 
 def _dist_version(name: str) -> Optional[str]:
@@ -59,6 +72,23 @@ def _module_version(name: str) -> Optional[str]:
     except Exception:  # noqa: BLE001  (a broken install is recorded as missing)
         return None
     return getattr(module, '__version__', '?')
+
+
+def _mmengine_record() -> Dict[str, Any]:
+    """mmengine's ``collect_env``; where mmengine is not installed (the GPU check needs only
+    torch), or it fails, its first entries from the interpreter and torch."""
+    try:
+        from mmengine.utils.dl_utils import collect_env
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # distutils' deprecation
+            record = collect_env()
+    except Exception as e:  # noqa: BLE001
+        import torch
+        return {'sys.platform': sys.platform, 'Python': sys.version.replace('\n', ''),
+                'CUDA available': torch.cuda.is_available(), 'PyTorch': torch.__version__,
+                'MMEngine': _module_version('mmengine'),
+                'collect_env': f'not available ({type(e).__name__}: {e})'}
+    return {key: _plain(value) for key, value in record.items() if key not in _DROPPED}
 
 
 def _cpu_model() -> str:
@@ -79,40 +109,38 @@ def _usable_cpus() -> Optional[int]:
         return os.cpu_count()
 
 
-def _torch_info() -> Dict[str, Any]:
+def _cpu_capability() -> Optional[str]:
+    import torch
     try:
-        import torch
-    except ImportError:
-        return dict(version=None)
-    info: Dict[str, Any] = dict(
+        return torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # pragma: no cover - older torch
+        return None
+
+
+def _torch_info() -> Dict[str, Any]:
+    import torch
+    return dict(
         version=torch.__version__,
         # the build: '+cpu' wheels have no CUDA runtime, the standard wheel carries one even when
         # it runs on CPU; the two builds do not give bit-identical CPU results
         cuda_build=torch.version.cuda,
         git_version=getattr(torch.version, 'git_version', None),
-        cuda_available=torch.cuda.is_available(),
-        num_threads=torch.get_num_threads(),
-        num_interop_threads=torch.get_num_interop_threads(),
         mkl_available=torch.backends.mkl.is_available(),
         mkldnn_available=torch.backends.mkldnn.is_available(),
-        deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
-    )
-    try:
-        info['cpu_capability'] = torch.backends.cpu.get_cpu_capability()
-    except AttributeError:  # pragma: no cover - older torch
-        info['cpu_capability'] = None
-    if info['cuda_available']:
-        info['devices'] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        info['cudnn'] = torch.backends.cudnn.version()
-    return info
+        deterministic_algorithms=torch.are_deterministic_algorithms_enabled())
 
 
-def _opencv_info() -> Dict[str, Any]:
+def _threads() -> Dict[str, Any]:
+    """The thread counts in use now (the environment variables are in ``env``)."""
+    import torch
+    info: Dict[str, Any] = dict(torch=torch.get_num_threads(),
+                                torch_interop=torch.get_num_interop_threads(), opencv=None)
     try:
         import cv2
+        info['opencv'] = cv2.getNumThreads()
     except Exception:  # noqa: BLE001
-        return dict(version=None)
-    return dict(version=cv2.__version__, num_threads=cv2.getNumThreads())
+        pass
+    return info
 
 
 def _mmcv_info() -> Dict[str, Any]:
@@ -128,26 +156,112 @@ def _mmcv_info() -> Dict[str, Any]:
     return info
 
 
-def collect_environment() -> Dict[str, Any]:
-    """Everything a toy-set figure depends on, as a JSON-serialisable dict."""
-    import numpy as np
+def nvidia_smi() -> Optional[Dict[str, str]]:
+    """The first GPU's name, driver, clocks, power limit and temperature from ``nvidia-smi``
+    (``None`` if it is not installed or fails)."""
+    exe = shutil.which('nvidia-smi')
+    if exe is None:
+        return None
+    fields = ('name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,'
+              'power.limit,temperature.gpu,persistence_mode')
+    try:
+        out = subprocess.run([exe, f'--query-gpu={fields}', '--format=csv,noheader'],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = out.strip().splitlines()[0] if out.strip() else ''
+    return dict(zip(fields.split(','), (v.strip() for v in first.split(','))))
+
+
+def _driver_api_version() -> Optional[str]:
+    """The CUDA driver API version (``cuDriverGetVersion``), e.g. ``'13.0'``."""
+    import ctypes
+    try:
+        lib = ctypes.CDLL('libcuda.so.1')
+        value = ctypes.c_int()
+        if lib.cuDriverGetVersion(ctypes.byref(value)) != 0:
+            return None
+        return f'{value.value // 1000}.{value.value % 1000 // 10}'
+    except (OSError, AttributeError):
+        return None
+
+
+def _cuda_info() -> Optional[Dict[str, Any]]:
+    """Devices, driver and CUDA libraries; ``None`` without CUDA."""
+    import torch
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # torch's warning when a driver is missing
+        if not torch.cuda.is_available():
+            return None
+    cslt = getattr(torch.backends, 'cusparselt', None)
+    cslt_ok = bool(cslt is not None and cslt.is_available())
+    devices: List[Dict[str, Any]] = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        devices.append(dict(
+            name=props.name, capability=f'{props.major}.{props.minor}',
+            total_memory_gib=round(props.total_memory / 2 ** 30, 2),
+            multiprocessors=props.multi_processor_count,
+            l2_cache_mib=round(getattr(props, 'L2_cache_size', 0) / 2 ** 20, 1) or None,
+            # 2:4 sparse tensor cores: Ampere (sm80) and newer, through cuSPARSELt or CUTLASS
+            sparse_tensor_cores=(props.major, props.minor) >= (8, 0)))
+    smi = nvidia_smi()
     return dict(
-        python=platform.python_version(),
+        runtime=torch.version.cuda, driver=smi.get('driver_version') if smi else None,
+        driver_api=_driver_api_version(), cudnn=torch.backends.cudnn.version(),
+        cusparselt_available=cslt_ok, cusparselt=cslt.version() if cslt_ok else None,
+        cusparselt_max_alg_id=(cslt.get_max_alg_id()
+                               if cslt_ok and hasattr(cslt, 'get_max_alg_id') else None),
+        cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+        matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+        devices=devices, nvidia_smi=smi)
+
+
+def collect_environment(device: Optional[str] = None) -> Dict[str, Any]:
+    """Everything a figure depends on, as a JSON-serialisable dict (see the module docstring):
+    mmengine's ``collect_env`` entries (``'Python'``, ``'PyTorch'``, ``'GPU 0'``, ...) and
+    ``platform``, ``cpu``, ``threads``, ``env``, ``torch``, ``mmcv``, ``mmdet``, ``numpy``,
+    ``pycocotools``, ``opencv``, ``distributions`` and ``cuda`` (``None`` without CUDA).
+    ``device``, if given, is recorded as the device the figures were measured on."""
+    import numpy as np
+    record = _mmengine_record()
+    record.update(
         platform=platform.platform(),
-        machine=platform.machine(),
-        cpu=dict(model=_cpu_model(), logical_cpus=os.cpu_count(), usable_cpus=_usable_cpus()),
+        python=platform.python_version(),
+        cpu=dict(model=_cpu_model(), machine=platform.machine(), logical_cpus=os.cpu_count(),
+                 usable_cpus=_usable_cpus(), capability=_cpu_capability()),
+        threads=_threads(),
+        env={name: os.environ.get(name) for name in ENV_VARS},
         torch=_torch_info(),
         mmcv=_mmcv_info(),
-        mmengine=_module_version('mmengine'),
         mmdet=_module_version('mmdet'),
         numpy=np.__version__,
-        opencv=_opencv_info(),
         pycocotools=_dist_version('pycocotools'),
+        opencv=_module_version('cv2'),
         distributions={name: _dist_version(name) for name in DISTRIBUTIONS},
-        env={name: os.environ.get(name) for name in THREAD_ENV_VARS + PACKAGE_ENV_VARS},
-        # what spre_mmdet.allocator set in this process (None: glibc's defaults or the user's)
-        malloc=allocator.applied_setting(),
+        cuda=_cuda_info(),
     )
+    if device is not None:
+        record['device'] = str(device)
+    return record
+
+
+def summary_line(env: Dict[str, Any]) -> str:
+    """A :func:`collect_environment` record in one line: versions, threads, CPU, and where
+    there is CUDA the GPU (the recorded ``device``'s, else the first) and its driver."""
+    threads = env['threads']['torch']
+    line = (f'python {env["python"]}, torch {env["torch"]["version"]} ({threads} thread'
+            f'{"s" if threads != 1 else ""}), mmcv {env["mmcv"]["version"]}, '
+            f'mmdet {env["mmdet"]}, numpy {env["numpy"]}, opencv {env["opencv"]}, '
+            f'{env["cpu"]["model"]} ({env["cpu"]["capability"]})')
+    cuda = env.get('cuda')
+    if cuda and cuda['devices']:
+        recorded = str(env.get('device') or '')
+        index = int(recorded.split(':')[1]) if recorded.startswith('cuda:') else 0
+        device = cuda['devices'][min(index, len(cuda['devices']) - 1)]
+        line += (f', {device["name"]} sm{device["capability"]}, CUDA {cuda["runtime"]}, '
+                 f'driver {cuda["driver"] or cuda["driver_api"]}')
+    return line
 
 
 def write_environment(path: str, **extra: Any) -> Dict[str, Any]:

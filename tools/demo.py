@@ -28,7 +28,7 @@ REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 sys.path.insert(0, REPO)
 
 from spre_mmdet.cli import run_tool  # noqa: E402
-from spre_mmdet.environment import write_environment  # noqa: E402
+from spre_mmdet.environment import summary_line, write_environment  # noqa: E402
 
 CONFIG = 'configs/toy/mask_rcnn_r18_spre_2x4_toy.py'
 DATA = 'data/toy_coco'
@@ -67,13 +67,7 @@ def main():
     # the tools below run with this interpreter and inherit this process's environment
     env_path = osp.join(args.work_dir, 'environment.json')
     env = write_environment(osp.join(REPO, env_path))
-    threads = env['torch']['num_threads']
-    env_line = (f'python {env["python"]}, torch {env["torch"]["version"]} ({threads} thread'
-                f'{"s" if threads != 1 else ""}), mmcv {env["mmcv"]["version"]}, '
-                f'mmdet {env["mmdet"]}, numpy {env["numpy"]}, opencv {env["opencv"]["version"]}, '
-                f'{env["cpu"]["model"]} ({env["torch"]["cpu_capability"]}), '
-                f'{env["malloc"] or "the default malloc settings"}')
-    print(f'environment: {env_line}')
+    print(f'environment: {summary_line(env)}')
 
     step('1/6 synthetic COCO dataset')
     run(['tools/make_toy_coco.py', '--out', DATA])
@@ -120,7 +114,7 @@ def main():
           'sparse layers valid):')
     print(f'  bbox mAP {metrics["coco/bbox_mAP"]:.3f} (AP50 {metrics["coco/bbox_mAP_50"]:.3f})'
           f'   segm mAP {metrics["coco/segm_mAP"]:.3f} (AP50 {metrics["coco/segm_mAP_50"]:.3f})')
-    print(f'Measured in: {env_line}')
+    print(f'Measured in: {summary_line(env)}')
     print('Artefacts:')
     for name, path in [
             ('environment record', env_path),

@@ -1,9 +1,10 @@
 """Dense vs 2:4 sparse tensor-core benchmark of detector layers (used by
-``tools/benchmark_sparse.py``). Plain torch except :mod:`.detector` (mmdet loading).
+``tools/benchmark_sparse.py`` and ``tools/analysis_tools/gpu_check.py``). Plain torch except
+:mod:`.detector` (mmdet loading).
 
-Training-side benchmarks, run as modules (``python -m spre_mmdet.benchmark.<name>``):
-:mod:`.train_cost` (training step, FLOPs, peak RSS and deploy time per method; mmdet),
-:mod:`.mask_speed` (mask refresh cost) and :mod:`.lbc_memory` (LBC score memory)."""
+The training-side benchmarks are scripts of the checkout, ``tools/analysis_tools/``:
+``train_cost.py`` (training step, FLOPs, peak RSS and deploy time per method),
+``mask_speed.py`` (mask refresh cost) and ``lbc_memory.py`` (LBC score memory)."""
 from .gemm import (BACKENDS, GemmLayer, conv_weight_to_gemm, forced_backend, gemm_dims,
                    im2col_nhwc, resolve_backend, shape_constraints)
 from .layers import (LayerCheck, candidate_reason, capture_input_shapes, check_layers,
@@ -13,8 +14,7 @@ from .report import (CSV_COLUMNS, JSON_KEYS, build_report, format_e2e_table, for
 from .runner import (DTYPES, TOLERANCES, bench_end_to_end, bench_layer_cuda, check_layer_cpu,
                      compare, compare_outputs, dispatch_decisions, layer_calls, speedups,
                      tolerance_text)
-from .timing import (NEEDS_GPU, cuda_time, environment_info, sparse_support, summarize,
-                     time_interleaved)
+from .timing import NEEDS_GPU, cuda_time, sparse_support, summarize, time_interleaved
 
 __all__ = [
     'BACKENDS', 'GemmLayer', 'conv_weight_to_gemm', 'forced_backend', 'gemm_dims', 'im2col_nhwc',
@@ -24,5 +24,5 @@ __all__ = [
     'write_all', 'write_csv', 'write_json', 'write_plot', 'DTYPES', 'TOLERANCES',
     'bench_end_to_end', 'bench_layer_cuda', 'check_layer_cpu', 'compare', 'compare_outputs',
     'dispatch_decisions', 'layer_calls', 'speedups', 'tolerance_text', 'NEEDS_GPU', 'cuda_time',
-    'environment_info', 'sparse_support', 'summarize', 'time_interleaved'
+    'sparse_support', 'summarize', 'time_interleaved'
 ]

@@ -20,12 +20,13 @@ import time
 
 import torch
 
+from ..environment import collect_environment
 from ..errors import ConfigError
 from ..sparsity import SparseLayerRecord
 from ..sparsity.nm import nm_mask
 from . import (DTYPES, GemmLayer, bench_end_to_end, bench_layer_cuda, build_report,
                capture_input_shapes, check_layer_cpu, check_layers, compare_outputs,
-               dispatch_decisions, environment_info, format_checks, format_e2e_table,
+               dispatch_decisions, format_checks, format_e2e_table,
                format_layer_table, layer_calls, resolve_backend, sparse_support, speedups,
                tolerance_text, write_all)
 from .detector import SCOPE_PREFIXES, SCOPES, load_detector, make_inputs, scope_runners
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
             trt = 'TensorRT path skipped: the tensorrt Python package is not importable.'
         print(trt)
 
-    meta = environment_info(run_device)
+    meta = dict(device=str(run_device), environment=collect_environment(run_device))
     meta.update(config=args.config, checkpoint=osp.basename(args.checkpoint),
                 input_size=[h, w], batch_size=args.batch_size,
                 dtype=args.dtype if can_time else 'fp32 (cpu reference)', backend=backend,

@@ -1,8 +1,6 @@
-"""GPU timing (CUDA events, median and IQR), interleaved wall-clock timing of several
-workloads, and the environment a timing was taken in."""
-import shutil
+"""GPU timing (CUDA events, median and IQR) and interleaved wall-clock timing of several
+workloads (the environment a timing was taken in: :mod:`spre_mmdet.environment`)."""
 import statistics
-import subprocess
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -23,46 +21,6 @@ def sparse_support(device: str) -> Tuple[bool, Optional[str]]:
         name = torch.cuda.get_device_name(torch.device(device))
         return False, f'{name} has compute capability {major}.{minor}: {NEEDS_GPU}'
     return True, None
-
-
-def _nvidia_smi() -> Optional[dict]:
-    exe = shutil.which('nvidia-smi')
-    if exe is None:
-        return None
-    fields = ('name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,'
-              'power.limit,temperature.gpu,persistence_mode')
-    try:
-        out = subprocess.run([exe, f'--query-gpu={fields}', '--format=csv,noheader'],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    first = out.strip().splitlines()[0] if out.strip() else ''
-    return dict(zip(fields.split(','), (v.strip() for v in first.split(','))))
-
-
-def environment_info(device: str) -> Dict[str, object]:
-    """Library versions, device, clocks (``nvidia-smi`` if present)."""
-    import mmengine
-    info = dict(torch=torch.__version__, cuda=torch.version.cuda, device=str(device),
-                mmengine=mmengine.__version__)
-    try:
-        import mmdet
-        info['mmdet'] = mmdet.__version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        info['cudnn'] = torch.backends.cudnn.version()
-        cslt = getattr(torch.backends, 'cusparselt', None)
-        info['cusparselt_available'] = bool(cslt is not None and cslt.is_available())
-        info['cusparselt'] = cslt.version() if info['cusparselt_available'] else None
-        if str(device).startswith('cuda'):
-            dev = torch.device(device)
-            info['device_name'] = torch.cuda.get_device_name(dev)
-            info['compute_capability'] = '%d.%d' % torch.cuda.get_device_capability(dev)
-        info['nvidia_smi'] = _nvidia_smi()
-    else:
-        info['device_name'] = 'cpu'
-    return info
 
 
 def summarize(samples_ms) -> Dict[str, float]:
