@@ -1,4 +1,5 @@
-"""spre_mmdet.sweep: the grid, the statistics, resumable running and the report."""
+"""tools/analysis_tools/sweep.py and its sweep_lib: the grid, the statistics, resumable running
+and the report."""
 import json
 import math
 
@@ -6,10 +7,10 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from spre_mmdet.sweep import classification_grid, detection_grid, paired_difference, summarize
-from spre_mmdet.sweep import run as sweep_run
-from spre_mmdet.sweep.grid import METHODS, parse_pattern
-from spre_mmdet.sweep.report import kernel_positions, write_report
+from sweep_lib import classification_grid, detection_grid, paired_difference, summarize
+from sweep_lib import run as sweep_run
+from sweep_lib.grid import METHODS, parse_pattern
+from sweep_lib.report import kernel_positions, write_report
 
 
 def test_grid_has_dense_once_per_seed_and_every_method_pattern_seed():
@@ -26,8 +27,12 @@ def test_grid_has_dense_once_per_seed_and_every_method_pattern_seed():
 
 
 def test_every_method_config_exists(repo_root):
-    """Each method of the grid runs a shipped config."""
-    for config in METHODS.values():
+    """Each method of the grid runs a shipped config of the checkout the tool is part of."""
+    from sweep_lib.grid import DETECTION_METHODS, TOY_METHODS
+    assert sweep_run.repo_root() == str(repo_root)
+    configs = [*METHODS.values(), *TOY_METHODS.values(),
+               *(c for pair in DETECTION_METHODS.values() for c in pair)]
+    for config in configs:
         assert (repo_root / config).is_file(), config
 
 

@@ -2,8 +2,8 @@
 """The method comparison where N:M sparsity binds: a reproducible multi-seed sweep.
 
     python tools/make_toy_cls.py --out data/toy_cls
-    python tools/sweep.py --out work_dirs/sweep                       # classification grid
-    python tools/sweep.py --out work_dirs/sweep_det --task det        # two-stage detection
+    python tools/analysis_tools/sweep.py --out work_dirs/sweep                # classification
+    python tools/analysis_tools/sweep.py --out work_dirs/sweep_det --task det # two-stage det.
 
 Classification: {dense, unstructured, srste, spre, lbc, spre_lbc} x {2:4, 1:4, 1:8, 1:16} x
 seeds, ResNet-10 on the synthetic classification set (configs/toy/cls/). Detection: {dense,
@@ -14,21 +14,19 @@ default), with step time, peak memory and deploy checks. Every cell is one run o
 shared initial weights; finished cells are kept in OUT/results.jsonl, so an interrupted sweep
 continues where it stopped (a detection cell whose stage 1 finished resumes at stage 2). Writes OUT/summary.md (mean ± std [95% interval] per cell, paired
 differences), OUT/accuracy_vs_sparsity.png and, for classification, the per-kernel-position
-analysis of the final deploy kernels (OUT/kernel_positions.{png,json}).
+analysis of the final deploy kernels (OUT/kernel_positions.{png,json}). The grid, the runs,
+the statistics and the report are the package ``sweep_lib`` next to this script.
 """
 import argparse
 import os.path as osp
-import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from spre_mmdet.cli import check_dataset_paths, run_tool  # noqa: E402
-from spre_mmdet.sweep import (DETECTION_METHODS, METHODS, TOY_METHODS,  # noqa: E402
-                              classification_grid, detection_grid, toy_grid)
-from spre_mmdet.sweep.grid import parse_pattern  # noqa: E402
-from spre_mmdet.sweep.report import deploy_kernels, write_report  # noqa: E402
-from spre_mmdet.sweep.run import repo_root, run_grid  # noqa: E402
+from spre_mmdet.cli import check_dataset_paths, run_tool
+from sweep_lib import (DETECTION_METHODS, METHODS, TOY_METHODS, classification_grid,
+                       detection_grid, toy_grid)
+from sweep_lib.grid import parse_pattern
+from sweep_lib.report import deploy_kernels, write_report
+from sweep_lib.run import finished, repo_root, run_grid
 
 #: the methods whose final deploy kernels the per-kernel-position analysis compares
 ANALYSED = ('unstructured', 'srste', 'spre')
@@ -72,7 +70,6 @@ def main(argv=None):
     cells = dict(cls=classification_grid, det=detection_grid, toy=toy_grid)[args.task](**kwargs)
     started = time.time()
     if args.report_only:
-        from spre_mmdet.sweep.run import finished
         done = finished(args.out)
         records = [done[c.name] for c in cells if c.name in done]
     else:
@@ -84,7 +81,6 @@ def main(argv=None):
         print(f'{len(cells)} cells, {args.jobs} at a time with {args.threads} thread(s) each; '
               f'results in {osp.join(args.out, "results.jsonl")}', flush=True)
         from tqdm import tqdm
-        from spre_mmdet.sweep.run import finished
         done = finished(args.out)
         bar = tqdm(total=len(cells), desc='sweep', unit='run',
                    initial=sum(1 for c in cells if c.name in done and not done[c.name].get('error')))

@@ -6,7 +6,8 @@ initial weights are written once and loaded by every method of that seed), so a 
 what a user would run. :mod:`.grid` defines the cells, :mod:`.run` runs them (in parallel
 processes, resumable: finished cells are kept in ``results.jsonl``), :mod:`.stats` aggregates
 (mean, spread, paired differences with 95% intervals) and :mod:`.report` writes the table, the
-plots and the per-kernel-position analysis. ``tools/sweep.py`` is the command line.
+plots and the per-kernel-position analysis. ``tools/analysis_tools/sweep.py`` is the command
+line; it imports this folder as a package from its own directory.
 """
 from .grid import (DETECTION_METHODS, METHODS, TOY_METHODS, Cell, classification_grid,
                    detection_grid, toy_grid)

@@ -1,4 +1,7 @@
-"""Running the cells: one ``tools/train.py`` process per run, a few at a time, resumable."""
+"""Running the cells: one ``tools/train.py`` process per run, a few at a time, resumable.
+
+The configs and ``tools/train.py`` are the checkout's (this folder is part of it); the runs
+import the installed ``spre_mmdet``."""
 import json
 import os
 import os.path as osp
@@ -18,7 +21,9 @@ RESULTS = 'results.jsonl'
 
 
 def repo_root() -> str:
-    return osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    """The checkout this tool is part of (``tools/analysis_tools/sweep_lib/`` is three levels
+    below it): the shipped configs and ``tools/train.py`` are found there."""
+    return osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
 def write_initial_weights(config: str, seed: int, path: str) -> str:
@@ -29,7 +34,7 @@ def write_initial_weights(config: str, seed: int, path: str) -> str:
         return path
     from mmengine.config import Config
     from mmengine.runner import set_random_seed
-    from ..deploy import build_model
+    from spre_mmdet.deploy import build_model
     set_random_seed(seed)
     model = build_model(Config.fromfile(osp.join(repo_root(), config)))
     model.init_weights()
@@ -88,9 +93,7 @@ def _train(config: str, work_dir: str, options: List[str], threads: int) -> dict
         if done.get('run') == what:
             return done['result']
         os.remove(done_file)  # a different run's: this one starts over
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join(p for p in (repo_root(), os.environ.get('PYTHONPATH'))
-                                          if p))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     command = [sys.executable, osp.join(repo_root(), 'tools', 'train.py'),
                osp.join(repo_root(), config), '--work-dir', work_dir, '--cfg-options', *options]
     started = time.time()
@@ -118,8 +121,8 @@ def deploy_summary(work_dir: str) -> Optional[dict]:
     path = osp.join(work_dir, 'deploy', 'deploy.pth')
     if not osp.isfile(path):
         return None
-    from ..checkpoint import safe_torch_load
-    from ..sparsity import SparseLayerRecord, check_nm_tensor
+    from spre_mmdet.checkpoint import safe_torch_load
+    from spre_mmdet.sparsity import SparseLayerRecord, check_nm_tensor
     checkpoint = safe_torch_load(path)
     state = checkpoint['state_dict']
     records = [SparseLayerRecord.from_dict(r) for r in checkpoint['meta']['sparse_layers']]

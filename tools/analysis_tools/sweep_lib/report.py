@@ -130,9 +130,10 @@ def kernel_positions(deploy_model: torch.nn.Module, prefix: str = 'backbone.laye
 def deploy_kernels(record: dict) -> dict:
     """:func:`kernel_positions` of a finished classification cell's final checkpoint."""
     from mmengine.config import Config
-    from ..checkpoint import load_checkpoint_checked
-    from ..deploy import build_model
-    from ..sparsity import reparameterize
+    from spre_mmdet.checkpoint import load_checkpoint_checked
+    from spre_mmdet.deploy import build_model
+    from spre_mmdet.sparsity import reparameterize
+
     from .run import repo_root
     cfg = Config.fromfile(osp.join(repo_root(), METHODS[record['method']]))
     cfg.model.backbone.sparsity.update(n=record['n'], m=record['m'])
