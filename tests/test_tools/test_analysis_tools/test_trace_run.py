@@ -1,17 +1,14 @@
-"""spre_mmdet.tracing (tools/trace_run.py): digests and the comparison of two traces (no training)."""
+"""tools/analysis_tools/trace_run.py: digests and the comparison of two traces (no training)."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope='module')
 def tr():
-    from spre_mmdet import tracing
-    return tracing
+    import trace_run
+    return trace_run
 
 
 def test_state_digest_sees_one_ulp(tr):
@@ -53,3 +50,11 @@ def test_compare(tr, tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'first differing module output #1 of 2: b' in out
     assert 'iter 2: differs in' in out and 'loss' in out
+
+
+def test_the_command_line_compares_and_needs_a_config(tr, tmp_path, capsys):
+    a = _trace(tmp_path / 'a.json', [1.0], ['s1'])
+    assert tr.main(['--compare', a, a]) == 0
+    assert 'identical over 1 iterations' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tr.main([])  # CONFIG is required unless --compare is given

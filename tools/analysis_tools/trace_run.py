@@ -1,6 +1,8 @@
-"""Fingerprint the first iterations of a training run, to find where two environments diverge.
+"""Fingerprint the first iterations of a training run, or compare two such traces, to find
+where two environments diverge.
 
-    python tools/trace_run.py CONFIG --iters 10 --out trace.json [--cfg-options ...]
+    python tools/analysis_tools/trace_run.py CONFIG --iters 10 --out trace.json [--cfg-options ...]
+    python tools/analysis_tools/trace_run.py --compare A.json B.json
 
 Builds the runner exactly as tools/train.py does, trains ``--iters`` iterations and stops
 (no checkpoint, no validation). Records, per iteration: a SHA-256 of the batch as the model
@@ -10,7 +12,8 @@ initial weights and of the decoded dataset images. Two traces from the same conf
 line by line (``--compare A.json B.json``): the first differing entry is the first point of
 divergence (data, initial weights, forward/backward numerics, ...). For the first iteration the
 output of every module's forward is fingerprinted too, in call order, which names the first
-layer whose numerics differ.
+layer whose numerics differ. The trace also holds the environment it was taken in
+(:func:`spre_mmdet.environment.collect_environment`).
 """
 import argparse
 import hashlib
@@ -180,7 +183,7 @@ def compare(a_path, b_path):
     return 0
 
 
-def main():
+def main(argv=None):
     from mmengine.config import DictAction
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('config', nargs='?')
@@ -189,7 +192,7 @@ def main():
     p.add_argument('--work-dir', default=None)
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     p.add_argument('--compare', nargs=2, metavar=('A', 'B'), help='compare two traces')
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.compare:
         return compare(*args.compare)
     if not args.config:
