@@ -24,6 +24,7 @@ from mmpretrain.registry import MODELS
 
 import spre_mmdet  # noqa: F401  (the hooks, the safe checkpoint loading and the core)
 from .errors import ConfigError
+from .models.sparse_pretrained import SparsePretrainedInit
 from .models.sparse_resnet import SparseResNetMixin
 
 #: mmpretrain's ResNet depths plus ResNet-10 (one BasicBlock per stage), small enough for the
@@ -41,6 +42,25 @@ class _ClassificationSparsity(SparseResNetMixin):
                               '(stochastic depth around sparse blocks is untested); set it to 0.')
         super().__init__(*args, **kwargs)
         self._setup_sparsity(sparsity)
+
+    def init_weights(self):
+        """As :meth:`SparseResNetMixin.init_weights`. mmpretrain's ResNet zeroes the last BN of
+        every block (``zero_init_residual``) after any ``init_cfg`` but ``Pretrained``; a
+        ``SparsePretrained`` backbone is loaded too, so its BNs are kept the same way."""
+        if not _loads_sparse_pretrained(self.init_cfg):
+            return super().init_weights()
+        zero_init_residual, self.zero_init_residual = self.zero_init_residual, False
+        try:
+            return super().init_weights()
+        finally:
+            self.zero_init_residual = zero_init_residual
+
+
+def _loads_sparse_pretrained(init_cfg) -> bool:
+    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    return any(isinstance(cfg, dict) and cfg.get('type') in ('SparsePretrained',
+                                                             SparsePretrainedInit)
+               for cfg in cfgs)
 
 
 @MODELS.register_module()

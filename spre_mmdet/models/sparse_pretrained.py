@@ -3,15 +3,20 @@
 ``init_cfg=dict(type='SparsePretrained', checkpoint=PATH, prefix='backbone.')`` on a sparse
 ResNet loads the backbone of a sparse checkpoint (an ImageNet stage checkpoint of this package,
 or an imported reference checkpoint) with its masks, S, extra branches, both BNs and LBC state,
-so that nothing is re-initialized. Unlike mmengine's ``Pretrained``, which loads what fits and
-warns about the rest, it refuses a checkpoint that does not fit the config (naming the keys and
-the likely cause), a dense checkpoint (start from dense weights with ``Pretrained`` instead:
-the masks are then derived from the weights), and masks of another N:M pattern.
+so that nothing is re-initialized. ``SparsePretrained`` is a weight initializer in mmengine's
+``WEIGHT_INITIALIZERS`` registry (:class:`SparsePretrainedInit`), used like mmengine's
+``Pretrained``. Unlike ``Pretrained``, which loads what fits and warns about the rest, it
+refuses a checkpoint that does not fit the config (naming the keys and the likely cause), a
+dense checkpoint (start from dense weights with ``Pretrained`` instead: the masks are then
+derived from the weights), and masks of another N:M pattern.
 """
 import os
 from typing import Dict
 
 import torch
+from mmengine.logging import print_log
+from mmengine.model.weight_init import update_init_info
+from mmengine.registry import WEIGHT_INITIALIZERS  # the root registry: mmdet and mmpretrain
 from torch import nn
 
 from ..checkpoint import load_state_checked, state_dict_of
@@ -36,13 +41,13 @@ def backbone_state(checkpoint: Dict, prefix: str, source: str) -> Dict[str, torc
     return found
 
 
-def _pattern_problems(model: nn.Module, n: int, m: int):
-    """Loaded masks that are not exactly this model's N:M (a checkpoint of another pattern)."""
+def _pattern_problems(model: nn.Module):
+    """Loaded masks that are not exactly their layer's N:M (a checkpoint of another pattern)."""
     for name, layer in sparse_layers(model):
         learner = layer.sparsity
         if learner.needs_init or not learner.is_final:
             continue
-        mask = learner.mask
+        n, m, mask = learner.n, learner.m, learner.mask
         check = check_nm_tensor(mask, n, m)
         if not check.ok:
             yield f'{name}: {check.explain()}'
@@ -56,6 +61,12 @@ def _pattern_problems(model: nn.Module, n: int, m: int):
 def load_sparse_pretrained(model: nn.Module, checkpoint: str, prefix: str = 'backbone.',
                            map_location: str = 'cpu') -> None:
     """Load the sparse backbone in ``checkpoint`` into the sparse ResNet ``model``.
+
+    Args:
+        model: the sparse ResNet (any module with the checkpoint's keys under ``prefix``).
+        checkpoint: path or URL of the checkpoint.
+        prefix: the part of the checkpoint's keys before the model's keys.
+        map_location: where to load the tensors.
 
     Raises:
         CheckpointError: the checkpoint is dense, or its masks are of another N:M.
@@ -78,9 +89,37 @@ def load_sparse_pretrained(model: nn.Module, checkpoint: str, prefix: str = 'bac
             'are then derived from the weights); for the two-stage pipeline give the checkpoint '
             'of the sparse ImageNet (classification) stage.')
     load_state_checked(model, state, source=checkpoint)
-    problems = list(_pattern_problems(model, model.n, model.m))
+    problems = list(_pattern_problems(model))
     if problems:
         raise CheckpointMismatchError(
             f'Checkpoint {checkpoint} holds masks of another N:M pattern than the config\'s '
-            f'{model.n}:{model.m} ({len(problems)} layers, e.g. {problems[0]}). Set '
-            'sparsity.n / sparsity.m to the pattern the checkpoint was trained with.')
+            f'({len(problems)} layers, e.g. {problems[0]}). Set sparsity.n / sparsity.m to the '
+            'pattern the checkpoint was trained with.')
+
+
+@WEIGHT_INITIALIZERS.register_module(name='SparsePretrained')
+class SparsePretrainedInit:
+    """Weight initializer ``SparsePretrained``: :func:`load_sparse_pretrained` into the module
+    whose ``init_cfg`` names it.
+
+    mmengine runs its own ``Pretrained`` after the children's ``init_weights`` and every other
+    initializer, this one included, before them: give it to the module whose weights it loads
+    (the backbone), whose children do not initialize themselves.
+
+    Args:
+        checkpoint: path or URL of a sparse run's checkpoint.
+        prefix: the part of the checkpoint's keys before the module's keys.
+        map_location: where to load the tensors.
+    """
+
+    def __init__(self, checkpoint: str, prefix: str = 'backbone.', map_location: str = 'cpu'):
+        self.checkpoint = checkpoint
+        self.prefix = prefix
+        self.map_location = map_location
+
+    def __call__(self, module: nn.Module) -> None:
+        load_sparse_pretrained(module, self.checkpoint, self.prefix, self.map_location)
+        print_log(f'{type(module).__name__}: loaded the sparse backbone of {self.checkpoint} '
+                  '(masks, branches and BNs included)', logger='current')
+        if hasattr(module, '_params_init_info'):  # set while a BaseModule initializes
+            update_init_info(module, init_info=f'SparsePretrained: load from {self.checkpoint}')

@@ -8,7 +8,6 @@ from mmdet.registry import MODELS
 from mmengine.logging import print_log
 
 from ..errors import ConfigError
-from .sparse_pretrained import load_sparse_pretrained
 from ..sparsity import (InterspaceDeployConv2d, SpReBatchNorm2d, check_nm, check_sparsity_options,
                         interspace_incompatibility, refresh_masks,
                         sparse_layers, sparsify_residual_block, spre_pairs)
@@ -159,27 +158,18 @@ class SparseResNetMixin:
             yield from getattr(self, layer_name)
 
     def init_weights(self):
-        """Initialize (or load) the weights, then derive what depends on them.
+        """Initialize (or load) the weights as the dense ResNet does, then derive what depends
+        on them.
 
-        ``init_cfg=dict(type='SparsePretrained', checkpoint=..., prefix='backbone.')`` loads a
-        sparse run's backbone with everything it learned (see
-        :func:`~spre_mmdet.models.sparse_pretrained.load_sparse_pretrained`); any other
-        ``init_cfg`` runs as in the dense ResNet. SpRe's branch (``rep_bn``'s gamma) starts at
-        ``rep_gamma`` wherever it was not loaded from a sparse checkpoint, and at 0 in every
-        channel whose main BN starts at gamma 0 (``zero_init_residual``), so that the branch
-        starts switched off exactly where the main branch does: no asymmetry with a plain N:M
-        network.
+        The weight initializer ``init_cfg=dict(type='SparsePretrained', checkpoint=...,
+        prefix='backbone.')`` loads a sparse run's backbone with everything it learned (see
+        :class:`~spre_mmdet.models.sparse_pretrained.SparsePretrainedInit`). SpRe's branch
+        (``rep_bn``'s gamma) starts at ``rep_gamma`` wherever it was not loaded from a sparse
+        checkpoint, and at 0 in every channel whose main BN starts at gamma 0
+        (``zero_init_residual``), so that the branch starts switched off exactly where the main
+        branch does: no asymmetry with a plain N:M network.
         """
-        init_cfg = self.init_cfg if isinstance(self.init_cfg, dict) else {}
-        if init_cfg.get('type') == 'SparsePretrained':
-            options = {k: v for k, v in init_cfg.items() if k != 'type'}
-            load_sparse_pretrained(self, **options)
-            self._is_init = True
-            print_log(f'{type(self).__name__}: loaded the sparse backbone of '
-                      f'{init_cfg.get("checkpoint")} (masks, branches and BNs included)',
-                      logger='current')
-        else:
-            super().init_weights()
+        super().init_weights()
         if self.sparsity_cfg['spre'] is not None and not self.sparsity_cfg['deploy']:
             rep_gamma = self.sparsity_cfg['spre'].get('rep_gamma', 0.0)
             for block in self._all_blocks():

@@ -5,6 +5,7 @@ from mmdet.registry import MODELS
 
 from spre_mmdet.checkpoint import load_state_checked, resnet_layout
 from spre_mmdet.errors import CheckpointMismatchError
+from spre_mmdet.sparsity import nm_mask, refresh_masks, sparse_layers
 
 
 def backbone(depth=18, **sparsity):
@@ -24,9 +25,20 @@ def test_sparse_checkpoint_of_the_same_config_loads_exactly():
 
 
 def test_dense_checkpoint_loads_and_masks_are_derived():
-    """A dense ResNet checkpoint fits a sparse model whose extra state is derived from it."""
-    dense = MODELS.build(dict(type='ResNet', depth=18))
-    load_state_checked(backbone(), dense.state_dict(), 'dense.pth')
+    """A dense ResNet checkpoint fits a sparse model; at the next refresh every mask becomes the
+    magnitude 2:4 mask of the loaded weight (not the one of the model's own init)."""
+    torch.manual_seed(0)
+    dense = MODELS.build(dict(type='ResNet', depth=18)).state_dict()
+    model = backbone()
+    before = {name: layer.sparsity.mask.clone() for name, layer in sparse_layers(model)}
+    load_state_checked(model, dense, 'dense.pth')
+    refresh_masks(model, 0)
+    assert len(before) == 19
+    for name, layer in sparse_layers(model):
+        weight = dense[f'{name}.weight']
+        assert torch.equal(layer.weight, weight), name
+        assert torch.equal(layer.sparsity.mask, nm_mask(weight, 2, 4)), name
+        assert not torch.equal(layer.sparsity.mask, before[name]), name
 
 
 def test_spre_checkpoint_into_srste_config_names_the_branch():

@@ -2,9 +2,11 @@
 sparse checkpoint to the detection backbone (SparsePretrained)."""
 import pytest
 import torch
-from mmengine.registry import MODELS
+from mmengine.model import initialize
+from mmengine.registry import MODELS, WEIGHT_INITIALIZERS
 
 import spre_mmdet.classification  # noqa: F401  (registers NMResNet into mmpretrain)
+from spre_mmdet.models import SparsePretrainedInit
 from spre_mmdet.errors import CheckpointError, CheckpointMismatchError
 from spre_mmdet.sparsity import SpReBatchNorm2d, check_nm_tensor, sparse_layers, spre_pairs
 
@@ -95,6 +97,34 @@ def test_sparse_pretrained_loads_masks_s_branch_and_both_bns(stage1):
               if k.startswith('backbone.')}
     for key, value in det.state_dict().items():
         assert torch.equal(value, source[key]), key
+
+
+def test_sparse_pretrained_is_a_registered_weight_initializer(stage1):
+    """'SparsePretrained' is built from mmengine's WEIGHT_INITIALIZERS and loads like any
+    initializer through mmengine's ``initialize``."""
+    model, path = stage1
+    init = WEIGHT_INITIALIZERS.build(dict(type='SparsePretrained', checkpoint=str(path)))
+    assert isinstance(init, SparsePretrainedInit) and init.prefix == 'backbone.'
+    det = detection_backbone(sparsity=dict(n=2, m=4, spre=dict()))
+    initialize(det, dict(type='SparsePretrained', checkpoint=str(path), prefix='backbone.'))
+    for key, value in det.state_dict().items():
+        assert torch.equal(value, model.state_dict()['backbone.' + key]), key
+
+
+def test_sparse_pretrained_classification_backbone_keeps_the_loaded_bns(stage1):
+    """An mmpretrain NMResNet (zero_init_residual=True by default) given SparsePretrained keeps
+    the loaded last BN of each block, as mmpretrain does for Pretrained."""
+    model, path = stage1
+    loaded = classifier(dict(type='NMResNet', depth=18, zero_init_residual=True,
+                             sparsity=dict(n=2, m=4, spre=dict(rep_gamma=1.0)),
+                             init_cfg=dict(type='SparsePretrained', checkpoint=str(path),
+                                           prefix='backbone.')))
+    assert loaded.backbone.zero_init_residual
+    source = model.state_dict()
+    assert not torch.equal(source['backbone.layer1.0.bn2.weight'],
+                           torch.zeros_like(source['backbone.layer1.0.bn2.weight']))
+    for key, value in loaded.backbone.state_dict().items():
+        assert torch.equal(value, source['backbone.' + key]), key
 
 
 @pytest.mark.parametrize('sparsity, error, phrase', [
