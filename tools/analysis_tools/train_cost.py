@@ -17,11 +17,12 @@ Same detector, same fixed synthetic batch, same optimizer for every variant:
 * **deploy**: ``reparameterize`` of each sparse variant (after its timed steps) versus the dense
   model: state-dict keys/shapes and parameter count, and ``predict`` time (interleaved, median).
 
-    python -m spre_mmdet.benchmark.train_cost --arch r50 --img-size 512 --batch 2
-    python -m spre_mmdet.benchmark.train_cost --arch r18 --img-size 128 --batch 4  # the toy model
+    python tools/analysis_tools/train_cost.py --arch r50 --img-size 512 --batch 2
+    python tools/analysis_tools/train_cost.py --arch r18 --img-size 128 --batch 4  # the toy model
 
-``--json OUT`` writes everything measured. Config paths are relative to the repository root
-(the configs are not part of the installed package).
+``--json OUT`` writes everything measured, with the environment it was measured in
+(:func:`spre_mmdet.environment.collect_environment`). The configs are this checkout's (found
+relative to this script, from any working directory).
 """
 import argparse
 import copy
@@ -37,11 +38,11 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..allocator import reuse_freed_memory
-from .detector import load_config, load_detector
-from .timing import time_interleaved
+from spre_mmdet.benchmark.detector import load_config, load_detector
+from spre_mmdet.benchmark.timing import time_interleaved
+from spre_mmdet.environment import collect_environment, summary_line
 
-#: the repository root: the configs below are relative to it
+#: the checkout this script is part of: the configs below are relative to it
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 CONFIGS = {
@@ -85,7 +86,7 @@ def model_config(arch, variant, interval=None, equal_head_work=False):
         backbone.norm_eval = True
     if 'sparsity' in backbone:
         learner = backbone.sparsity.learner
-        if learner.get('type') == 'lbc':
+        if learner.get('type') in ('lbc', 'LBCMask'):
             learner.t_i, learner.t_f = 0, 1000  # mid-removal during the timed steps
         elif interval is not None and 'interval' in learner:
             learner.interval = interval
@@ -233,26 +234,21 @@ def memory_child(args):
 
 
 def memory_command(args, variant) -> List[str]:
-    """The command of the fresh process measuring ``variant``'s memory (this module, run from
-    the repository root so that it imports this checkout's package)."""
-    cmd = [sys.executable, '-m', 'spre_mmdet.benchmark.train_cost',
-           '--arch', args.arch, '--img-size', str(args.img_size), '--batch', str(args.batch),
+    """The command of the fresh process measuring ``variant``'s memory (this script)."""
+    cmd = [sys.executable, osp.abspath(__file__), '--arch', args.arch, '--img-size', str(args.img_size), '--batch', str(args.batch),
            '--threads', str(args.threads), '--mem-steps', str(args.mem_steps),
            '--memory-child', variant]
     if args.interval is not None:
         cmd += ['--interval', str(args.interval)]
     if args.equal_head_work:
         cmd.append('--equal-head-work')
-    if args.default_malloc:
-        cmd.append('--default-malloc')
     return cmd
 
 
 def measure_memory(args, variants):
     out = {}
     for variant in variants:
-        proc = subprocess.run(memory_command(args, variant), cwd=ROOT, capture_output=True,
-                              text=True)
+        proc = subprocess.run(memory_command(args, variant), capture_output=True, text=True)
         line = [l for l in proc.stdout.splitlines() if l.startswith('MEMORY ')]
         if proc.returncode != 0 or not line:
             raise RuntimeError(f'memory run of {variant} failed:\n{proc.stderr[-3000:]}')
@@ -297,7 +293,7 @@ def _count(least: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='python -m spre_mmdet.benchmark.train_cost',
+    parser = argparse.ArgumentParser(prog='python tools/analysis_tools/train_cost.py',
                                      description=__doc__.splitlines()[0])
     parser.add_argument('--arch', choices=list(CONFIGS), default='r50')
     parser.add_argument('--variants', nargs='+', default=['dense', 'srste', 'spre', 'lbc',
@@ -320,9 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
                              'backward, optimizer step, mask refresh): the part the sparse '
                              'methods change, without the RoI heads, whose work depends on '
                              'each variant\'s proposals')
-    parser.add_argument('--default-malloc', action='store_true',
-                        help="keep glibc's default malloc settings (the tools keep freed "
-                             'memory for reuse: spre_mmdet.allocator)')
     parser.add_argument('--no-memory', action='store_true')
     parser.add_argument('--json', help='write the results here')
     parser.add_argument('--memory-child', help=argparse.SUPPRESS)
@@ -439,14 +432,14 @@ def format_report(result: dict, infer_rounds: int) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     args = build_parser().parse_args(argv)
-    allocator = None if args.default_malloc else reuse_freed_memory()  # as the tools run
     if args.memory_child:
         return memory_child(args)
     torch.set_num_threads(args.threads)
-    print(f'Mask R-CNN {args.arch.upper()}-FPN, batch {args.batch} x {args.img_size}^2, '
-          f'{torch.get_num_threads()} threads, torch {torch.__version__}, '
-          f'{allocator or "the default malloc settings"}', flush=True)
+    environment = collect_environment('cpu')
+    print(f'Mask R-CNN {args.arch.upper()}-FPN, batch {args.batch} x {args.img_size}^2; '
+          f'{summary_line(environment)}', flush=True)
     result = measure(args)
+    result['environment'] = environment
     result['ratios'] = pair_ratios(result['variants'])
     print(format_report(result, args.infer_rounds))
     if args.json:
