@@ -1,11 +1,11 @@
-"""The LBC score-memory count (spre_mmdet.benchmark.lbc_memory) against the real LBC layer."""
+"""The LBC score-memory count (tools/analysis_tools/lbc_memory.py) against the real LBC layer."""
 import math
 
+import lbc_memory
 import pytest
 import torch
 from torch import nn
 
-from spre_mmdet.benchmark import lbc_memory
 from spre_mmdet.sparsity import SparseConv2d
 
 
@@ -17,7 +17,7 @@ def test_score_bytes_of_one_conv_are_those_of_the_lbc_layer(shape, n, m):
     groups = math.prod(shape) // m
     assert count * 4 == math.comb(m, n) * groups * 4
     conv = nn.Conv2d(shape[1], shape[0], shape[2:], bias=False)
-    scores = SparseConv2d.from_dense(conv, 'lbc', n, m).sparsity.scores
+    scores = SparseConv2d.from_dense(conv, 'LBCMask', n, m).sparsity.scores
     assert scores.dtype == torch.float32
     assert scores.numel() * scores.element_size() == count * 4
 
@@ -46,3 +46,12 @@ def test_main_prints_one_row_per_pattern(capsys):
     out = capsys.readouterr().out
     assert [row['pattern'] for row in rows] == ['2:4', '1:16']
     assert '| 2:4 | 6 | 52 | 23.45M |' in out and '| 1:16 | 16 | 52 |' in out
+
+
+def test_time_names_each_refresh_by_the_subsets_it_leaves(capsys):
+    """--time times one conv's forward+backward under both learners and LBC's refreshes: the
+    schedule's first step (6 -> 5 subsets at 2:4), a jump, and a refresh without removal."""
+    lbc_memory.main(['--nm', '2:4', '--time'])
+    out = capsys.readouterr().out
+    for label in ('2:4 srste ', '2:4 lbc ', 'lbc refresh 6 -> 5', 'lbc refresh (no removal)'):
+        assert label in out, label

@@ -1,8 +1,10 @@
-"""The mask-refresh benchmark (spre_mmdet.benchmark.mask_speed): structure only, no timings."""
+"""The mask-refresh benchmark (tools/analysis_tools/mask_speed.py): structure only, no timings."""
+import json
+
+import mask_speed
 import pytest
 import torch
 
-from spre_mmdet.benchmark import mask_speed
 from spre_mmdet.sparsity import nm_mask, sparse_layers, spatial_mask
 
 
@@ -29,43 +31,33 @@ def test_workloads_do_the_work_they_are_named_after():
     assert set(workloads.run) == set(mask_speed.WORK)
     assert workloads.facts['layers'] == 19 and workloads.facts['spatial_layers'] == 16
     models = workloads.models
-    for method, work in (('srste', 'srste'), ('spre', 'spre'), ('srste', 'srste_eager'),
-                         ('spre', 'spre_eager'), ('spre', 'spre_two_pass')):
+    for method in ('srste', 'spre'):
         for _, layer in sparse_layers(models[method]):
-            with torch.no_grad():  # through .data: only a forced refresh sees it
-                layer.weight.data.copy_(torch.randn_like(layer.weight))
-        workloads.run[work]()
+            with torch.no_grad():
+                layer.weight.copy_(torch.randn_like(layer.weight))
+        workloads.run[method]()
         for _, layer in sparse_layers(models[method]):
             assert torch.equal(layer.sparsity.mask, nm_mask(layer.weight, 2, 4))
             if hasattr(layer, 'spatial'):
                 assert torch.equal(layer.spatial, spatial_mask(layer.weight, 2, 4))
-    hints = [module.threshold_hint for module in models['spre'].modules()
-             if hasattr(module, 'threshold_hint')]
-    workloads.setup['spre_two_pass']()
-    assert all(hint.key is None for hint in hints)  # as at a first refresh
-    workloads.run['spre_two_pass']()
-    assert all(hint.key is not None for hint in hints)
-    weights = [layer.weight.clone() for _, layer in sparse_layers(models['spre'])]
-    workloads.setup['spre']()  # the optimizer-like step: every weight scaled by 1 + STEP
-    for before, (_, layer) in zip(weights, sparse_layers(models['spre'])):
-        assert torch.allclose(layer.weight, before * (1 + mask_speed.STEP), rtol=1e-6, atol=0)
-    one_pass, total = workloads.facts['s_one_pass']
-    workloads.run['spre']()
-    # the threshold stayed in the window: every S in one pass
-    assert workloads.facts['s_one_pass'] == [one_pass + 16, total + 16]
     lbc = [layer.sparsity for _, layer in sparse_layers(models['lbc'])]
+
+    def survivors():
+        counts = {int(count) for learner in lbc for count in learner.alive.sum(1)}
+        assert len(counts) == 1  # the same number of subsets alive in every group
+        return counts.pop()
+
     for name, before, after in (('lbc_removal', 6, 5), ('lbc_last_removal', 2, 1),
                                 ('lbc_between', 5, 5)):
         workloads.setup[name]()
-        assert all(learner._survivors == before for learner in lbc), name
+        assert survivors() == before, name
         masks = [learner.mask.clone() for learner in lbc]
         workloads.run[name]()
-        assert all(learner._survivors == after for learner in lbc), name
-        assert all(int(learner.alive.sum()) == after * len(learner.alive) for learner in lbc)
+        assert survivors() == after, name
         changed = sum(int((learner.mask != mask).sum()) for learner, mask in zip(lbc, masks))
         assert (changed > 0) == (name == 'lbc_last_removal'), name
     workloads.setup['lbc_removal']()
-    assert all(learner._survivors == 6 for learner in lbc)
+    assert survivors() == 6
 
 
 def test_main_prints_a_table_per_arch(capsys, tmp_path):
@@ -83,3 +75,6 @@ def test_main_prints_a_table_per_arch(capsys, tmp_path):
     for label in mask_speed.WORK.values():
         assert f'| {label} |' in out
     assert out.startswith('R18 layer1-4: 19 convs')
+    written = json.loads((tmp_path / 'out.json').read_text())
+    assert written['results'][0]['ms'] == result['ms']
+    assert written['environment']['torch']['version'] == torch.__version__

@@ -1,15 +1,15 @@
 """Memory of LBC's subset scores for ResNet-50's N:M-able convs (docs/methods/lbc.md).
 
 Counts the convs of mmdet's ``ResNet(depth=50)`` layers 1-4 whose in-channels divide by M
-(1x1, 3x3 and downsample; the stem stays dense; shapes from
-:func:`spre_mmdet.benchmark.mask_speed.resnet_conv_shapes`, which a test checks against mmdet)
+(1x1, 3x3 and downsample; the stem stays dense; shapes from ``resnet_conv_shapes`` of
+``mask_speed.py`` next to this script, which a test checks against mmdet)
 and prints, per N:M pattern, the fp32 memory of the weights, of LBC's scores
 (``groups x C(M, N)``), of the ``alive`` (bool) and ``mask`` (bool) buffers, and of the
 optimizer state the scores add.
 
-    python -m spre_mmdet.benchmark.lbc_memory                 # 2:4 and 4:8
-    python -m spre_mmdet.benchmark.lbc_memory --nm 1:4 2:8    # other patterns
-    python -m spre_mmdet.benchmark.lbc_memory --time          # also time LBC vs SR-STE on one
+    python tools/analysis_tools/lbc_memory.py                 # 2:4 and 4:8
+    python tools/analysis_tools/lbc_memory.py --nm 1:4 2:8    # other patterns
+    python tools/analysis_tools/lbc_memory.py --time          # also time LBC vs SR-STE on one
                                                               # 3x3 conv (CPU)
 """
 import argparse
@@ -18,9 +18,8 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from mask_speed import resnet_conv_shapes
 from torch import nn
-
-from .mask_speed import resnet_conv_shapes
 
 MB = 2 ** 20
 
@@ -68,13 +67,13 @@ def time_layer(n, m, repeats=5):
     and the time of LBC refreshes: one removal step, several subsets at once, none (CPU,
     fp32)."""
     from spre_mmdet.sparsity import SparseConv2d
-    import spre_mmdet.sparsity.lbc  # noqa: F401  (registers 'lbc')
     torch.manual_seed(0)
     x = torch.randn(2, 256, 32, 32)
     results = {}
-    for method, kwargs in (('srste', {}), ('lbc', dict(t_i=0, t_f=100))):
+    for method, learner_type, kwargs in (('srste', 'SRSTEMask', {}),
+                                         ('lbc', 'LBCMask', dict(t_i=0, t_f=100))):
         conv = nn.Conv2d(256, 256, 3, padding=1, bias=False)
-        layer = SparseConv2d.from_dense(conv, method, n, m, **kwargs)
+        layer = SparseConv2d.from_dense(conv, learner_type, n, m, **kwargs)
         layer.refresh(0)
         layer(x).sum().backward()  # warm-up
         start = time.perf_counter()
@@ -86,15 +85,16 @@ def time_layer(n, m, repeats=5):
             learner = layer.sparsity
             with torch.no_grad():  # trained-like: distinct scores
                 learner.scores.copy_(torch.rand(learner.scores.shape))
-            # the first step of the schedule (one subset fewer per group: the fused step on
-            # CPU), then a jump to iteration 30 (several at once: every group ranked in full)
+            # the first step of the schedule (one subset fewer per group), then a jump to
+            # iteration 30 (several at once)
             step = next(it for it in range(1, 100) if learner.survivors(it) < learner.num_subsets)
+            def alive():  # subsets alive per group
+                return int(learner.alive.sum(1).max())
             for iteration in (step, 30):
-                before = learner._survivors
+                before = alive()
                 start = time.perf_counter()
                 layer.refresh(iteration)
-                results[f'lbc refresh {before} -> {learner._survivors}'] = \
-                    (time.perf_counter() - start) * 1e3
+                results[f'lbc refresh {before} -> {alive()}'] = (time.perf_counter() - start) * 1e3
             start = time.perf_counter()
             layer.refresh(30)  # no removal: the common case
             results['lbc refresh (no removal)'] = (time.perf_counter() - start) * 1e3
@@ -103,7 +103,7 @@ def time_layer(n, m, repeats=5):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
-    parser = argparse.ArgumentParser(prog='python -m spre_mmdet.benchmark.lbc_memory',
+    parser = argparse.ArgumentParser(prog='python tools/analysis_tools/lbc_memory.py',
                                      description=__doc__.split('\n')[0])
     parser.add_argument('--nm', nargs='+', default=['2:4', '4:8'], help='patterns, e.g. 2:4')
     parser.add_argument('--time', action='store_true', help='also time one layer on CPU')

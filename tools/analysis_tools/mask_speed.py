@@ -5,29 +5,24 @@ the work one training iteration asks of the masks is timed:
 
 * **SR-STE**: ``refresh_masks`` recomputing every magnitude N:M mask;
 * **SpRe**: the same with SpRe's branch on every k x k conv, i.e. the N:M masks plus each
-  k x k conv's spatial mask ``S``: after an optimizer-like step (the weights scaled by
-  ``1 +- STEP``, which moves each layer's unstructured threshold by the median move measured
-  in SGD training), and without the last threshold (the first refresh, or after a jump);
+  k x k conv's spatial mask ``S``;
 * **LBC**: a refresh at a step of the removal schedule (one subset per group removed, subset
   scores random as after some training): the first (all subsets alive, no mask changes) and
   the last (two subsets left, most masks change), and one between steps (nothing to remove);
 
-each of the first two also on the eager PyTorch reference (the fused CPU kernels of
-``spre_mmdet.sparsity.native`` turned off), against two yardsticks: **one clone** of the same
-weights (memory speed) and a **naive top-k** mask (``topk`` over rows of ``M``, as one would
-write it first). Every round times each
+against two yardsticks: **one clone** of the same weights (memory speed) and a **naive top-k**
+mask (``topk`` over rows of ``M``, as one would write it first). Every round times each
 variant once, in rotating order, in one process, so load from other processes hits all of them
-alike; the report gives medians over rounds, of the times and of the per-round ratios.
-The weights never change between rounds, so every refresh is forced (``forget_mask_sources``):
-a training run would skip layers whose weight did not change.
+alike; the report gives medians over rounds, of the times and of the per-round ratios, and
+``--json`` adds the environment they were measured in
+(:func:`spre_mmdet.environment.collect_environment`).
 
-    python -m spre_mmdet.benchmark.mask_speed --arch r18 r50 [--n 2 --m 4 --repeats 5]
+    python tools/analysis_tools/mask_speed.py --arch r18 r50 [--n 2 --m 4 --repeats 5]
 
 Plain PyTorch (no mmdet): the conv shapes are those of mmdet's ``ResNet`` (checked by a test).
+``lbc_memory.py`` next to this script imports :func:`resnet_conv_shapes`.
 """
 import argparse
-import contextlib
-import itertools
 import json
 import statistics
 from dataclasses import dataclass
@@ -36,12 +31,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..sparsity import native
-from ..sparsity import (SparseConv2d, forget_mask_sources, from_groups, refresh_masks,
-                        sparse_layers, sparsify_layer, to_groups)
-from ..sparsity.lbc import LBCMask, cubic_survivors
-from ..sparsity.spre import SpReConv2d
-from .timing import synchronize, time_interleaved
+from spre_mmdet.benchmark.timing import synchronize, time_interleaved
+from spre_mmdet.environment import collect_environment
+from spre_mmdet.sparsity import (SparseConv2d, from_groups, refresh_masks, sparse_layers,
+                                 sparsify_layer, to_groups)
+from spre_mmdet.sparsity.lbc import LBCMask
 
 #: depth -> (block kind, blocks per stage)
 ARCHS = {
@@ -56,20 +50,11 @@ WORK = {
     'clone': 'one clone of the weights',
     'topk': 'naive top-k N:M masks',
     'srste': 'SR-STE refresh (all N:M masks)',
-    'srste_eager': 'SR-STE refresh, eager reference',
-    'spre': 'SpRe refresh (N:M masks + S), after a step',
-    'spre_two_pass': 'SpRe refresh, S without the last threshold',
-    'spre_eager': 'SpRe refresh, eager reference',
+    'spre': 'SpRe refresh (N:M masks + S)',
     'lbc_removal': 'LBC step with a removal (first: K to K - 1 subsets)',
     'lbc_last_removal': 'LBC step with a removal (last: 2 subsets to 1)',
     'lbc_between': 'LBC step without removal',
 }
-
-
-#: relative move of the weights (and so of S's threshold) before each timed SpRe refresh: the
-#: median move of the threshold per step in SGD training (R-18, toy classification, lr 0.05:
-#: 3e-4; docs/methods/spre.md)
-STEP = 3e-4
 
 
 def resnet_conv_shapes(arch: str, base_channels: int = 64) -> List[Tuple[str, Tuple[int, ...]]]:
@@ -107,18 +92,19 @@ class _ConvNorm(nn.Module):
 def build_layers(arch: str, method: str, n: int, m: int, base_channels: int = 64,
                  seed: int = 0, device: str = 'cpu') -> nn.ModuleList:
     """The sparse layers of :func:`resnet_conv_shapes` (nn.Conv2d's default init, seeded):
-    ``'srste'`` and ``'lbc'`` (``t_i=0, t_f=1000``) learners on every conv, or ``'spre'``:
-    SR-STE with SpRe's branch on every k x k conv (as ``SparseResNet`` does)."""
+    ``'srste'`` (:class:`SRSTEMask`) and ``'lbc'`` (:class:`LBCMask`, ``t_i=0, t_f=1000``)
+    learners on every conv, or ``'spre'``: SR-STE with SpRe's branch on every k x k conv (as
+    ``SparseResNet`` does)."""
     torch.manual_seed(seed)
     layers = nn.ModuleList()
     for _, shape in resnet_conv_shapes(arch, base_channels):
         pair = _ConvNorm(shape)
         if method == 'spre' and shape[2] * shape[3] > 1:
-            sparsify_layer(pair, 'conv', 'srste', n, m, norm_name='bn')
+            sparsify_layer(pair, 'conv', 'SRSTEMask', n, m, norm_name='bn')
             layers.append(pair)
             continue
         kwargs = dict(t_i=0, t_f=1000) if method == 'lbc' else {}
-        learner = 'srste' if method == 'spre' else method
+        learner = 'LBCMask' if method == 'lbc' else 'SRSTEMask'
         layers.append(SparseConv2d.from_dense(pair.conv, learner, n, m, **kwargs))
     return layers.to(device)
 
@@ -131,18 +117,20 @@ def naive_topk_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return from_groups(keep, weight.shape)
 
 
-def _schedule_iterations(learner: LBCMask) -> Tuple[int, int]:
-    """The first iteration at which the schedule removes a subset, and the first after it at
-    which it removes none."""
-    def survivors(it):
-        return cubic_survivors(it, learner.num_subsets, learner.t_i, learner.t_f)
+def _schedule_iterations(learner: LBCMask) -> Tuple[int, int, int]:
+    """Three iterations of the removal schedule: the first at which it removes a subset, the
+    first after it at which it removes none, and the one at which two subsets are left per
+    group (the last removal follows)."""
     removal = learner.t_i
-    while survivors(removal) == learner.num_subsets:
+    while learner.survivors(removal) == learner.num_subsets:
         removal += 1
     between = removal + 1
-    while survivors(between) != survivors(removal):
+    while learner.survivors(between) != learner.survivors(removal):
         between += 1
-    return removal, between
+    two_left = removal
+    while learner.survivors(two_left) > 2:
+        two_left += 1
+    return removal, between, two_left
 
 
 @dataclass
@@ -176,14 +164,15 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
         for learner in learners:
             learner.scores.copy_(torch.rand(learner.scores.shape, generator=gen))
     synchronize(device)
-    start = [{k: v.clone() for k, v in learner.state_dict().items()} for learner in learners]
-    removal, between = _schedule_iterations(learners[0])
-    lbc_weights = [layer.weight for _, layer in sparse_layers(lbc)]
-    for learner, weight in zip(learners, lbc_weights):  # two subsets left per group
-        learner._keep_best(weight, 2)
-    two_left = [{k: v.clone() for k, v in learner.state_dict().items()} for learner in learners]
-    for learner, state in zip(learners, start):
-        learner.load_state_dict(state)
+    removal, between, two_left = _schedule_iterations(learners[0])
+
+    def snapshot():
+        return [{k: v.clone() for k, v in learner.state_dict().items()} for learner in learners]
+
+    start = snapshot()
+    refresh_masks(lbc, two_left)  # the schedule's state before its last removal
+    before_last = snapshot()
+    iteration = [0]
 
     def clone():
         for weight in weights:
@@ -193,34 +182,11 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
         for weight in weights:
             naive_topk_mask(weight, n, m)
 
-    def forced(model, eager=False):
-        def run():
-            forget_mask_sources(model)
-            with native.disabled() if eager else contextlib.nullcontext():
-                refresh_masks(model, 0)
+    def refresh(model):
+        def run():  # every learner recomputes its mask at each iteration (interval 1)
+            iteration[0] += 1
+            refresh_masks(model, iteration[0])
         return run
-
-    spre_weights = [layer.weight for _, layer in sparse_layers(spre)]
-    hints = [module.threshold_hint for module in spre.modules()
-             if isinstance(module, SpReConv2d)]
-    steps = itertools.cycle((1 + STEP, 1 / (1 + STEP)))
-    s_passes = [0, 0]  # S decided in one pass after a step, of all S after a step
-
-    def optimizer_like_step():  # untimed: S's threshold moves by STEP, the N:M masks do not
-        with torch.no_grad():
-            factor = next(steps)
-            for weight in spre_weights:
-                weight.mul_(factor)
-
-    def spre_after_step():
-        before = sum(hint.one_pass for hint in hints)
-        forced(spre)()
-        s_passes[0] += sum(hint.one_pass for hint in hints) - before
-        s_passes[1] += len(hints)
-
-    def drop_hints():  # untimed: as at the first refresh
-        for hint in hints:
-            hint.key = None
 
     def lbc_removal():
         refresh_masks(lbc, removal)
@@ -235,18 +201,16 @@ def make_workloads(arch: str, n: int, m: int, base_channels: int = 64, seed: int
     def lbc_between():
         refresh_masks(lbc, between)
 
-    run = dict(clone=clone, topk=topk, srste=forced(srste), srste_eager=forced(srste, True),
-               spre=spre_after_step, spre_two_pass=forced(spre), spre_eager=forced(spre, True),
+    lbc_reset()
+    run = dict(clone=clone, topk=topk, srste=refresh(srste), spre=refresh(spre),
                lbc_removal=lbc_removal, lbc_last_removal=lbc_last_removal,
                lbc_between=lbc_between)
-    setup = dict(spre=optimizer_like_step, spre_two_pass=drop_hints, lbc_removal=lbc_reset,
-                 lbc_last_removal=lambda: lbc_reset(two_left),
+    setup = dict(lbc_removal=lbc_reset, lbc_last_removal=lambda: lbc_reset(before_last),
                  lbc_between=lambda: (lbc_reset(), refresh_masks(lbc, removal)))
     facts = dict(arch=arch, n=n, m=m, base_channels=base_channels, layers=len(weights),
                  weights=sum(w.numel() for w in weights),
                  spatial_layers=sum(1 for layer in spre if isinstance(layer, _ConvNorm)),
-                 lbc_iterations=(removal, between), s_one_pass=s_passes,
-                 fused_kernels=torch.device(device).type == 'cpu' and native.library() is not None)
+                 lbc_iterations=(removal, between, two_left))
     return Workloads(run, setup, facts, dict(srste=srste, spre=spre, lbc=lbc))
 
 
@@ -273,10 +237,7 @@ def format_result(result: Dict[str, object]) -> str:
              f'{result["weights"] / 1e6:.2f}M fp32 weights ({result["weights"] * 4 / 1e6:.1f} MB), '
              f'{result["spatial_layers"]} with S under SpRe; {result["n"]}:{result["m"]}, '
              f'{result["device"]}, {result["threads"]} threads, medians of {result["rounds"]} '
-             'interleaved rounds, fused CPU kernels '
-             + ('on' if result['fused_kernels'] else 'off (every row is eager)')
-             + (f'; S after a step decided in one pass {result["s_one_pass"][0]} of '
-                f'{result["s_one_pass"][1]} times' if result['fused_kernels'] else ''),
+             'interleaved rounds',
              '', '| work | ms | / clone | / naive top-k |', '|---|---|---|---|']
     for name, label in WORK.items():
         lines.append(f'| {label} | {result["ms"][name]:.1f} | {result["vs_clone"][name]:.2f} | '
@@ -285,7 +246,8 @@ def format_result(result: Dict[str, object]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='python tools/analysis_tools/mask_speed.py',
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('--arch', nargs='+', choices=list(ARCHS), default=['r18', 'r50'])
     parser.add_argument('--n', type=int, default=2)
     parser.add_argument('--m', type=int, default=4)
@@ -306,7 +268,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
         results.append(result)
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(results, f, indent=1)
+            json.dump(dict(environment=collect_environment(args.device), results=results), f,
+                      indent=1)
     return results
 
 
