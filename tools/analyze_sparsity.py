@@ -26,6 +26,7 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
 import spre_mmdet  # noqa: E402,F401  (must come first: safe weights-only checkpoint loading)
 from spre_mmdet import analysis  # noqa: E402
+from spre_mmdet.checkpoint import state_dict_of  # noqa: E402
 from spre_mmdet.cli import run_tool  # noqa: E402
 from spre_mmdet.errors import CheckpointError  # noqa: E402
 from spre_mmdet.sparsity import check_nm  # noqa: E402
@@ -67,7 +68,7 @@ def load_state_dict(path: str):
                                                  if osp.isdir(path) else ''))
     from mmengine.runner import CheckpointLoader
     checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    return analysis.extract_state_dict(checkpoint)
+    return state_dict_of(checkpoint, f'Checkpoint {path}')
 
 
 def main(argv=None) -> int:

@@ -9,8 +9,8 @@ Modules, by job:
 
 * :mod:`.positions`: the per-position numbers of one conv weight (:func:`analyze_layer`,
   :class:`LayerAnalysis`) and their averages per kernel size (:func:`summarize`);
-* :mod:`.state_dict`: the ``k x k`` convs of a state dict or checkpoint, analysed with the
-  checkpoint's own masks when it has them (:func:`analyze_state_dict`);
+* :mod:`.state_dict`: the ``k x k`` convs of a state dict, analysed with the checkpoint's own
+  masks when it has them (:func:`analyze_state_dict`);
 * :mod:`.tables`: a printed table (:func:`format_table`), ``S`` as JSON and a CSV;
 * :mod:`.plots`: PNG heatmaps (:func:`plot_overview`, :func:`plot_layers`);
 * :mod:`.synthetic`: centre/cross-heavy demo weights (:func:`synthetic_state_dict`).
@@ -21,13 +21,13 @@ from .plots import plot_layers, plot_overview
 from .positions import (AnalysisError, KernelSummary, LayerAnalysis, SkippedLayer, analyze_layer,
                         nm_position_sparsity, position_sparsity, summarize,
                         unstructured_position_sparsity)
-from .state_dict import analyze_state_dict, extract_state_dict, find_kxk_convs, suggest_prefixes
+from .state_dict import analyze_state_dict, find_kxk_convs, suggest_prefixes
 from .synthetic import synthetic_state_dict, synthetic_weight
 from .tables import format_table, write_csv, write_spatial_json
 
 __all__ = [
     'AnalysisError', 'KernelSummary', 'LayerAnalysis', 'SkippedLayer', 'analyze_layer',
-    'analyze_state_dict', 'extract_state_dict', 'find_kxk_convs', 'format_table',
+    'analyze_state_dict', 'find_kxk_convs', 'format_table',
     'nm_position_sparsity', 'plot_layers', 'plot_overview', 'position_sparsity',
     'suggest_prefixes', 'summarize', 'synthetic_state_dict', 'synthetic_weight',
     'unstructured_position_sparsity', 'write_csv', 'write_spatial_json'

@@ -1,4 +1,5 @@
-"""Find the ``k x k`` convs of a state dict or checkpoint and analyse them, no model built.
+"""Find the ``k x k`` convs of a state dict and analyse them, no model built (the state dict of a
+checkpoint file is :func:`spre_mmdet.checkpoint.state_dict_of`).
 
 A sparse layer's extra tensors are found by the names its class registers them under (e.g.
 ``<conv>.sparsity.mask``, ``<conv>.spatial``, ``<conv>.weight_rep``), so the analysis reads a
@@ -15,8 +16,8 @@ from ..sparsity.spre import SpReConv2d
 from .positions import AnalysisError, LayerAnalysis, SkippedLayer, analyze_layer
 
 __all__ = [
-    'MASK_SUFFIX', 'SPATIAL_SUFFIX', 'REP_SUFFIX', 'extract_state_dict', 'find_kxk_convs',
-    'suggest_prefixes', 'analyze_state_dict'
+    'MASK_SUFFIX', 'SPATIAL_SUFFIX', 'REP_SUFFIX', 'find_kxk_convs', 'suggest_prefixes',
+    'analyze_state_dict'
 ]
 
 
@@ -25,23 +26,6 @@ __all__ = [
 MASK_SUFFIX = f'.{SparseLayerMixin.LEARNER}.{MaskLearner.MASK}'
 SPATIAL_SUFFIX = f'.{SpReConv2d.SPATIAL}'
 REP_SUFFIX = f'.{SpReConv2d.REP_WEIGHT}'
-
-
-def extract_state_dict(checkpoint) -> Mapping[str, torch.Tensor]:
-    """The model state dict of an mmengine runner checkpoint, or the plain state dict itself."""
-    if isinstance(checkpoint, Mapping):
-        for key in ('state_dict', 'model', 'module'):
-            inner = checkpoint.get(key)
-            if isinstance(inner, Mapping) and any(
-                    isinstance(v, torch.Tensor) for v in inner.values()):
-                return inner
-        if any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-            return checkpoint
-    raise AnalysisError('The checkpoint holds no state dict: expected an mmengine checkpoint '
-                        "(a dict with 'state_dict') or a plain {name: tensor} state dict, got "
-                        f'{type(checkpoint).__name__}'
-                        + (f" with keys {sorted(checkpoint)[:8]}" if isinstance(checkpoint, Mapping)
-                           else ''))
 
 
 def _is_kxk(tensor) -> bool:

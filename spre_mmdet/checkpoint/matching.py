@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..errors import CheckpointMismatchError
+from ..errors import CheckpointError, CheckpointMismatchError
 
 #: state-dict key fragments that identify a training-time structure, and how a config asks for it
 STRUCTURE_KEYS: Tuple[Tuple[str, str], ...] = (
@@ -155,13 +155,45 @@ def load_state_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
                              unexpected, shapes)
 
 
-def state_dict_of(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
-    """The model state dict inside a loaded checkpoint (a runner checkpoint's ``state_dict``,
-    or a bare state dict), without a ``module.`` (DataParallel/DDP) prefix."""
-    state = checkpoint.get('state_dict', checkpoint)
-    if state and all(k.startswith('module.') for k in state):
-        state = {k[len('module.'):]: v for k, v in state.items()}
-    return dict(state)
+#: where a checkpoint keeps the model's state dict: mmengine's (and most others') ``state_dict``;
+#: ``model`` and ``module`` in some other frameworks' training checkpoints
+STATE_DICT_KEYS = ('state_dict', 'model', 'module')
+
+
+def _holds_tensors(value) -> bool:
+    return isinstance(value, Mapping) and any(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def state_dict_of(checkpoint, source: str = 'The checkpoint') -> Dict[str, torch.Tensor]:
+    """The model state dict inside a loaded checkpoint: the one place every loader, importer and
+    analysis of this package takes it from.
+
+    Args:
+        checkpoint: what ``torch.load`` returned: a training checkpoint (the state dict under
+            one of :data:`STATE_DICT_KEYS`, next to ``meta``, ``optimizer``, ...) or a bare
+            ``{name: tensor}`` state dict.
+        source: how error messages name the checkpoint (e.g. its path).
+
+    Returns:
+        Its tensors (non-tensor entries dropped), without the ``module.`` prefix that
+        DataParallel / DistributedDataParallel put on every key.
+
+    Raises:
+        CheckpointError: if no ``{name: tensor}`` dict is found; the message names what was.
+    """
+    state = next((checkpoint[key] for key in STATE_DICT_KEYS
+                  if isinstance(checkpoint, Mapping) and _holds_tensors(checkpoint.get(key))),
+                 checkpoint)
+    if not _holds_tensors(state):
+        found = (f'a dict with the keys {sorted(map(str, checkpoint))[:8]}'
+                 if isinstance(checkpoint, Mapping) else f'a {type(checkpoint).__name__}')
+        raise CheckpointError(
+            f'{source} holds no state dict: expected a training checkpoint (a dict with '
+            f"'state_dict') or a bare {{name: tensor}} state dict, found {found}.")
+    tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if all(k.startswith('module.') for k in tensors):
+        tensors = {k[len('module.'):]: v for k, v in tensors.items()}
+    return tensors
 
 
 def load_checkpoint_checked(model: nn.Module, path: str,
@@ -170,8 +202,5 @@ def load_checkpoint_checked(model: nn.Module, path: str,
     (:func:`load_state_checked`). Returns the whole checkpoint (``meta`` etc.)."""
     from .safe_load import safe_torch_load
     checkpoint = safe_torch_load(path, map_location=map_location)
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointMismatchError(f'Checkpoint {path} holds a {type(checkpoint).__name__}, '
-                                      'not a state dict: it is not a model checkpoint.')
-    load_state_checked(model, state_dict_of(checkpoint), source=path)
+    load_state_checked(model, state_dict_of(checkpoint, f'Checkpoint {path}'), source=path)
     return checkpoint

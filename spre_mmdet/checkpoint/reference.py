@@ -41,10 +41,11 @@ import torch
 from ..errors import CheckpointError
 from ..sparsity.nm import check_nm, check_nm_tensor, nm_incompatibility, nm_mask, to_groups
 from ..sparsity.spre import spatial_mask
+from .matching import state_dict_of
 
 __all__ = [
     'FORMATS', 'SPRE_REPOSITORY', 'SRSTE_REPOSITORY', 'ReferenceFormatError',
-    'ConvertedCheckpoint', 'extract_state_dict', 'detect_layout', 'detect_depth',
+    'ConvertedCheckpoint', 'detect_layout', 'detect_depth',
     'convert_reference', 'usage_snippets'
 ]
 
@@ -109,39 +110,28 @@ class ConvertedCheckpoint:
 # --------------------------------------------------------------------------------------
 # Reading the input
 # --------------------------------------------------------------------------------------
-def extract_state_dict(checkpoint) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """The model state dict of a reference checkpoint, without DataParallel's ``module.``.
+def _read(checkpoint) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """The model state dict of a reference checkpoint, and the facts about its container.
 
-    Both references save ``{'epoch', 'state_dict', 'optimizer', ...}``; SpRe's ``convert.py``
-    saves the bare state dict. Returns ``(state_dict, container)``: ``container`` holds the
-    top-level scalars and strings next to ``state_dict`` (e.g. ``arch``, ``model``, ``epoch``)
-    and the names of the other top-level entries under ``'keys'``.
+    Both references save ``{'epoch', 'state_dict', 'optimizer', ...}`` (SpRe's with
+    DataParallel's ``module.`` on every key); SpRe's ``convert.py`` saves the bare state dict.
+    Returns ``(state_dict, container)``: the state dict as :func:`~.matching.state_dict_of`
+    gives it; ``container`` holds the top-level scalars and strings next to it (e.g. ``arch``,
+    ``model``, ``epoch``) and the names of all top-level entries under ``'keys'``.
 
     Raises:
         ReferenceFormatError: if no ``{name: tensor}`` dict is found.
     """
-    if not isinstance(checkpoint, Mapping):
-        raise ReferenceFormatError(
-            f'The file holds a {type(checkpoint).__name__}, not a checkpoint dict: give a file '
-            "saved as {'state_dict': ...} or as a bare state dict by SpRe or NM-sparsity.")
+    try:
+        state = state_dict_of(checkpoint, 'The file')
+    except CheckpointError as e:
+        raise ReferenceFormatError(f'{e} Give the checkpoint file SpRe or NM-sparsity saved.'
+                                   ) from None
     container = {'keys': sorted(str(k) for k in checkpoint)}
-    state = checkpoint
-    inner = checkpoint.get('state_dict')
-    if isinstance(inner, Mapping):
-        state = inner
+    if isinstance(checkpoint.get('state_dict'), Mapping):
         container.update({k: v for k, v in checkpoint.items()
                           if isinstance(v, (str, int, float)) and not isinstance(v, bool)})
-    tensors = OrderedDict((str(k), v) for k, v in state.items() if isinstance(v, torch.Tensor))
-    if not tensors:
-        raise ReferenceFormatError(
-            f'No tensors found (top-level keys: {container["keys"][:8]}): give the checkpoint '
-            "file itself ({'state_dict': ...} or a bare state dict).")
-    stripped = OrderedDict()
-    for key, value in tensors.items():
-        # DataParallel (SpRe's imagenet.py) prefixes every key with 'module.'
-        stripped[key[len('module.'):] if key.startswith('module.') else key] = value
-    container['module_prefix'] = any(k.startswith('module.') for k in tensors)
-    return stripped, container
+    return state, container
 
 
 def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
@@ -527,7 +517,7 @@ def convert_reference(checkpoint, fmt: str = 'auto', n: int = 2, m: int = 4,
         n, m = check_nm(n, m)
     except ValueError as e:
         raise ReferenceFormatError(str(e)) from None
-    state, container = extract_state_dict(checkpoint)
+    state, container = _read(checkpoint)
     layout = detect_layout(state)
     fmt = _resolve_format(fmt, layout, state, container)
     depth, bottleneck = detect_depth(state)
@@ -647,8 +637,7 @@ def convert_reference(checkpoint, fmt: str = 'auto', n: int = 2, m: int = 4,
     summary = [
         f'Format: {fmt} ({FORMATS[fmt]})',
         f'Model: ResNet-{depth} ({kind}), {n}:{m}, method {method}, '
-        f'{meta["num_classes"]} classes' +
-        (', DataParallel "module." prefix stripped' if container['module_prefix'] else ''),
+        f'{meta["num_classes"]} classes',
         f'Sparse layers: {len(converter.sparse_layers)}' +
         (f' ({len(converter.spre_layers)} with a SpRe branch)' if converter.spre_layers else '')
         + f'; all {n}:{m} valid in the hardware layout',

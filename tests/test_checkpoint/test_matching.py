@@ -3,8 +3,8 @@ import pytest
 import torch
 from mmdet.registry import MODELS
 
-from spre_mmdet.checkpoint import load_state_checked, resnet_layout
-from spre_mmdet.errors import CheckpointMismatchError
+from spre_mmdet.checkpoint import load_state_checked, resnet_layout, state_dict_of
+from spre_mmdet.errors import CheckpointError, CheckpointMismatchError
 from spre_mmdet.sparsity import nm_mask, refresh_masks, sparse_layers
 
 
@@ -22,6 +22,21 @@ def test_sparse_checkpoint_of_the_same_config_loads_exactly():
     load_state_checked(target, source.state_dict(), 'ckpt')
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_state_dict_of_every_checkpoint_form():
+    """A runner checkpoint, another framework's 'model' entry and a bare state dict give their
+    tensors; DataParallel's 'module.' is stripped when every key has it; no state dict is an
+    error naming what was found."""
+    w = torch.ones(2)
+    assert state_dict_of({'meta': {}, 'state_dict': {'a.weight': w}}) == {'a.weight': w}
+    assert state_dict_of({'epoch': 1, 'model': {'module.a': w, 'module.b': w}}) == {'a': w,
+                                                                                    'b': w}
+    assert state_dict_of({'a': w, 'module.b': w, 'step': 3}) == {'a': w, 'module.b': w}
+    with pytest.raises(CheckpointError, match=r"x\.pth holds no state dict.*\['meta'\]"):
+        state_dict_of({'meta': {}}, 'x.pth')
+    with pytest.raises(CheckpointError, match='found a list'):
+        state_dict_of([w])
 
 
 def test_dense_checkpoint_loads_and_masks_are_derived():

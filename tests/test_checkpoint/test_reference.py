@@ -20,9 +20,9 @@ from reference_nets import (LAYERS, NMBasicBlock, NMBottleneck, NMResNet, nm_res
                             sparse_nchw_mask, sparse_nhwc_mask, sparse_nhwc_mask_linear,
                             spre_deploy_state_dict, spre_resnet)
 from spre_mmdet.checkpoint import (ReferenceFormatError, convert_reference, detect_depth,
-                                   detect_layout, extract_state_dict)
+                                   detect_layout)
 from spre_mmdet.checkpoint.importing import describe, import_reference_file
-from spre_mmdet.checkpoint.reference import usage_snippets
+from spre_mmdet.checkpoint.reference import _read, usage_snippets
 from spre_mmdet.errors import CheckpointError
 from spre_mmdet.models import SparseResNet
 from spre_mmdet.sparsity import check_nm_tensor, nm_mask
@@ -267,14 +267,17 @@ def stock_state(depth=18):
     return NMResNet(block, LAYERS[depth], num_classes=10).state_dict()
 
 
-def test_extract_state_dict_strips_module_prefix_and_keeps_container_facts():
-    """`module.` is stripped from every key; the container's scalars are kept for meta."""
-    state, container = extract_state_dict(
+def test_reading_strips_module_prefix_and_keeps_container_facts():
+    """`module.` is stripped from every key; the container's scalars are kept for meta; a file
+    without a state dict is a format error."""
+    state, container = _read(
         {'epoch': 3, 'arch': 'ResNet50', 'state_dict': {'module.conv1.weight': torch.ones(1)},
          'optimizer': {}})
     assert list(state) == ['conv1.weight']
     assert container['arch'] == 'ResNet50' and container['epoch'] == 3
-    assert container['module_prefix'] and 'optimizer' in container['keys']
+    assert 'optimizer' in container['keys']
+    with pytest.raises(ReferenceFormatError, match="holds no state dict.*found a list"):
+        _read([torch.ones(1)])
 
 
 def test_layout_and_depth_detection():
