@@ -5,15 +5,18 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..sparsity.convert import LayerReport, sparsity_report
 from ..sparsity.nm import check_nm_tensor, nm_incompatibility
 from ..sparsity.record import SparseLayerRecord
 
 
 @dataclass
 class LayerCheck:
-    """Validity of one conv/linear layer for the sparse kernels.
+    """Validity of one conv/linear layer for the sparse kernels: a row of the sparsity report
+    with the benchmark's columns.
 
-    ``candidate``: conv (groups=1, zero padding) or linear with in-channels % M == 0.
+    ``candidate``: conv (groups=1, zero padding) or linear with in-channels % M == 0 (and, with
+    the checkpoint's records, trained with the kernels' pattern).
     ``valid``: candidate whose weight is exactly N:M in the hardware layout.
     ``status``: ``check_nm_tensor(...).explain()`` or why the layer is not a candidate.
     """
@@ -57,50 +60,54 @@ def in_scope(name: str, prefixes: Optional[Sequence[str]]) -> bool:
 KERNEL_PATTERN = (2, 4)
 
 
-def _record_reason(record: Optional[SparseLayerRecord], n: int, m: int) -> Optional[str]:
-    """Why a layer with this record (``None``: not trained sparse) is no sparse-kernel
-    candidate, or ``None`` if it is."""
-    if record is None:
-        return 'not trained sparse (no record in the checkpoint)'
-    if not record.nm:
-        return record.note
-    if (record.n, record.m) != (n, m):
-        return f'trained {record.pattern}: the sparse tensor cores run {n}:{m} only'
+def _row_reason(row: LayerReport, n: int, m: int, with_records: bool) -> Optional[str]:
+    """Why the layer of this sparsity-report row is no ``n:m`` kernel candidate by what it was
+    trained as, or ``None`` if it is (or, without records, may be: its weight decides)."""
+    if row.method == 'dense':
+        return 'not trained sparse (no record in the checkpoint)' if with_records else None
+    if row.valid is None:  # sparse but not N:M by design: the row says why
+        return row.status
+    if row.pattern != f'{n}:{m}':
+        return f'trained {row.pattern}: the sparse tensor cores run {n}:{m} only'
     return None
 
 
 def check_layers(model: nn.Module, scope_prefixes: Optional[Sequence[str]] = None, n: int = 2,
                  m: int = 4, records: Optional[Sequence[SparseLayerRecord]] = None
                  ) -> List[LayerCheck]:
-    """Every Conv2d/Linear of ``model``: is it a candidate for the ``n:m`` sparse kernels, is it
-    ``n:m``, and why (not).
+    """The rows of :func:`~spre_mmdet.sparsity.sparsity_report` (the one per-layer walk) with
+    the columns the sparse kernels need: is each layer a candidate for the ``n:m`` kernels, is
+    it ``n:m``, and why (not).
 
     Args:
+        model: a deploy model, or any model of plain convs and linears.
+        scope_prefixes: the module names (and their children) the benchmark times; ``None``:
+            all.
         records: the sparse-layer records of the checkpoint (``meta['sparse_layers']`` of a
             deploy checkpoint this package wrote): then only the layers trained ``n:m`` are
             candidates, each as its record says. Without records every layer whose layout
             allows it is checked against ``n:m``.
     """
-    by_tensor = None if records is None else {r.tensor: r for r in records}
-    rows = []
-    for name, module in model.named_modules():
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
-            continue
-        weight = module.weight.detach()
+    checks = []
+    for row in sparsity_report(model, records):
+        # the module that holds the row's weight: the layer, or an interspace deploy conv's gemm
+        name = row.tensor[:-len('weight')].rstrip('.')
+        module = model.get_submodule(name)
         kind = 'conv%dx%d' % tuple(module.kernel_size) if isinstance(module, nn.Conv2d) \
             else 'linear'
-        reason = candidate_reason(module, m)
-        if reason is None and by_tensor is not None:
-            reason = _record_reason(by_tensor.get(f'{name}.weight'), n, m)
-        density = float((weight != 0).float().mean())
+        scope = in_scope(name, scope_prefixes)
+        reason = candidate_reason(module, m) or _row_reason(row, n, m, records is not None)
         if reason is not None:
-            rows.append(LayerCheck(name, kind, tuple(weight.shape), in_scope(name, scope_prefixes),
-                                   False, False, density, f'dense only: {reason}'))
-            continue
-        check = check_nm_tensor(weight, n, m, max_examples=1)
-        rows.append(LayerCheck(name, kind, tuple(weight.shape), in_scope(name, scope_prefixes),
-                               True, check.ok, density, check.explain()))
-    return rows
+            checks.append(LayerCheck(name, kind, row.shape, scope, False, False, row.density,
+                                     f'dense only: {reason}'))
+        elif row.valid is None:  # no record: the weight itself is checked
+            check = check_nm_tensor(module.weight.detach(), n, m, max_examples=1)
+            checks.append(LayerCheck(name, kind, row.shape, scope, True, check.ok, row.density,
+                                     check.explain()))
+        else:
+            checks.append(LayerCheck(name, kind, row.shape, scope, True, row.valid, row.density,
+                                     row.status))
+    return checks
 
 
 def format_checks(rows: Iterable[LayerCheck]) -> str:
@@ -131,10 +138,6 @@ def capture_input_shapes(model: nn.Module, names: Iterable[str],
         for h in handles:
             h.remove()
     return shapes
-
-
-def get_module(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:

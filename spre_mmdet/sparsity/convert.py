@@ -241,11 +241,15 @@ def sparse_layer_records(model: nn.Module,
 class LayerReport:
     """One row of the sparsity report: a conv/linear layer and its N:M status.
 
-    ``valid`` is whether its weight is exactly its pattern, for layers that must be N:M; it is
-    ``None`` for dense layers and for sparse layers that are not N:M by design.
+    ``tensor`` is the state-dict key, in the deploy model, of the weight the row describes (a
+    conv's ``weight``, an interspace conv's ``gemm.weight``). ``method`` is ``'dense'`` and
+    ``pattern`` empty for a layer without a record. ``valid`` is whether its weight is exactly
+    its pattern, for layers that must be N:M; it is ``None`` for dense layers and for sparse
+    layers that are not N:M by design.
     """
 
     name: str
+    tensor: str
     method: str
     pattern: str
     shape: Tuple[int, ...]
@@ -254,20 +258,20 @@ class LayerReport:
     valid: Optional[bool]
 
 
-def _report_row(name: str, weight: torch.Tensor, record: Optional[SparseLayerRecord],
-                m: int) -> LayerReport:
+def _report_row(name: str, tensor: str, weight: torch.Tensor,
+                record: Optional[SparseLayerRecord], m: int) -> LayerReport:
     density = float((weight != 0).float().mean())
     shape = tuple(weight.shape)
     if record is None:  # dense: say why when the layout itself rules N:M out (the stem)
         reason = nm_incompatibility(weight.shape, m)
         status = f'dense: {reason}' if reason else 'dense (not selected)'
-        return LayerReport(name, 'dense', '', shape, density, status, None)
+        return LayerReport(name, tensor, 'dense', '', shape, density, status, None)
     if not record.nm:
-        return LayerReport(name, record.label, record.pattern, shape, density, record.note,
-                           None)
+        return LayerReport(name, tensor, record.label, record.pattern, shape, density,
+                           record.note, None)
     check = check_nm_tensor(weight, record.n, record.m)
-    return LayerReport(name, record.label, record.pattern, shape, density, check.explain(),
-                       check.ok)
+    return LayerReport(name, tensor, record.label, record.pattern, shape, density,
+                       check.explain(), check.ok)
 
 
 def sparsity_report(model: nn.Module,
@@ -294,14 +298,16 @@ def sparsity_report(model: nn.Module,
             learner = module.sparsity
             weight = module.deploy_weight() if learner.is_final else \
                 (module.weight * learner.mask).detach()
-            rows.append(_report_row(name, weight, module.record(name), m))
+            record = module.record(name)
+            rows.append(_report_row(name, record.tensor, weight, record, m))
         elif isinstance(module, InterspaceDeployConv2d):
             skip = f'{name}.' if name else ''
             key = f'{name}.gemm.weight' if name else 'gemm.weight'
-            rows.append(_report_row(name, module.gemm.weight.detach(), by_tensor.get(key), m))
+            rows.append(_report_row(name, key, module.gemm.weight.detach(), by_tensor.get(key),
+                                    m))
         elif isinstance(module, (nn.Conv2d, nn.Linear)):
             key = f'{name}.weight' if name else 'weight'
-            rows.append(_report_row(name, module.weight.detach(), by_tensor.get(key), m))
+            rows.append(_report_row(name, key, module.weight.detach(), by_tensor.get(key), m))
     return rows
 
 

@@ -164,3 +164,21 @@ def test_records_decide_which_layers_are_kernel_candidates():
     assert rows['0'].candidate and rows['0'].valid
     assert not rows['1'].candidate and 'trained 1:8' in rows['1'].status
     assert not rows['2'].candidate and 'not trained sparse' in rows['2'].status
+
+
+def test_interspace_deploy_conv_is_checked_as_its_gemm():
+    """An interspace deploy conv is one row of the sparsity report and, for the kernels, its
+    1x1 GEMM (the module the benchmark swaps), checked as the records say; the basis conv is
+    no row of its own."""
+    from spre_mmdet.benchmark.layers import check_layers
+    from spre_mmdet.sparsity import (refresh_masks, reparameterize, sparse_layer_records,
+                                     sparsify_layer)
+    net = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1, bias=False))
+    sparsify_layer(net, '0', 'srste', 2, 4, interspace=dict())
+    refresh_masks(net, 0)
+    records = sparse_layer_records(net)
+    deployed = reparameterize(net.eval())
+    rows = check_layers(deployed, ['0'], records=records)
+    assert [(r.name, r.kind, r.candidate, r.valid, r.in_scope) for r in rows] == [
+        ('0.gemm', 'conv1x1', True, True, True)]
+    assert '2:4 valid' in rows[0].status
