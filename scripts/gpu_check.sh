@@ -11,8 +11,8 @@
 # Exit status: 0 every check passed; 1 a check failed (listed at the end and in the JSON);
 # 2 no CUDA GPU visible (refused at once, no JSON); 124 the time limit stopped it (the
 # JSON holds the steps done so far). The work itself is
-# `python3 -m spre_mmdet.benchmark.gpu_check`; docs/benchmark.md ("One-call GPU check") says
-# what each step checks.
+# `python3 tools/analysis_tools/gpu_check.py`; docs/benchmark.md ("One-call GPU check") says
+# what each step checks. The checkout is put on PYTHONPATH: spre_mmdet need not be installed.
 #
 # Environment:
 #   PYTHON             interpreter (default: python3)
@@ -96,7 +96,7 @@ if ((budget < 60)); then
 fi
 log "running the check (hard limit ${left}s, check budget ${budget}s); log: $LOG" | tee -a "$LOG"
 PYTHONUNBUFFERED=1 timeout --signal=TERM --kill-after=20 "$left" \
-    "$PYTHON" -m spre_mmdet.benchmark.gpu_check --out "$OUT" --budget-s "$budget" 2>&1 \
+    "$PYTHON" tools/analysis_tools/gpu_check.py --out "$OUT" --budget-s "$budget" 2>&1 \
     | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 case $rc in

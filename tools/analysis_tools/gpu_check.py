@@ -1,12 +1,13 @@
 """One-call GPU check of the CUDA path, with one JSON of every figure.
 
-    python3 -m spre_mmdet.benchmark.gpu_check --out DIR [--budget-s 450]
+    python3 tools/analysis_tools/gpu_check.py --out DIR [--budget-s 450]
 
 (``scripts/gpu_check.sh`` wraps it: carried wheels, a hard time limit, a log.) Steps, in the
 order they run:
 
-a. **environment**: device, capability, memory, driver, torch/CUDA/cuDNN/cuSPARSELt/triton
-   versions, and whether mmdet and mmcv's CUDA ops can be used.
+a. **environment**: :func:`spre_mmdet.environment.collect_environment` (device, capability,
+   memory, driver, torch/CUDA/cuDNN/cuSPARSELt/triton versions, ...), and whether mmdet and
+   mmcv's CUDA ops can be used.
 b. **cuda_tests**: the tests marked ``cuda`` (pytest in a subprocess, JUnit XML parsed); a
    skipped test counts as a failure here, since CUDA is present.
 e. **gemm**: the largest R-50 GEMMs at 800x1333 (batch 1 and 8), dense cuBLAS vs 2:4 sparse
@@ -37,7 +38,6 @@ import json
 import math
 import os
 import os.path as osp
-import platform
 import signal
 import subprocess
 import sys
@@ -53,22 +53,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..sparsity import (InterspaceDeployConv2d, SparseLayerMixin, check_nm_tensor, refresh_masks,
-                        reparameterize, sparse_layers, spre_pairs)
-from ..sparsity.nm import nm_mask
-from .gemm import GemmLayer, forced_backend, resolve_backend
-from .layers import capture_input_shapes, check_layers
-from .report import _clean, build_report
-from .runner import (bench_end_to_end, bench_layer_cuda, compare, compare_outputs,
-                     dispatch_decisions, layer_calls, speedups, tolerance_text)
-from .timing import _nvidia_smi, cuda_time
-from .torchvision_r50 import (GEMM_LAYERS, METHODS, R50_SPARSE_LAYERS, MethodSpec,
-                              detection_input, padded_size, r50_fpn_deploy, r50_gemm_shapes,
-                              set_train_mode, sparse_resnet50)
+from spre_mmdet.benchmark.gemm import GemmLayer, forced_backend, resolve_backend
+from spre_mmdet.benchmark.layers import capture_input_shapes, check_layers
+from spre_mmdet.benchmark.report import _clean, build_report
+from spre_mmdet.benchmark.runner import (bench_end_to_end, bench_layer_cuda, compare,
+                                         compare_outputs, dispatch_decisions, layer_calls,
+                                         speedups, tolerance_text)
+from spre_mmdet.benchmark.timing import cuda_time
+from spre_mmdet.benchmark.torchvision_r50 import (GEMM_LAYERS, METHODS, R50_SPARSE_LAYERS,
+                                                  MethodSpec, detection_input, padded_size,
+                                                  r50_fpn_deploy, r50_gemm_shapes, set_train_mode,
+                                                  sparse_resnet50)
+from spre_mmdet.environment import collect_environment
+from spre_mmdet.sparsity import (InterspaceDeployConv2d, SparseLayerMixin, check_nm_tensor,
+                                 refresh_masks, reparameterize, sparse_layers, spre_pairs)
+from spre_mmdet.sparsity.nm import nm_mask
 
 EXIT_OK, EXIT_FAILED, EXIT_NO_CUDA, EXIT_TERMINATED = 0, 1, 2, 124
 NO_CUDA_MESSAGE = ('gpu_check: refused: no CUDA GPU is visible to this process '
                    '(torch.cuda.is_available() is False); this check runs only where one is.')
+#: the checkout this script is part of (its tests, configs and tools/benchmark_sparse.py)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DETECTOR_CONFIG = 'configs/mask_rcnn_r50_spre_2x4.py'
 BENCHMARK_TOOL = 'tools/benchmark_sparse.py'
@@ -205,27 +209,6 @@ def cuda_available() -> bool:
         return torch.cuda.is_available()
 
 
-def _dist_version(name: str) -> Optional[str]:
-    from importlib import metadata
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _driver_api_version() -> Optional[str]:
-    """The CUDA driver API version (``cuDriverGetVersion``), e.g. ``'13.0'``."""
-    import ctypes
-    try:
-        lib = ctypes.CDLL('libcuda.so.1')
-        value = ctypes.c_int()
-        if lib.cuDriverGetVersion(ctypes.byref(value)) != 0:
-            return None
-        return f'{value.value // 1000}.{value.value % 1000 // 10}'
-    except (OSError, AttributeError):
-        return None
-
-
 def detector_support() -> Tuple[bool, Optional[str], dict]:
     """Can the detector-level benchmark run: mmdet importable and mmcv's CUDA ops working?
 
@@ -257,35 +240,18 @@ def detector_support() -> Tuple[bool, Optional[str], dict]:
 
 
 def environment_record() -> dict:
-    """Device, driver and library versions (CUDA must be available)."""
-    props = torch.cuda.get_device_properties(0)
-    cslt = getattr(torch.backends, 'cusparselt', None)
-    cslt_ok = bool(cslt is not None and cslt.is_available())
-    env = dict(
-        device_name=torch.cuda.get_device_name(0),
-        capability='%d.%d' % torch.cuda.get_device_capability(0),
-        device_count=torch.cuda.device_count(),
-        total_memory_gib=round(props.total_memory / 2 ** 30, 2),
-        multiprocessors=props.multi_processor_count,
-        l2_cache_mib=round(getattr(props, 'L2_cache_size', 0) / 2 ** 20, 1) or None,
-        driver_api=_driver_api_version(),
-        nvidia_smi=_nvidia_smi(),
-        torch=torch.__version__, torch_cuda=torch.version.cuda,
-        cudnn=torch.backends.cudnn.version(),
-        cusparselt_available=cslt_ok,
-        cusparselt_version=cslt.version() if cslt_ok else None,
-        cusparselt_max_alg_id=(cslt.get_max_alg_id() if cslt_ok and hasattr(cslt, 'get_max_alg_id')
-                               else None),
-        cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-        matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
-        python=platform.python_version(), platform=platform.platform(),
-        cuda_visible_devices=os.environ.get('CUDA_VISIBLE_DEVICES'),
-        packages={name: _dist_version(name) for name in (
-            'torchvision', 'triton', 'numpy', 'pytest', 'mmcv', 'mmcv-lite', 'mmengine', 'mmdet',
-            'nvidia-cusparselt-cu13', 'nvidia-cusparselt-cu12')})
-    if env['nvidia_smi']:
-        env['driver'] = env['nvidia_smi'].get('driver_version')
-    return env
+    """The entries this check reports on (device name and capability, torch and its CUDA,
+    cuDNN, cuSPARSELt, the driver) and, as ``record``, the whole environment record
+    (:func:`spre_mmdet.environment.collect_environment` of ``cuda:0``; CUDA must be
+    available)."""
+    env = collect_environment('cuda:0')
+    cuda = env['cuda']
+    device = cuda['devices'][0]
+    return dict(device_name=device['name'], capability=device['capability'],
+                torch=env['torch']['version'], torch_cuda=cuda['runtime'], cudnn=cuda['cudnn'],
+                cusparselt_available=cuda['cusparselt_available'],
+                cusparselt_version=cuda['cusparselt'],
+                driver=cuda['driver'] or cuda['driver_api'], record=env)
 
 
 # -------------------------------------------------------------------------------- cuda tests
@@ -416,15 +382,17 @@ def mask_problems(model: nn.Module, n: int = 2, m: int = 4) -> List[str]:
 def two_branch(model: nn.Module):
     """Run every SpRe pair as its two branches, ``BN_main(conv(x, W*B)) + BN_rep(conv(x,
     W_rep*B*S))``, even with BN on running statistics (where the pair normally runs as one
-    fused conv): the literal training-time formula, to compare the deploy model against."""
-    convs = [conv for _, conv, _ in spre_pairs(model)]
-    norms = [conv.__dict__.pop('_paired_norm', None) for conv in convs]
+    fused conv): the literal training-time formula, to compare the deploy model against.
+    Each conv is unpaired from its norm for the while (``conv.pair(None)``), then paired
+    again."""
+    pairs = [(conv, norm) for _, conv, norm in spre_pairs(model)]
+    for conv, _ in pairs:
+        conv.pair(None)
     try:
         yield model
     finally:
-        for conv, norm in zip(convs, norms):
-            if norm is not None:
-                conv.pair(norm)
+        for conv, norm in pairs:
+            conv.pair(norm)
 
 
 @torch.no_grad()
@@ -775,7 +743,8 @@ def make_detector_deploy(folder: str, repo: Path = REPO_ROOT) -> Dict[str, str]:
     download; timings do not depend on values), finish its masks and export its deploy model
     into ``folder`` with :func:`spre_mmdet.deploy.export_deploy`."""
     from mmengine.config import Config
-    from ..deploy import build_model, export_deploy
+
+    from spre_mmdet.deploy import build_model, export_deploy
     cfg = Config.fromfile(str(repo / DETECTOR_CONFIG))
     cfg.model.backbone.init_cfg = None  # torchvision:// would need the network
     model = build_model(cfg)
@@ -1039,7 +1008,7 @@ def main(argv=None) -> int:
         """A step's deadline: at most ``cap_s`` from now, leaving ``reserve_s`` for the rest."""
         return min(deadline - reserve_s, time.monotonic() + cap_s)
 
-    meta = dict(tool='python3 -m spre_mmdet.benchmark.gpu_check',
+    meta = dict(tool='python3 tools/analysis_tools/gpu_check.py',
                 argv=list(sys.argv[1:] if argv is None else argv),
                 date=time.strftime('%Y-%m-%d %H:%M:%S %Z'), budget_s=args.budget_s,
                 input_size=list(INPUT_SIZE), batch_sizes=list(BATCH_SIZES),

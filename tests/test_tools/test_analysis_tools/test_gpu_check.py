@@ -1,4 +1,4 @@
-"""The one-call GPU check (``spre_mmdet.benchmark.gpu_check``): what can run without a GPU.
+"""The one-call GPU check (``tools/analysis_tools/gpu_check.py``): what can run without a GPU.
 
 The torchvision walker and the training/deploy check run here on a small Bottleneck ResNet
 (R-50's block structure, narrow widths); the report, JUnit and anchor logic on synthetic
@@ -9,12 +9,12 @@ import json
 import subprocess
 import sys
 
+import gpu_check as gc
 import pytest
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from spre_mmdet.benchmark import gpu_check as gc
 from spre_mmdet.benchmark.torchvision_r50 import (GEMM_LAYERS, METHODS, R50_SPARSE_LAYERS,
                                                   MethodSpec, detection_input, padded_size,
                                                   r50_gemm_shapes, set_train_mode,
@@ -324,6 +324,29 @@ def test_detector_deploy_export_runs_through_the_benchmark_tool(tmp_path, repo_r
     assert all(layer['name'].startswith('backbone.layer') for layer in data['layers'])
 
 
+# ------------------------------------------------------------------------------ environment
+def test_environment_record_is_the_packages_record_on_cuda0(monkeypatch):
+    """The check's environment is spre_mmdet.environment's record of cuda:0, with the entries
+    the check reports on taken from it (here on a fake sm90 device, no nvidia-smi)."""
+    from types import SimpleNamespace
+
+    from spre_mmdet import environment
+    props = SimpleNamespace(name='Fake H200', major=9, minor=0, total_memory=141 << 30,
+                            multi_processor_count=132, L2_cache_size=60 << 20)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'get_device_properties', lambda i: props)
+    monkeypatch.setattr(torch.backends.cudnn, 'version', lambda: 91000)
+    monkeypatch.setattr(environment, 'nvidia_smi', lambda: dict(driver_version='580.1'))
+    monkeypatch.setattr(environment, '_mmengine_record', lambda: {})
+    env = gc.environment_record()
+    assert (env['device_name'], env['capability'], env['driver']) == ('Fake H200', '9.0', '580.1')
+    assert env['torch'] == torch.__version__ and env['cudnn'] == 91000
+    assert env['record']['device'] == 'cuda:0'
+    assert env['record']['cuda']['devices'][0]['sparse_tensor_cores'] is True
+    json.dumps(env)
+
+
 # ------------------------------------------------------------------------------ report logic
 def _junit(tmp_path, cases):
     body = ''.join(f'<testcase classname="tests.t" name="{name}" time="0.5">{inner}</testcase>'
@@ -359,7 +382,7 @@ def test_cuda_test_files_are_the_marked_ones(repo_root):
     """The CUDA test selection finds the files with tests marked cuda (and no others)."""
     files = gc.cuda_test_files(repo_root)
     assert 'tests/test_benchmark/test_cuda.py' in files
-    assert 'tests/test_benchmark/test_gpu_check.py' in files
+    assert 'tests/test_tools/test_analysis_tools/test_gpu_check.py' in files
     for path in files:
         assert 'pytest.mark.cuda' in (repo_root / path).read_text()
 
@@ -584,7 +607,8 @@ def test_refuses_without_cuda_in_one_line(repo_root, subprocess_env):
     """With no CUDA GPU visible the check refuses at once: exit status 2, nothing on stdout,
     one line on stderr that says why."""
     env = dict(subprocess_env, CUDA_VISIBLE_DEVICES='')
-    proc = subprocess.run([sys.executable, '-m', 'spre_mmdet.benchmark.gpu_check', '--out',
+    proc = subprocess.run([sys.executable, str(repo_root / 'tools' / 'analysis_tools' /
+                                               'gpu_check.py'), '--out',
                            str(repo_root / 'work_dirs' / 'never_written')],
                           cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
