@@ -7,7 +7,7 @@ _base_ = './faster_rcnn_r50_spre_2x4.py'
 
 model = dict(
     backbone=dict(
-        sparsity=dict(learner=dict(_delete_=True, type='lbc', span=(0, 1 / 3)), spre=None)))
+        sparsity=dict(learner=dict(_delete_=True, type='LBCMask', span=(0, 1 / 3)), spre=None)))
 # scores are learned but never weight-decayed (decay would push every subset towards removal)
 optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'.sparsity.scores': dict(decay_mult=0.0)}))
 # scores stop receiving gradients at t_f (frozen): DDP must tolerate unused parameters

@@ -10,5 +10,5 @@ model = dict(
         norm_eval=True,
         sparsity=dict(
             n=2, m=4,
-            learner=dict(type='srste', decay=2e-4, interval=1),
+            learner=dict(type='SRSTEMask', decay=2e-4, interval=1),
             spre=dict(rep_gamma=0.0, spatial_interval=1))))

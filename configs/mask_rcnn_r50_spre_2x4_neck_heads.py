@@ -5,11 +5,11 @@
 # FCNMaskHead.
 _base_ = './mask_rcnn_r50_spre_2x4.py'
 
-nm_conv = dict(type='NMConv2d', n=2, m=4, learner=dict(type='srste', decay=2e-4))
+nm_conv = dict(type='NMConv2d', n=2, m=4, learner=dict(type='SRSTEMask', decay=2e-4))
 model = dict(
     neck=dict(conv_cfg=nm_conv),
     roi_head=dict(
         bbox_head=dict(
             type='NMShared2FCBBoxHead',
-            sparsity=dict(n=2, m=4, learner=dict(type='srste', decay=2e-4))),
+            sparsity=dict(n=2, m=4, learner=dict(type='SRSTEMask', decay=2e-4))),
         mask_head=dict(conv_cfg=nm_conv)))

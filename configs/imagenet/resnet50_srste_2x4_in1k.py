@@ -13,7 +13,7 @@ model = dict(
     backbone=dict(
         type='NMResNet',
         norm_eval=False,
-        sparsity=dict(n=2, m=4, learner=dict(type='srste', decay=2e-4, interval=1))),
+        sparsity=dict(n=2, m=4, learner=dict(type='SRSTEMask', decay=2e-4, interval=1))),
     head=dict(loss=dict(_delete_=True, type='LabelSmoothLoss', label_smooth_val=0.1)))
 
 max_epochs = 120

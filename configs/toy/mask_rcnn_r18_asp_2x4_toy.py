@@ -2,4 +2,4 @@
 # init, so this is magnitude pruning at init: a lower bound, not the fine-tuning baseline.
 _base_ = './mask_rcnn_r18_spre_2x4_toy.py'
 
-model = dict(backbone=dict(sparsity=dict(learner=dict(_delete_=True, type='asp'), spre=None)))
+model = dict(backbone=dict(sparsity=dict(learner=dict(_delete_=True, type='FixedMask'), spre=None)))

@@ -14,7 +14,7 @@ model = dict(
         sparsity=dict(
             n=2, m=4,
             # masks and S every iteration, as in the COCO configs and the references
-            learner=dict(type='srste', decay=2e-4, interval=1),
+            learner=dict(type='SRSTEMask', decay=2e-4, interval=1),
             # from scratch: the branch is on from the start (rep_gamma=1, kaiming W_rep)
             spre=dict(rep_gamma=1.0, spatial_interval=1))))
 custom_hooks = [

@@ -8,7 +8,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS  # the root registry: found from mmdet and mmpretrain configs
 
 from ..errors import ConfigError
-from ..sparsity import (forget_mask_sources, format_report, refresh_masks, sparse_layers,
+from ..sparsity import (format_report, refresh_masks, sparse_layers,
                         sparsity_report, spre_pairs)
 
 
@@ -67,8 +67,6 @@ class SparsityHook(Hook):
         if problems:
             raise ConfigError(f'{len(problems)} sparse layers would not be final when this '
                               f'{runner.max_iters}-iteration run ends, e.g. {problems[0]}.')
-        # every due mask is recomputed once here, whatever wrote the weights since init
-        forget_mask_sources(model)
         refresh_masks(model, runner.iter)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:

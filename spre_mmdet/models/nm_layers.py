@@ -1,6 +1,6 @@
 """N:M sparsity for the neck and heads, by config (dense by default: docs/configs.md).
 
-* ``conv_cfg=dict(type='NMConv2d', n=2, m=4, learner=dict(type='srste'))`` makes the convs of any
+* ``conv_cfg=dict(type='NMConv2d', n=2, m=4, learner=dict(type='SRSTEMask'))`` makes the convs of any
   mmcv ``ConvModule`` user N:M sparse: FPN (lateral and output convs), the Mask R-CNN mask head,
   conv bbox heads.
 * ``bbox_head=dict(type='NMShared2FCBBoxHead', sparsity=dict(n=2, m=4, ...))`` makes the RoI
@@ -17,7 +17,7 @@ from torch import nn
 
 from ..sparsity import sparsify_layer
 
-DEFAULT_LEARNER = dict(type='srste')
+DEFAULT_LEARNER = dict(type='SRSTEMask')
 
 
 def _make_sparse(parent: nn.Module, name: str, n: int, m: int, learner: dict) -> None:

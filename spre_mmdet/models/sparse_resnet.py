@@ -15,8 +15,9 @@ from ..sparsity import (InterspaceDeployConv2d, SpReBatchNorm2d, check_nm, check
 DEFAULT_SPARSITY = dict(
     n=2,
     m=4,
-    # who learns the main N:M mask: 'srste' | 'asp' | 'lbc' (+ its keyword arguments)
-    learner=dict(type='srste'),
+    # who learns the main N:M mask: a registered learner type ('SRSTEMask', 'FixedMask' (ASP),
+    # 'LBCMask', 'UnstructuredMask') and its keyword arguments
+    learner=dict(type='SRSTEMask'),
     # SpRe's extra branch on every k x k conv (k > 1); None: plain N:M
     spre=None,
     # interspace pruning on every k x k conv: None or dict(pruning='nm'|'unstructured', ...)
@@ -41,7 +42,7 @@ class SparseResNetMixin:
     (e.g. the ImageNet stage) loads with its masks, S, extra branches and LBC state.
 
     Sparsity config (``sparsity=dict(...)``, defaults in :data:`DEFAULT_SPARSITY`): ``n``, ``m``;
-    ``learner``: dict(type='srste'|'asp'|'lbc', **options); ``spre``: None or
+    ``learner``: dict(type=<registered learner type>, **options); ``spre``: None or
     dict(rep_gamma=0.0, spatial_interval=1) to add SpRe's branch to every k x k conv;
     ``interspace``: None or dict(pruning='nm', ...) to make every k x k conv an interspace
     (filter-basis) conv with N:M coefficients (not together with ``spre``); ``stages``: 4 bools

@@ -4,7 +4,6 @@ Each sparse module knows how to become its deploy form (``to_deploy``; a SpRe co
 through ``SpReBatchNorm2d.fold``); the functions here only walk the model.
 """
 import copy
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -15,8 +14,7 @@ from ..errors import ConfigError, ExportError, NotFinalError
 from .interspace import (INTERSPACE_OPTIONS, InterspaceConv2d, InterspaceDeployConv2d,
                          interspace_incompatibility)
 from .layers import SparseConv2d, SparseLayerMixin, SparseLinear
-from .learners import (DerivedStateMixin, check_options, compute_magnitude_masks,
-                       learner_options)
+from .learners import DerivedStateMixin, check_options, learner_options
 from .nm import check_nm, check_nm_tensor, nm_incompatibility
 from .record import SparseLayerRecord
 from .spre import SPRE_OPTIONS, SpReBatchNorm2d, SpReConv2d
@@ -33,31 +31,8 @@ def sparse_layers(model: nn.Module) -> Iterator[Tuple[str, SparseLayerMixin]]:
 def refresh_masks(model: nn.Module, iteration: int) -> None:
     """Advance every sparse layer's mask schedule to ``iteration`` (call once per iteration,
     before the forward pass)."""
-    layers = [layer for _, layer in sparse_layers(model)]
-    # the magnitude masks due now, all layers together (a layer may use the magnitudes on the
-    # way: SpRe's S); their refresh then finds them current
-    due = [layer for layer in layers
-           if layer.sparsity.magnitude_mask_due(layer.weight, iteration)]
-    compute_magnitude_masks(((layer.sparsity, layer.weight) for layer in due),
-                            lambda i, magnitude: due[i].use_magnitude(magnitude, iteration))
-    # other work a learner class batches (LBC's removal steps)
-    by_class = defaultdict(list)
-    for layer in layers:
-        by_class[type(layer.sparsity)].append((layer.sparsity, layer.weight))
-    for learner_class, pairs in by_class.items():
-        learner_class.refresh_together(pairs, iteration)
-    for layer in layers:
-        layer.refresh(iteration)
-
-
-def forget_mask_sources(model: nn.Module) -> None:
-    """Make every mask's next due refresh recompute it, even where the weight looks unchanged
-    since the mask was computed. Refreshes skip layers whose weight has not been written since
-    (optimizer steps and ``load_state_dict`` are writes; see
-    :class:`~spre_mmdet.sparsity.learners.Source`); call this after changing weights in a
-    way torch does not record, e.g. through ``.data``."""
     for _, layer in sparse_layers(model):
-        layer.forget()
+        layer.refresh(iteration)
 
 
 @torch.no_grad()

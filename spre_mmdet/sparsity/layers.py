@@ -23,14 +23,6 @@ class SparseLayerMixin:
         """Advance the mask schedule (called once per training iteration)."""
         self.sparsity.refresh(self.weight, iteration)
 
-    def forget(self) -> None:
-        """Recompute the mask at its next due refresh even if the weight looks unchanged."""
-        self.sparsity.forget()
-
-    def use_magnitude(self, magnitude: torch.Tensor, iteration: int) -> None:
-        """``|weight|`` (float32, NaN -> inf, inf -> the largest float) as ``refresh_masks``
-        computed it for the masks, for other work due at ``iteration`` (nothing here)."""
-
     def deploy_weight(self) -> torch.Tensor:
         """The exactly N:M weight a deployed layer uses."""
         return (self.weight * self.sparsity.deploy_mask(self.weight)).detach()

@@ -27,7 +27,6 @@ Plain PyTorch: nothing here imports mmengine or mmdet.
 import functools
 import itertools
 import math
-from collections import defaultdict
 from fractions import Fraction
 from typing import Optional, Sequence, Tuple
 
@@ -35,7 +34,6 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, NotFinalError
-from . import native
 from .learners import MaskLearner, register_learner
 from .nm import from_groups, to_groups
 from .srste import apply_mask
@@ -244,35 +242,19 @@ class LBCMask(MaskLearner):
         """Exactly one alive subset per group (derived from ``alive``, so it survives a resume)."""
         return self._survivors == 1
 
-    def _sync_from_alive(self, rows: Optional[torch.Tensor] = None,
-                         others: Optional[int] = None) -> None:
-        """Recompute ``mask``, the survivor count and the frozen state from ``alive``.
-
-        Args:
-            rows: only these groups' masks to recompute (int64 group indices): the removal
-                kernel wrote the others'. ``None``: every group's.
-            others: with ``rows`` (required then): the alive subsets of each group not in
-                ``rows``.
-        """
-        if rows is not None and others is None:
-            raise ValueError('_sync_from_alive(rows=...) needs others, the count of the rest')
-        alive = self.alive if rows is None else self.alive[rows]
-        counts = alive.sum(dim=1)
+    def _sync_from_alive(self) -> None:
+        """Recompute ``mask``, the survivor count and the frozen state from ``alive``."""
+        counts = self.alive.sum(dim=1)
         if counts.numel() and int(counts.min()) < 1:
             raise CheckpointError('LBC state has a group with no alive subset; the checkpoint '
                                   'is corrupt or from another N:M pattern.')
-        survivors = [int(counts.max())] if counts.numel() else []
-        if rows is not None and len(rows) < len(self.alive):
-            survivors.append(others)
-        self._survivors = max(survivors, default=1)
-        if len(alive):
-            # bool -> float through uint8: the same 0/1, several times faster on CPU
-            union = (alive.view(torch.uint8).to(self.subsets.dtype) @ self.subsets) != 0
-            if rows is None:
-                from_groups(union, self.weight_shape, out=self.mask)
-            else:
-                view, index = self._members_of(self.mask, rows)
-                view[index] = union
+        self._survivors = int(counts.max()) if counts.numel() else 1
+        if len(self.alive):
+            # bool -> float through uint8: the same 0/1, several times faster on CPU; float32
+            # even inside autocast
+            with torch.autocast(self.alive.device.type, enabled=False):
+                union = (self.alive.view(torch.uint8).to(self.subsets.dtype) @ self.subsets) != 0
+            from_groups(union, self.weight_shape, out=self.mask)
         self._update_frozen()
 
     def _update_frozen(self) -> None:
@@ -290,137 +272,29 @@ class LBCMask(MaskLearner):
             self._frozen_by_schedule = True
         self.scores.grad = None
 
-    def _members_of(self, tensor: torch.Tensor, rows: torch.Tensor):
-        """``(view, index)``: ``view[index]`` are the groups ``rows`` (``(len(rows), M)``) of
-        the weight-shaped contiguous ``tensor``, to read or assign, without the copy of the
-        whole tensor :func:`to_groups` makes."""
-        # group g = (o * positions + p) * blocks + b (to_groups): tensor[o, b * m + j, p]
-        out_c, in_c = self.weight_shape[:2]
-        blocks = in_c // self.m
-        positions = self.weight_shape.numel() // (out_c * in_c)
-        view = tensor.view(out_c, blocks, self.m, positions)
-        return view, (rows // (blocks * positions), rows % blocks, slice(None),
-                      rows // blocks % positions)
-
-    def _subset_magnitude(self, weight: torch.Tensor,
-                          rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``sum |W_j|`` over each subset of every group (or of the groups ``rows``)."""
-        weight = weight.detach()
-        if rows is None:
-            groups = to_groups(weight.abs(), self.m)
-        else:
-            view, index = self._members_of(weight.contiguous(), rows)
-            groups = view[index].abs()
-        return groups.to(self.subsets.dtype) @ self.subsets.t()
-
-    def _member_bits(self) -> torch.Tensor:
-        """``P`` as the removal kernel takes it: ``(K,)`` int32, bit ``j`` set where member
-        ``j`` of a group is in subset ``k`` (computed once; the kernel takes ``M <= 32``)."""
-        if getattr(self, '_members', None) is None:
-            place = torch.ones(self.m, dtype=torch.int32) << torch.arange(self.m,
-                                                                         dtype=torch.int32)
-            self._members = (self.subsets.cpu().to(torch.int32) * place).sum(
-                dim=1, dtype=torch.int32)
-        return self._members
+    def _subset_magnitude(self, weight: torch.Tensor) -> torch.Tensor:
+        """``sum |W_j|`` over each subset of every group, in float32 even inside autocast."""
+        groups = to_groups(weight.detach().abs(), self.m)
+        with torch.autocast(weight.device.type, enabled=False):
+            return groups.to(self.subsets.dtype) @ self.subsets.t()
 
     @torch.no_grad()
     def _keep_best(self, weight: torch.Tensor, count: int) -> None:
-        """Keep the ``count`` best alive subsets per group (ranking in the class docstring).
-
-        The usual step of the schedule (one subset fewer) first removes, in every group whose
-        lowest alive score is unique, that subset (magnitude and index cannot change the
-        outcome there); only the other groups are ranked in full. On CPU one fused kernel
-        (:func:`~spre_mmdet.sparsity.native.lbc_remove_worst`) does that first part, and the
-        masks it changes, in one pass; :meth:`refresh_together` runs it for many layers in one
-        call."""
+        """Keep the ``count`` best alive subsets per group (ranking in the class docstring);
+        the subsets removed get score 0."""
         if count >= self._survivors:
             return
-        if count == self._survivors - 1 and self._kernel_takes():
-            rows, = native.lbc_remove_worst([self._kernel_operands()], self._member_bits(),
-                                            self.m)
-            self._rank_undecided(weight, count, rows)
-            return
-        rows = self._remove_unique_worst() if count == self._survivors - 1 else None
-        self._keep_ranked(weight, count, rows)
+        keep = torch.zeros_like(self.alive).scatter_(1, self._rank(weight)[:, :count], True)
+        self.alive.logical_and_(keep)
+        # dead scores are out of the forward/backward already (through alive); zero them
+        self.scores.masked_fill_(~self.alive, 0.0)
         self._sync_from_alive()
 
-    def _keep_ranked(self, weight: torch.Tensor, count: int,
-                     rows: Optional[torch.Tensor] = None) -> None:
-        """Rank the groups ``rows`` (``None``: all) in full and keep ``count`` alive subsets in
-        each; the subsets removed get score 0 (``None``: every dead subset does)."""
-        alive = self.alive if rows is None else self.alive[rows]
-        keep = torch.zeros_like(alive).scatter_(1, self._rank(weight, rows)[:, :count], True)
-        if rows is None:
-            self.alive.logical_and_(keep)
-            # dead scores are out of the forward/backward already (through alive); zero them
-            self.scores.masked_fill_(~self.alive, 0.0)
-        elif len(rows):
-            self.scores[rows] = self.scores[rows].masked_fill(alive & ~keep, 0.0)
-            self.alive[rows] = alive & keep
-
-    def _kernel_takes(self) -> bool:
-        """Whether the removal kernel can take this layer's state (CPU float32 scores)."""
-        return native.lbc_takes(self.scores, self.alive, self.mask, self.m)
-
-    def _kernel_operands(self) -> tuple:
-        """This layer's entry for :func:`~spre_mmdet.sparsity.native.lbc_remove_worst`."""
-        return self.scores.detach(), self.alive, self.mask, self._survivors
-
-    def _rank_undecided(self, weight: torch.Tensor, count: int, rows: torch.Tensor) -> None:
-        """After the removal kernel: rank the groups it left (``rows``) in full, keeping
-        ``count`` subsets in each; every other group has ``count`` alive and its mask."""
-        self._keep_ranked(weight, count, rows)
-        self._sync_from_alive(rows=rows, others=count)
-
-    @classmethod
-    @torch.no_grad()
-    def refresh_together(cls, pairs: Sequence[Tuple['LBCMask', torch.Tensor]],
-                         iteration: int) -> None:
-        """The usual step of the schedule (one subset fewer per group) of all layers of
-        ``pairs`` (``(learner, weight)``) due for it at ``iteration``, in one kernel call per
-        N:M pattern: one range of work for the threads instead of a thread start per layer
-        (which cost 15-25% of the time on R-50). Each layer's refresh then finds its step
-        done. The state is exactly what the layers' own refreshes give."""
-        due = defaultdict(list)
-        for learner, weight in pairs:
-            if not learner.needs_init and learner._survivors > 1 and \
-                    learner.survivors(iteration) == learner._survivors - 1 and \
-                    learner._kernel_takes():
-                due[(learner.n, learner.m)].append((learner, weight))
-        for group in due.values():
-            learners = [learner for learner, _ in group]
-            undecided = native.lbc_remove_worst([lr._kernel_operands() for lr in learners],
-                                                learners[0]._member_bits(), learners[0].m)
-            for (learner, weight), rows in zip(group, undecided):
-                learner._rank_undecided(weight, learner._survivors - 1, rows)
-
-    def _remove_unique_worst(self) -> Optional[torch.Tensor]:
-        """The eager form of the removal kernel's step: in every group whose lowest alive
-        score is unique, that subset dies (score 0). Returns the groups left to rank in full
-        (lowest score tied or NaN; ``None``: every group, as some group has another count of
-        alive subsets). The caller recomputes the masks."""
-        if int(torch.count_nonzero(self.alive)) != self._survivors * self.alive.shape[0]:
-            return None  # groups left uneven (by NaN scores): rank them all
-        key = self.scores.detach().masked_fill(~self.alive, float('inf'))  # dead: never worst
-        lowest = key.amin(dim=1, keepdim=True)
-        worst = key == lowest
-        # every group has a match unless its minimum is NaN: one each iff the total is right
-        if int(torch.count_nonzero(worst)) == len(worst) and not bool(lowest.isnan().any()):
-            rows = worst.new_empty(0, dtype=torch.long)
-        else:
-            rows = torch.nonzero(worst.sum(dim=1) != 1).squeeze(1)
-            worst[rows] = False
-        self.alive.logical_xor_(worst)  # worst holds alive subsets only: xor removes them
-        self.scores.masked_fill_(worst, 0.0)
-        return rows
-
-    def _rank(self, weight: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Subset indices of every group (or of the groups ``rows``), best first: higher score,
-        then larger subset magnitude, then lower index; dead subsets and NaN scores last."""
-        magnitude = self._subset_magnitude(weight, rows)
+    def _rank(self, weight: torch.Tensor) -> torch.Tensor:
+        """Subset indices of every group, best first: higher score, then larger subset
+        magnitude, then lower index; dead subsets and NaN scores last."""
+        magnitude = self._subset_magnitude(weight)
         scores, alive = self.scores.detach(), self.alive
-        if rows is not None:
-            scores, alive = scores[rows], alive[rows]
         by_magnitude = torch.argsort(magnitude, dim=1, descending=True, stable=True)
         scores = torch.nan_to_num(scores.float().masked_fill(~alive, float('-inf')),
                                   nan=float('-inf'))

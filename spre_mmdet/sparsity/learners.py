@@ -8,66 +8,14 @@ iteration (the mmengine ``SparsityHook`` does; plain PyTorch users call
 distributed ranks and resumed runs identical.
 """
 import inspect
-import weakref
-from collections import defaultdict
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..errors import ConfigError
 from .nm import check_nm, nm_masks, unstructured_mask
 from .srste import apply_mask, srste
-
-# Optimizer steps taken in this process, by any torch optimizer. Fused optimizers (Adam/SGD with
-# fused=True, and kernels outside torch) update parameters without bumping their version
-# counters, so a mask is only trusted as current if no step was taken since it was computed.
-_optimizer_steps = 0
-
-
-def _count_optimizer_step(optimizer, args, kwargs) -> None:
-    global _optimizer_steps
-    _optimizer_steps += 1
-
-
-register_optimizer_step_post_hook(_count_optimizer_step)
-
-
-class Source:
-    """What a derived tensor (a mask) was computed from, to tell cheaply whether recomputing it
-    now could change it.
-
-    It matches only the same tensor objects (weak references: a new tensor may reuse a freed
-    one's memory and version number) with the same storage and version counters (bumped by
-    every in-place write through torch: optimizer steps, ``load_state_dict``, ``copy_``), and
-    only if no optimizer stepped since. Writes through ``.data`` are not seen: call
-    :meth:`MaskLearner.forget` after them. Copies and pickles of a module never match.
-    """
-
-    __slots__ = ('_weight', '_derived', '_state')
-
-    def __init__(self, weight: Optional[torch.Tensor] = None,
-                 derived: Optional[torch.Tensor] = None):
-        self._weight = weakref.ref(weight) if weight is not None else None
-        self._derived = weakref.ref(derived) if derived is not None else None
-        self._state = self._state_of(weight, derived) if weight is not None else None
-
-    @staticmethod
-    def _state_of(weight: torch.Tensor, derived: torch.Tensor) -> Optional[tuple]:
-        try:
-            return (_optimizer_steps, weight.data_ptr(), weight._version, derived.data_ptr(),
-                    derived._version)
-        except RuntimeError:  # inference-mode tensors have no version counter
-            return None
-
-    def matches(self, weight: torch.Tensor, derived: torch.Tensor) -> bool:
-        """Whether ``derived`` is still what it was computed as from ``weight``."""
-        return (self._state is not None and self._weight() is weight and
-                self._derived() is derived and self._state == self._state_of(weight, derived))
-
-    def __reduce__(self):  # copies and pickles forget (weak references cannot be pickled)
-        return Source, ()
 
 
 class DerivedStateMixin:
@@ -116,48 +64,15 @@ class MaskLearner(DerivedStateMixin, nn.Module):
         self.register_buffer(self.MASK, torch.ones(weight_shape, dtype=torch.bool))
         # True until the mask was computed from real weights or loaded from a sparse checkpoint.
         self.needs_init = True
-        # what the mask was last computed from (see Source)
-        self._source = Source()
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """The weight used in forward."""
         raise NotImplementedError
 
-    @property
-    def srste_decay(self) -> Optional[float]:
-        """``lambda_w`` if :meth:`forward` is exactly SR-STE's ``weight * mask`` with the
-        sparse-refined backward (:func:`~spre_mmdet.sparsity.srste.srste`), so that a fused
-        kernel may compute it in place of :meth:`forward`; ``None`` for any other forward."""
-        return None
-
     def initialize(self, weight: torch.Tensor) -> None:
         """Compute the mask from the current (e.g. just loaded) weights."""
-        compute_magnitude_masks([(self, weight)])
-
-    def magnitude_mask_due(self, weight: torch.Tensor, iteration: int) -> bool:
-        """Whether ``refresh(weight, iteration)`` would only recompute the magnitude N:M mask of
-        ``weight``: then :func:`compute_magnitude_masks` may do it together with other layers'
-        beforehand (``refresh_masks`` does), and the refresh finds the mask current."""
-        return False
-
-    @classmethod
-    def refresh_together(cls, pairs: Sequence[Tuple['MaskLearner', torch.Tensor]],
-                         iteration: int) -> None:
-        """Do the part of ``refresh(weight, iteration)`` that is cheaper for many layers at
-        once, for every ``(learner, weight)`` of ``pairs`` (all of this class), so that each
-        layer's refresh then finds it done (``refresh_masks`` calls it first). Nothing here:
-        SR-STE-like masks are batched by :meth:`magnitude_mask_due` instead."""
-
-    def mask_is_current(self, weight: torch.Tensor) -> bool:
-        """Whether :attr:`mask` was computed from ``weight`` as it is now (neither was written
-        since, no optimizer stepped): recomputing it could not change it."""
-        return self._source.matches(weight, self.mask)
-
-    def forget(self) -> None:
-        """Stop trusting :attr:`mask` as current, so that the next due refresh recomputes it
-        (e.g. after writing the weights through ``.data``, which :class:`Source` cannot
-        see)."""
-        self._source = Source()
+        nm_masks([weight], self.n, self.m, out=[self.mask])
+        self.needs_init = False
 
     def refresh(self, weight: torch.Tensor, iteration: int) -> None:
         """Advance the mask schedule to ``iteration`` (0-based)."""
@@ -187,6 +102,27 @@ class MaskLearner(DerivedStateMixin, nn.Module):
     def extra_repr(self) -> str:
         return f'{self.method} {self.n}:{self.m}'
 
+
+#: The registry of mask learners: ``type`` name -> class. Every learner is registered under its
+#: class name (the ``type`` configs use, as for every mmdet module) and its short ``method`` name
+#: (what reports print; accepted in configs too).
+LEARNERS: Dict[str, type] = {}
+
+
+def register_learner(cls: type) -> type:
+    """Class decorator: make a :class:`MaskLearner` subclass buildable by ``type``, under its
+    class name and its ``method`` name."""
+    if not (isinstance(cls, type) and issubclass(cls, MaskLearner)) or not cls.method:
+        raise TypeError(f'{cls!r} is not a MaskLearner subclass with a method name.')
+    for name in (cls.__name__, cls.method):
+        if LEARNERS.get(name, cls) is not cls:
+            raise KeyError(f'Mask learner type {name!r} is already registered by '
+                           f'{LEARNERS[name].__module__}.{LEARNERS[name].__qualname__}.')
+        LEARNERS[name] = cls
+    return cls
+
+
+@register_learner
 class SRSTEMask(MaskLearner):
     """SR-STE (docs/methods/srste_asp.md): magnitude N:M mask of the dense latent weight,
     recomputed every ``interval`` iterations, with the sparse-refined backward.
@@ -209,22 +145,15 @@ class SRSTEMask(MaskLearner):
     def forward(self, weight):
         return srste(weight, self.mask, self.decay)
 
-    @property
-    def srste_decay(self):
-        return self.decay
-
-    def magnitude_mask_due(self, weight, iteration):
-        return self.needs_init or (iteration % self.interval == 0 and
-                                   not self.mask_is_current(weight))
-
     def refresh(self, weight, iteration):
-        if self.magnitude_mask_due(weight, iteration):
+        if self.needs_init or iteration % self.interval == 0:
             self.initialize(weight)
 
     def extra_repr(self):
         return f'{super().extra_repr()}, decay={self.decay}, interval={self.interval}'
 
 
+@register_learner
 class FixedMask(MaskLearner):
     """ASP baseline (docs/methods/srste_asp.md): a one-shot magnitude mask of the loaded
     weights, then fixed.
@@ -244,28 +173,7 @@ class FixedMask(MaskLearner):
             weight.mul_(self.mask)
 
 
-def compute_magnitude_masks(pairs: Iterable[Tuple[MaskLearner, torch.Tensor]],
-                            magnitude_hook: Optional[Callable[[int, torch.Tensor], None]] = None
-                            ) -> None:
-    """Set each learner's mask to the magnitude N:M mask of its weight, computing the masks of
-    all pairs with the same N:M together (:func:`~spre_mmdet.sparsity.nm.nm_masks`: a few large
-    operations rather than some twenty per layer), and record them as current.
-    ``magnitude_hook(i, magnitude)`` gets pair ``i``'s ``|w|`` on the way (see ``nm_masks``)."""
-    pairs = list(pairs)
-    by_pattern = defaultdict(list)
-    for index, (learner, weight) in enumerate(pairs):
-        by_pattern[(learner.n, learner.m)].append(index)
-    for (n, m), indices in by_pattern.items():
-        group = [pairs[i] for i in indices]
-        hook = None if magnitude_hook is None else \
-            (lambda j, magnitude, indices=indices: magnitude_hook(indices[j], magnitude))
-        nm_masks([weight for _, weight in group], n, m,
-                 out=[learner.mask for learner, _ in group], magnitude_hook=hook)
-        for learner, weight in group:
-            learner.needs_init = False
-            learner._source = Source(weight, learner.mask)
-
-
+@register_learner
 class UnstructuredMask(MaskLearner):
     """Unstructured magnitude mask over the whole layer at a given density, method name
     ``'unstructured'``: the reference N:M methods are measured against (same density, no
@@ -302,10 +210,6 @@ class UnstructuredMask(MaskLearner):
             return srste(weight, self.mask, self.decay)
         return apply_mask(weight, self.mask)
 
-    @property
-    def srste_decay(self):
-        return self.decay if self.interval else None
-
     def initialize(self, weight):
         self.mask.copy_(unstructured_mask(weight, self.density))
         self.needs_init = False
@@ -322,26 +226,20 @@ class UnstructuredMask(MaskLearner):
                 + (f', decay={self.decay}' if self.interval else ''))
 
 
-LEARNERS = {cls.method: cls for cls in (SRSTEMask, FixedMask, UnstructuredMask)}
+def learner_class(type_name: str) -> type:
+    """The :class:`MaskLearner` registered as ``type_name``."""
+    if type_name not in LEARNERS:
+        names = sorted({cls.__name__ for cls in LEARNERS.values()})
+        raise ConfigError(f'Unknown mask learner type {type_name!r}; choose one of {names} '
+                          '(a new learner is a MaskLearner subclass decorated with '
+                          '@register_learner, imported before the model is built).')
+    return LEARNERS[type_name]
 
 
-def register_learner(cls):
-    """Make a :class:`MaskLearner` subclass available by its ``method`` name."""
-    LEARNERS[cls.method] = cls
-    return cls
-
-
-def learner_class(method: str) -> type:
-    """The :class:`MaskLearner` registered as ``method``."""
-    if method not in LEARNERS:
-        raise ConfigError(f'Unknown mask learner {method!r}; choose one of {sorted(LEARNERS)}.')
-    return LEARNERS[method]
-
-
-def learner_options(method: str) -> Tuple[str, ...]:
-    """The keyword options of the learner ``method`` (its constructor's arguments after
+def learner_options(type_name: str) -> Tuple[str, ...]:
+    """The keyword options of the learner ``type_name`` (its constructor's arguments after
     ``weight_shape, n, m``)."""
-    params = list(inspect.signature(learner_class(method).__init__).parameters)
+    params = list(inspect.signature(learner_class(type_name).__init__).parameters)
     return tuple(p for p in params if p not in ('self', 'weight_shape', 'n', 'm'))
 
 
@@ -353,8 +251,9 @@ def check_options(section: str, given: dict, allowed) -> None:
                           f'{sorted(allowed)}.')
 
 
-def build_learner(method: str, weight_shape: torch.Size, n: int, m: int,
+def build_learner(type_name: str, weight_shape: torch.Size, n: int, m: int,
                   **kwargs) -> MaskLearner:
-    """Build the learner named ``method`` (``'srste'``, ``'asp'``, ``'lbc'``, ...)."""
-    check_options(f'learner ({method!r})', kwargs, learner_options(method))
-    return learner_class(method)(weight_shape, n, m, **kwargs)
+    """Build the learner registered as ``type_name`` (``'SRSTEMask'``, ``'FixedMask'``,
+    ``'LBCMask'``, ...; or its method name) for a weight of ``weight_shape``."""
+    check_options(f'learner ({type_name!r})', kwargs, learner_options(type_name))
+    return learner_class(type_name)(weight_shape, n, m, **kwargs)

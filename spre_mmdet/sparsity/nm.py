@@ -6,19 +6,16 @@ at a fixed output channel and kernel position. A conv weight ``(O, C, kh, kw)`` 
 same way. Ties are broken by channel index (a stable sort), so equal weights give the same mask
 on every rank.
 
-The masks are computed without sorting or permuted index tensors: ``(O, C, kh, kw)`` viewed as
-``(O*C/M, M, kh*kw)`` holds the ``M`` members of every group at one stride, and ranking ``M``
-values takes ``M*(M-1)/2`` comparisons (:func:`nm_mask`). Contiguous float32 CPU weights are
-ranked by a fused kernel in one pass (:mod:`~spre_mmdet.sparsity.native`); the eager tensor
-code here is the reference it matches, and runs everywhere else (CUDA, half, other layouts).
+Every mask here is computed with a fixed sequence of tensor operations whose sizes depend only
+on the shapes: no value is read back to the host, so a refresh never waits for the device.
 """
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from ..errors import ConfigError
-from . import native
+
 
 def check_nm(n: int, m: int) -> Tuple[int, int]:
     """Validate an N:M ratio and return it as ints.
@@ -70,8 +67,7 @@ def from_groups(groups: torch.Tensor, shape: torch.Size,
 
 
 #: Layers are ranked together, in batches of up to this many weights: a few large tensor
-#: operations instead of some twenty per layer (each one a parallel region, which costs much
-#: more than its work on busy or shared cores; on a GPU each one is a kernel launch).
+#: operations instead of some twenty per layer (on a GPU each one is a kernel launch).
 BATCH_NUMEL = 1 << 22
 
 
@@ -79,41 +75,6 @@ def _check_groups(weight: torch.Tensor, m: int) -> None:
     reason = nm_incompatibility(weight.shape, m)
     if reason is not None:
         raise ValueError(f'Cannot form N:M groups: {reason}.')
-
-
-def _member_layout(weight: torch.Tensor, m: int) -> torch.Tensor:
-    """``weight`` viewed as ``(O*C/m, m, K)`` (a copy only if it is not contiguous)."""
-    out_c, in_c = weight.shape[:2]
-    return weight.detach().reshape(out_c * in_c // m, m, -1)
-
-
-def _write_member_values(weight: torch.Tensor, m: int, out: torch.Tensor) -> None:
-    """Fill ``out`` (``(m, O*C/m, K)`` float32) with :func:`member_magnitudes` of ``weight``,
-    signs left for the caller to drop (``abs_``, once over many weights)."""
-    src = _member_layout(weight, m).transpose(0, 1)
-    if weight.dtype == torch.float32:
-        torch.nan_to_num(src, nan=float('inf'), out=out)  # one pass: permute + NaN
-    else:  # convert first: a half inf must become the float32 maximum, as before
-        out.copy_(src)
-        out.nan_to_num_(nan=float('inf'))
-
-
-def member_magnitudes(weight: torch.Tensor, m: int) -> torch.Tensor:
-    """``|w|`` as float32 in the layout ``(m, O*C/m, K)``: entry ``[j, r, k]`` is member ``j``
-    (input channel ``(r % (C/m)) * m + j``) of the group of row ``r`` (output channel
-    ``r // (C/m)``) at kernel position ``k`` (``K = kh*kw``; 1 for a Linear weight).
-
-    Every member index is one contiguous slice, so the ranking in :func:`nm_mask` runs on
-    contiguous memory. NaN becomes ``+inf`` and ``+-inf`` the largest finite float
-    (``torch.nan_to_num``): NaN ranks above every number, the order :func:`nm_mask` has always
-    used.
-    """
-    _check_groups(weight, m)
-    src = _member_layout(weight, m)
-    out = torch.empty((m, src.shape[0], src.shape[2]), dtype=torch.float32,
-                      device=weight.device)
-    _write_member_values(weight, m, out)
-    return out.abs_()
 
 
 def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -127,22 +88,15 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int,
-             out: Optional[Sequence[torch.Tensor]] = None,
-             magnitude_hook: Optional[Callable[[int, torch.Tensor], None]] = None
-             ) -> List[torch.Tensor]:
+             out: Optional[Sequence[torch.Tensor]] = None) -> List[torch.Tensor]:
     """:func:`nm_mask` of every tensor in ``weights``, computed together in a few large
     operations (see :data:`BATCH_NUMEL`).
 
     Args:
-        weights: weights of any shapes with ``C % m == 0``, on any devices.
+        weights: weights of any shapes with ``C % m == 0``, on any devices, of any float dtype.
         n, m: the N:M pattern.
         out: bool tensors of the weights' shapes to write the masks into (e.g. the learners'
             mask buffers); new tensors if ``None``.
-        magnitude_hook: called as ``hook(i, magnitude)`` for every weight ranked by the
-            eager code, with ``|w_i|`` as float32 in ``w_i``'s shape (NaN -> inf, inf -> the
-            largest float: the order of the masks), for other work on the same magnitudes
-            (SpRe's ``S``). Valid only during the call; do not modify it. The fused kernel
-            computes no magnitudes: weights it ranks get no call.
 
     Returns:
         The masks (``out`` if given).
@@ -161,37 +115,26 @@ def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int,
             if mask.shape != weight.shape or mask.dtype != torch.bool:
                 raise ValueError(f'out mask {tuple(mask.shape)} {mask.dtype} does not fit a '
                                  f'weight of shape {tuple(weight.shape)}.')
-    eager = range(len(weights))
-    fused = [i for i in eager if native.handles(weights[i]) and out[i].is_contiguous()]
-    if fused and native.nm_masks([weights[i] for i in fused], [out[i] for i in fused], n, m):
-        eager = sorted(set(eager) - set(fused))
-    if m > 128:  # ranks would not fit the uint8 counters below; never a hardware pattern
-        for i in eager:
-            out[i].copy_(_nm_mask_by_sort(member_magnitudes(weights[i], m), n,
-                                          weights[i].shape))
-        return out
     # weights of one device and kernel size share a batch (the patterns below depend on K)
     kinds = {}
-    for i in eager:
-        weight = weights[i]
+    for i, weight in enumerate(weights):
         kinds.setdefault((weight.device, weight[0, 0].numel()), []).append(i)
     for indices in kinds.values():
         batch, size = [], 0
         for i in indices:
             if batch and size + weights[i].numel() > BATCH_NUMEL:
-                _rank_batch(weights, out, batch, n, m, magnitude_hook)
+                _rank_batch([weights[j] for j in batch], [out[j] for j in batch], n, m)
                 batch, size = [], 0
             batch.append(i)
             size += weights[i].numel()
-        _rank_batch(weights, out, batch, n, m, magnitude_hook)
+        _rank_batch([weights[j] for j in batch], [out[j] for j in batch], n, m)
     return out
 
 
 _FLOAT_MAX = torch.finfo(torch.float32).max
-_FLOAT_MAX_BITS = 0x7f7fffff
 _INF_BITS = 0x7f800000  # +inf as int32; every NaN is above it once the sign is dropped
 
-# Periodic uint8/bool patterns over flat weight positions (see _rank_batch), per
+# Periodic int16/uint8 patterns over flat weight positions (see _rank_batch), per
 # (what, m, K, n or shift, device): built once, as long as the largest batch so far.
 _patterns = {}
 
@@ -199,53 +142,54 @@ _patterns = {}
 def _pattern(what: str, m: int, k: int, value: int, size: int,
              device: torch.device) -> torch.Tensor:
     """``size`` entries of a pattern of period ``m*k`` over positions ``p`` whose group member
-    is ``j = (p // k) % m``: ``'start'``: ``(m - 1 - j - n) mod 256`` (uint8, ``value=n``);
+    is ``j = (p // k) % m``: ``'start'``: ``m - 1 - j - n`` (int16, ``value=n``);
     ``'pair'``: ``j + s < m`` (uint8 0/1, ``value=s``)."""
     key = (what, m, k, value, device)
     pattern = _patterns.get(key)
     if pattern is None or pattern.numel() < size:
         member = torch.arange(m * k, device=device) // k
-        period = (m - 1 - member - value) % 256 if what == 'start' else member + value < m
-        pattern = period.to(torch.uint8).repeat(-(-max(size, 1 << 16) // (m * k)))
+        if what == 'start':
+            period = (m - 1 - member - value).to(torch.int16)
+        else:
+            period = (member + value < m).to(torch.uint8)
+        pattern = period.repeat(-(-max(size, 1 << 16) // (m * k)))
         _patterns[key] = pattern
     return pattern[:size]
 
 
-def _rank_batch(all_weights: List[torch.Tensor], all_out: List[torch.Tensor], batch: List[int],
-                n: int, m: int, magnitude_hook=None) -> None:
-    """Write the N:M masks of ``all_weights[batch]`` (one device, one kernel size ``K``) into
-    ``all_out[batch]``.
+def _magnitude_keys(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``|w|`` of all ``weights`` laid end to end, flat, as int32 keys that order as the
+    magnitudes: ``+-inf`` ties with the largest finite float32 and every NaN ranks above all
+    numbers (one value, so NaNs tie). Computed in float32 whatever the weights' dtype (a half
+    inf becomes the float32 maximum) and whether or not autocast is on."""
+    key = torch.empty(sum(w.numel() for w in weights), dtype=torch.float32,
+                      device=weights[0].device)
+    torch.cat([w.detach().reshape(-1) for w in weights], out=key).abs_()
+    key.clamp_(max=_FLOAT_MAX)  # +inf -> the largest float; NaN stays NaN
+    # non-negative floats order as their bit patterns; every NaN -> one value above them
+    return key.view(torch.int32).clamp_(max=_INF_BITS)
 
-    The weights are laid end to end, flat, as ``|w|`` (NaN -> above everything, +-inf -> the
-    largest float, as :func:`member_magnitudes`), in their own layout: position ``p`` holds
-    member ``j = (p // K) % m`` of its group, and member ``j + s`` of the same group sits at
-    ``p + s*K``. So ``key[p] >= key[p + s*K]`` over the whole buffer, one long contiguous
-    comparison per ``s``, decides every pair of members ``s`` apart (where ``j + s < m``; the
-    other positions compare across groups and are masked out by a periodic pattern).
 
-    rank[p] counts the members that beat the one at ``p``: a larger ``|w|``, or an equal one
-    at a lower channel index; ``m*(m-1)/2`` pairs, each deciding one loss. The counters are the
-    output bytes themselves (uint8, ``rank - n`` mod 256): bit 7 is set exactly when
-    ``rank < n``, i.e. kept.
+def _rank_batch(weights: List[torch.Tensor], out: List[torch.Tensor], n: int, m: int) -> None:
+    """Write the N:M masks of ``weights`` (one device, one kernel size ``K``) into ``out``.
+
+    The weights are laid end to end as :func:`_magnitude_keys`, in their own layout: position
+    ``p`` holds member ``j = (p // K) % m`` of its group, and member ``j + s`` of the same group
+    sits at ``p + s*K``. So ``key[p] >= key[p + s*K]`` over the whole buffer, one long
+    contiguous comparison per ``s``, decides every pair of members ``s`` apart (where
+    ``j + s < m``; the other positions compare across groups and are masked out by a periodic
+    pattern).
+
+    ``rank[p]`` counts the members that beat the one at ``p``: a larger ``|w|``, or an equal one
+    at a lower channel index; ``m*(m-1)/2`` pairs, each deciding one loss. It starts at
+    ``m - 1 - j - n`` (as if every later member won) and ends at ``rank - n``: negative exactly
+    when the member is kept.
     """
-    weights, out = [all_weights[i] for i in batch], [all_out[i] for i in batch]
     device, k = weights[0].device, weights[0][0, 0].numel()
     sizes = [w.numel() for w in weights]
     total = sum(sizes)
-    key = torch.empty(total, dtype=torch.float32, device=device)
-    # one copy for the whole batch (converted to float32 first: a half inf must become the
-    # float32 maximum below, as it always has), then one abs
-    torch.cat([weight.detach().reshape(-1) for weight in weights], out=key).abs_()
-    bits = key.view(torch.int32)  # non-negative floats order as their bit patterns
-    if int(bits.amax()) > _FLOAT_MAX_BITS:  # some inf or NaN: map them
-        key.clamp_(max=_FLOAT_MAX)  # +inf ties with the largest float; NaN stays
-        bits.clamp_(max=_INF_BITS)  # every NaN -> one value above all numbers
-    if magnitude_hook is not None:
-        start = 0
-        for i, weight, size in zip(batch, weights, sizes):
-            magnitude_hook(i, key[start:start + size].view(weight.shape))
-            start += size
-    rank = _pattern('start', m, k, n, total, device).clone()  # as if later members all won
+    bits = _magnitude_keys(weights)
+    rank = _pattern('start', m, k, n, total, device).clone()
     wins = torch.empty(total, dtype=torch.bool, device=device)
     for shift in range(1, m):
         d = shift * k
@@ -256,49 +200,35 @@ def _rank_batch(all_weights: List[torch.Tensor], all_out: List[torch.Tensor], ba
         rank[:total - d].addcmul_(won, pair, value=-1)  # member j did not lose to it
     start = 0
     for mask, size in zip(out, sizes):
-        target = mask if mask.is_contiguous() else torch.empty(mask.shape, dtype=torch.bool,
-                                                               device=mask.device)
-        # bit 7 -> 0/1 bytes, straight into the bool mask
-        torch.bitwise_right_shift(rank[start:start + size], 7,
-                                  out=target.view(torch.uint8).view(-1))
-        if target is not mask:
-            mask.copy_(target)
+        if mask.is_contiguous():
+            torch.lt(rank[start:start + size], 0, out=mask.view(-1))
+        else:
+            mask.copy_(rank[start:start + size].lt(0).view(mask.shape))
         start += size
-
-
-def _nm_mask_by_sort(magnitude: torch.Tensor, n: int, shape: torch.Size) -> torch.Tensor:
-    """:func:`nm_mask` by a stable sort of :func:`member_magnitudes` (for ``m > 128``)."""
-    order = torch.argsort(magnitude, dim=0, descending=True, stable=True)
-    keep = torch.zeros(magnitude.shape, dtype=torch.bool, device=magnitude.device)
-    keep.scatter_(0, order[:n], True)
-    return keep.transpose(0, 1).reshape(shape)
 
 
 def unstructured_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
     """Boolean mask keeping the top ``density`` fraction of ``|w|`` over the whole tensor.
 
-    Ties at the threshold keep the lowest flat indices. Linear time (a k-th value selection, no
-    full sort): SpRe calls it for every k x k conv after every optimizer step.
+    NaN ranks above every number and ``+-inf`` ties with the largest float, as in
+    :func:`nm_mask`; ties at the threshold keep the lowest flat indices. Linear time (a k-th
+    value selection and a running count, no sort) and no host sync: the number kept is fixed by
+    the shape.
     """
     if not 0.0 < density <= 1.0:
         raise ValueError(f'density must be in (0, 1], got {density}')
-    flat = weight.detach().abs().flatten()
-    keep_count = int(round(density * flat.numel()))
+    keys = _magnitude_keys([weight])
+    keep_count = int(round(density * keys.numel()))
     if keep_count == 0:
         return torch.zeros_like(weight, dtype=torch.bool)
-    # the keep_count-th largest value; NaN sorts as the largest, as in nm_mask
-    threshold = torch.kthvalue(flat, flat.numel() - keep_count + 1).values
-    if torch.isnan(threshold):
-        above = torch.zeros_like(flat, dtype=torch.bool)
-        at_threshold = torch.isnan(flat)
-    else:
-        above = (flat > threshold) | torch.isnan(flat)
-        at_threshold = flat == threshold
-    still_needed = keep_count - int(above.sum())
-    if int(at_threshold.sum()) == still_needed:  # the usual case: no tie to break
-        return (above | at_threshold).view_as(weight)
+    # the keep_count-th largest key; entries above it are kept, and as many of those equal to
+    # it as are still needed, lowest flat index first
+    threshold = torch.kthvalue(keys, keys.numel() - keep_count + 1).values
+    above = keys > threshold
+    at_threshold = keys == threshold
+    still_needed = keep_count - above.sum()
     keep = above | (at_threshold & (torch.cumsum(at_threshold, 0) <= still_needed))
-    return keep.view_as(weight)
+    return keep.view(weight.shape)
 
 
 @dataclass

@@ -21,16 +21,14 @@ cost of the plain N:M conv.
 After training, :meth:`SpReBatchNorm2d.fold` merges the pair into a plain conv whose weight is
 exactly N:M (its support lies inside ``B``) and a BN that only adds the folded bias.
 """
-import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from . import native
 from .layers import SparseConv2d
-from .learners import DerivedStateMixin, Source
+from .learners import DerivedStateMixin
 from .nm import unstructured_mask
 
 #: the options of SpRe's branch (``SparseResNet``'s ``sparsity.spre``); ``rep_bn_train`` keeps
@@ -38,111 +36,28 @@ from .nm import unstructured_mask
 SPRE_OPTIONS = ('rep_gamma', 'spatial_interval', 'rep_bn_train')
 
 
-def spatial_mask(weight: torch.Tensor, n: int, m: int,
-                 magnitude: Optional[torch.Tensor] = None,
-                 hint: Optional[native.ThresholdHint] = None) -> torch.Tensor:
+def spatial_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """The layer-wide ``kh x kw`` mask ``S`` of SpRe (docs/methods/spre.md, steps 1-4).
 
-    An unstructured magnitude mask at density ``n/m`` is taken over the whole layer; a kernel
-    position gets ``S = 1`` where unstructured pruning removes *less* than ``p = 1 - n/m`` there.
-    The result is exactly that of counting :func:`~spre_mmdet.sparsity.nm.unstructured_mask`
-    per position (ties at its threshold keep the lowest flat indices), but the usual case needs
-    no selection over the whole layer (:func:`_spatial_by_histogram`).
+    An unstructured magnitude mask at density ``n/m`` is taken over the whole layer
+    (:func:`~spre_mmdet.sparsity.nm.unstructured_mask`: ties at its threshold keep the lowest
+    flat indices); a kernel position gets ``S = 1`` where that mask removes *less* than
+    ``p = 1 - n/m`` of the position's weights. The counts are integers and the comparison is
+    exact, on any device and under autocast; nothing is read back to the host.
 
     Args:
         weight: the ``(O, C, kh, kw)`` weight.
         n, m: the N:M pattern.
-        magnitude: ``|weight|`` if already computed, in any monotone form of it (e.g. as float32
-            with NaN -> inf: ``nm_masks``' magnitude hook); saves one pass of the eager code.
-        hint: the layer's last threshold, kept between refreshes: the fused kernel then
-            usually decides in one pass and updates it
-            (:func:`~spre_mmdet.sparsity.native.spatial_mask`); the eager code does not use
-            it. The result is the same with or without it.
+
+    Returns:
+        ``S`` as 0/1 in ``weight``'s dtype, shape ``(kh, kw)``.
     """
-    if native.handles(weight):  # fused: reads the weight itself
-        spatial = native.spatial_mask(weight.detach(), n, m, hint)
-        if spatial is not None:
-            return spatial.to(weight.dtype).reshape(weight.shape[2:])
     out_c, in_c = weight.shape[:2]
-    if magnitude is None:
-        magnitude = weight.detach().abs()
-    magnitude = magnitude.reshape(out_c * in_c, -1)  # a column per kernel position
-    spatial = _spatial_by_histogram(magnitude, n, m)
-    if spatial is None:  # rare, see _spatial_by_histogram: the selection, on |weight| itself
-        magnitude = weight.detach().abs().reshape(out_c * in_c, -1)
-        spatial = _spatial_of_kept(unstructured_mask(magnitude, n / m).sum(dim=0), n, m,
-                                   magnitude.shape[0])
+    total = out_c * in_c
+    kept = unstructured_mask(weight, n / m).reshape(total, -1).sum(dim=0)
+    # pruned / total < (m - n) / m, in integers (float32 would misjudge the equality case)
+    spatial = (total - kept) * m < (m - n) * total
     return spatial.to(weight.dtype).reshape(weight.shape[2:])
-
-
-def _spatial_of_kept(kept: torch.Tensor, n: int, m: int, total: int) -> torch.Tensor:
-    """``S`` from the kept count of each position out of ``total``: pruned / total < (m-n)/m,
-    in integers (float32 would misjudge the equality case)."""
-    return (total - kept) * m < (m - n) * total
-
-
-def _spatial_by_histogram(magnitude: torch.Tensor, n: int, m: int) -> Optional[torch.Tensor]:
-    """``S`` (bool) from ``|W|`` as ``(O*C, positions)``, or ``None`` in the rare cases left to
-    the exact selection (threshold among infinities/NaNs, or not above the sampled bound).
-
-    Let ``t`` be the threshold of the unstructured mask (its ``keep``-th largest value):
-
-    1. A strided sample of 4-8 thousand values gives ``lo``, six standard errors of the
-       sample quantile below ``t``.
-    2. ``key = half((|w| - lo) * scale)`` is monotone in ``|w|`` (0 at and below ``lo``) and,
-       half carrying 11 significant bits at any distance from ``lo``, fine near ``t``. One
-       ``bincount`` over the keys gives the bucket ``b`` that holds ``t``: entries with a larger
-       key are kept, entries with a smaller one are not.
-    3. Per position, the number of keys above ``b`` (a comparison and a matrix-vector product)
-       is a lower bound of the kept count, and adding the few entries kept from bucket ``b``
-       an upper bound. Where the two bounds give the same ``S`` (almost always), that is ``S``;
-       otherwise bucket ``b``'s entries are ranked exactly, by value and then flat index as
-       :func:`unstructured_mask` does.
-    """
-    rows, _ = magnitude.shape
-    flat = magnitude.reshape(-1)
-    numel = flat.numel()
-    keep = int(round(n / m * numel))  # as unstructured_mask(weight, n / m)
-    if not 0 < keep < numel or rows >= 2 ** 24:  # float32 column sums are exact below 2**24
-        return None
-    # 1. lo and a guess of t from the sample
-    sample = flat[::max(1, numel // 4096)]
-    size = sample.numel()
-    q = keep / numel
-    lo_rank = size - math.ceil(q * size + 6 * math.sqrt(size * q * (1 - q)))  # from the bottom
-    if lo_rank < 1:
-        return None
-    guess_rank = min(size, max(lo_rank, size - round(q * size) + 1))
-    lo = float(torch.kthvalue(sample, lo_rank).values)
-    guess = float(torch.kthvalue(sample, guess_rank).values)
-    if not (math.isfinite(lo) and math.isfinite(guess)) or guess <= lo:
-        return None
-    # 2. keys, scaled by a power of two (exact) so that guess - lo maps near 2**10; half and
-    # bfloat16 weights are widened first (exactly), their own range could overflow
-    scale = 2.0 ** (10 - math.frexp(guess - lo)[1])
-    wide = magnitude if magnitude.dtype in (torch.float32, torch.float64) else magnitude.float()
-    keys = torch.empty(magnitude.shape, dtype=torch.float16, device=magnitude.device)
-    torch.addcmul(wide.new_tensor(-lo * scale), wide, wide.new_tensor(scale), out=keys)
-    keys = keys.view(torch.int16).clamp_(min=0)  # below lo: negative halves (sign bit) -> 0
-    counts = torch.bincount(keys.reshape(-1), minlength=2 ** 15)
-    at_or_above = counts.flip(0).cumsum(0).flip(0)
-    bucket = int((at_or_above >= keep).sum()) - 1  # the largest b with >= keep keys >= b
-    if bucket <= 0 or bucket >= 0x7c00:  # t not above lo, or among half infinities / NaNs
-        return None
-    # 3. bounds per position
-    larger = torch.empty(magnitude.shape, dtype=torch.float32, device=magnitude.device)
-    torch.gt(keys, bucket, out=larger)
-    kept = torch.mv(larger.t(), larger.new_ones(rows)).round_().long()
-    from_bucket = keep - int(at_or_above[bucket + 1])  # kept entries of bucket b, 1..count
-    spatial = _spatial_of_kept(kept, n, m, rows)
-    if torch.equal(spatial, _spatial_of_kept(kept + from_bucket, n, m, rows)):
-        return spatial
-    # bucket b decides: rank its entries by value, then flat index (nonzero is ascending)
-    index = torch.nonzero(keys.reshape(-1) == bucket).squeeze(1)
-    order = torch.argsort(flat[index], descending=True, stable=True)
-    chosen = index[order[:from_bucket]] % magnitude.shape[1]
-    kept += torch.bincount(chosen, minlength=magnitude.shape[1])
-    return _spatial_of_kept(kept, n, m, rows)
 
 
 def batchnorm_affine(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -206,44 +121,19 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
         super().refresh(iteration)
         self._refresh_spatial(iteration)
 
-    @property
-    def threshold_hint(self) -> native.ThresholdHint:
-        """The last refresh's unstructured threshold, which speeds up the next ``S`` (not
-        saved: only a hint, see :func:`spatial_mask`)."""
-        hint = self.__dict__.get('_threshold_hint')
-        if hint is None:
-            hint = self.__dict__['_threshold_hint'] = native.ThresholdHint()
-        return hint
-
-    def use_magnitude(self, magnitude: torch.Tensor, iteration: int) -> None:
-        self._refresh_spatial(iteration, magnitude)  # |W| is at hand: no second pass for S
-
-    def _refresh_spatial(self, iteration: int, magnitude: Optional[torch.Tensor] = None) -> None:
-        due = iteration % self.spatial_interval == 0
-        if self.needs_init or (due and not self._spatial_is_current()):
-            spatial = spatial_mask(self.weight.detach(), self.sparsity.n, self.sparsity.m,
-                                   magnitude, self.threshold_hint)
+    def _refresh_spatial(self, iteration: int) -> None:
+        if self.needs_init or iteration % self.spatial_interval == 0:
+            spatial = spatial_mask(self.weight.detach(), self.sparsity.n, self.sparsity.m)
             if not self.needs_init:
                 self._spatial_flips = self._spatial_flips + (spatial != self.spatial).sum()
             self.spatial.copy_(spatial)
             self.needs_init = False
-            # S depends on the weight only: skip the next refresh if neither changes
-            self._spatial_source = Source(self.weight, self.spatial)
 
     @property
     def spatial_changes(self) -> int:
-        """Entries of ``S`` flipped at refreshes since the layer was built (not saved)."""
+        """Entries of ``S`` flipped at refreshes since the layer was built (not saved). Reading
+        it waits for the device: read it when logging."""
         return int(self._spatial_flips)
-
-    def _spatial_is_current(self) -> bool:
-        source = self.__dict__.get('_spatial_source')
-        return source is not None and source.matches(self.weight, self.spatial)
-
-    def forget(self) -> None:
-        """Recompute ``B`` and ``S`` at their next due refresh even if the weight looks
-        unchanged (see :meth:`MaskLearner.forget`)."""
-        self.sparsity.forget()
-        self._spatial_source = Source()
 
     def rep_weight(self) -> torch.Tensor:
         """``W_rep * B * S``; ``B`` and ``S`` are constants (no gradient flows through them)."""
@@ -264,29 +154,6 @@ class SpReConv2d(DerivedStateMixin, SparseConv2d, nn.Conv2d):
     def to_deploy(self, interspace_form: str = 'basis'):
         raise RuntimeError('A SpReConv2d is deployed together with its SpReBatchNorm2d: use '
                            'SpReBatchNorm2d.fold (reparameterize() does).')
-
-
-class FoldBranches(torch.autograd.Function):
-    """``main * a + (rep * (mask * spatial)) * b`` (``a``, ``b`` per output channel) and its
-    gradients with respect to ``main``, ``rep``, ``a`` and ``b``, by the fused CPU kernel
-    (:func:`~spre_mmdet.sparsity.native.fold`): the same forward bit for bit as the tensor
-    expression, and its backward in one pass. With ``srste_decay`` (not ``None``), ``main`` is
-    SR-STE's dense latent weight, masked and given its sparse-refined gradient inside the
-    kernel (as :func:`~spre_mmdet.sparsity.srste.srste` followed by the expression)."""
-
-    @staticmethod
-    def forward(ctx, main, rep, mask, spatial, main_scale, rep_scale, srste_decay=None):
-        ctx.save_for_backward(main, rep, mask, spatial, main_scale, rep_scale)
-        ctx.srste_decay = srste_decay
-        return native.fold(main, rep, mask, spatial, main_scale, rep_scale,
-                           srste_decay=srste_decay)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        d_main, d_rep, d_main_scale, d_rep_scale = native.fold(
-            *ctx.saved_tensors, grad=grad.contiguous(), srste_decay=ctx.srste_decay)
-        return d_main, d_rep, None, None, d_main_scale, d_rep_scale, None
 
 
 class SpReBatchNorm2d(nn.BatchNorm2d):
@@ -334,16 +201,7 @@ class SpReBatchNorm2d(nn.BatchNorm2d):
         """``K_main + K_rep`` and ``c_main + c_rep`` from the live parameters: the fused path's
         conv weight and bias (the conv adds the bias in its own pass over the output)."""
         main_scale, rep_scale, bias = self._scales_and_bias()
-        branch = (conv.weight_rep, conv.sparsity.mask, conv.spatial, main_scale, rep_scale)
-        # one pass each way instead of a chain of operations; an SR-STE learner's masking and
-        # backward run inside that pass too
-        decay = conv.sparsity.srste_decay
-        if decay is not None and native.can_fold(conv.weight, *branch):
-            return FoldBranches.apply(conv.weight, *branch, decay), bias
-        main = conv.sparsity(conv.weight)
-        if native.can_fold(main, *branch):
-            return FoldBranches.apply(main, *branch), bias
-        return (main * main_scale.view(-1, 1, 1, 1) +
+        return (conv.sparsity(conv.weight) * main_scale.view(-1, 1, 1, 1) +
                 conv.rep_weight() * rep_scale.view(-1, 1, 1, 1)), bias
 
     def forward(self, x):

@@ -64,7 +64,7 @@ def test_score_gradient_matches_spec_formula():
     layer = make_conv(out_channels=3, in_channels=8, k=3, t_i=0, t_f=8)
     learner = layer.sparsity
     layer.refresh(3)  # remove some subsets so that the mask is not dense
-    assert 1 < learner._survivors < 6 and not learner.mask.all()
+    assert 1 < int(learner.alive.sum(dim=1).max()) < 6 and not learner.mask.all()
     with torch.no_grad():
         learner.scores.add_(torch.rand_like(learner.scores))  # varied scores
     x = torch.randn(2, 8, 6, 6)
@@ -408,189 +408,25 @@ def _lbc_state(shape, n, m, kind, seed):
     return learner, weight
 
 
-def _count_kernel_calls(monkeypatch):
-    """Record the layers of each call of the removal kernel, so that a test on the fused path
-    fails if the kernel never ran (e.g. could not be built) instead of passing on eager code."""
-    from spre_mmdet.sparsity import native
-    calls, kernel = [], native.lbc_remove_worst
-    monkeypatch.setattr(native, 'lbc_remove_worst',
-                        lambda layers, *args: calls.append(len(layers)) or kernel(layers, *args))
-    return calls
-
-
 @pytest.mark.parametrize('n, m', [(2, 4), (1, 4), (2, 8)])
 @pytest.mark.parametrize('shape', [(6, 16, 3, 3), (10, 16)], ids=['conv', 'linear'])
 @pytest.mark.parametrize('kind', ['random', 'ties', 'nan_inf', 'equal'])
-@pytest.mark.parametrize('kernels', ['1', '0'], ids=['fused', 'eager'])
-def test_removal_steps_equal_the_full_ranking(n, m, shape, kind, kernels, monkeypatch):
-    """Each schedule step (one subset, several at once, groups left uneven by NaN scores) keeps
-    exactly what ranking every group in full keeps; mask and survivors follow alive (with the
-    fused removal kernel and with the eager code)."""
-    monkeypatch.setenv('SPRE_MMDET_NATIVE', kernels)
-    calls = _count_kernel_calls(monkeypatch)
+def test_removal_steps_equal_the_full_ranking(n, m, shape, kind):
+    """Through the schedule (one subset at a time, or several in one refresh), each refresh
+    keeps exactly what ranking every group in full keeps; dead scores are 0 and the mask is the
+    union of the alive subsets."""
     learner, weight = _lbc_state(shape, n, m, kind, seed=n * 100 + m)
-    counts = list(range(learner.num_subsets - 1, 0, -1))
-    counts = counts[:2] + counts[3::2] if len(counts) > 3 else counts  # single and jumps
-    for count in counts:
-        expected = ranking_reference_keep(learner, weight, count)
-        learner._keep_best(weight, count)
-        assert torch.equal(learner.alive, expected), count
+    steps = [1, 2, 3, 5, 7, 10] if learner.num_subsets > 6 else range(1, 11)
+    for iteration in steps:
+        count = learner.survivors(iteration)
+        if count < int(learner.alive.sum(dim=1).max()):
+            expected = ranking_reference_keep(learner, weight, count)
+        else:  # no removal due: nothing changes
+            expected = learner.alive.clone()
+        learner.refresh(weight, iteration)
+        assert torch.equal(learner.alive, expected), iteration
+        assert int(learner.alive.sum(dim=1).max()) == count  # NaN scores may leave fewer
         assert (learner.scores.detach()[~learner.alive] == 0).all()
         union = (learner.alive.float() @ learner.subsets) != 0
         assert torch.equal(learner.mask, from_groups(union, weight.shape))
-        assert learner._survivors == int(learner.alive.sum(dim=1).max())
-    assert bool(calls) == (kernels == '1')  # the first step (K - 1) takes the kernel
-
-
-def _scores_with_hard_cases(shape, gen):
-    """Random scores with ties, NaN, signed zeros and infinities in some groups."""
-    scores = torch.rand(shape, generator=gen)
-    scores[::7] = scores[::7].round(decimals=1)  # ties in many groups
-    scores[1::11, 0] = float('nan')
-    scores[2::13, :2] = torch.tensor([0.0, -0.0])
-    scores[3::13, 1] = -0.0
-    scores[4::17] = float('inf')  # every subset: the lowest alive equals the dead ones
-    scores[5::17, 0] = -float('inf')
-    scores[6::19, 1] = float('inf')
-    return scores
-
-
-@pytest.mark.parametrize('shape, n, m', [((16, 8, 3, 3), 2, 4), ((12, 8, 1, 1), 1, 4),
-                                         ((8, 16, 1, 3), 4, 8), ((10, 16), 2, 8)])
-@pytest.mark.parametrize('threads', [1, 3])
-def test_removal_kernel_equals_the_eager_removal_through_the_schedule(shape, n, m, threads,
-                                                                       monkeypatch):
-    """The fused removal step leaves alive, scores, mask and the survivor count exactly as the
-    eager code does, at every refresh of the schedule, with ties, NaN, signed zeros and
-    infinities among the scores (their groups go to the full ranking), on any thread split."""
-    from spre_mmdet.sparsity import native
-    monkeypatch.setattr(native, 'SPATIAL_MIN_PER_THREAD', 1)
-    calls = _count_kernel_calls(monkeypatch)
-    gen = torch.Generator().manual_seed(threads * 100 + m)
-    weight = torch.randn(shape, generator=gen)
-    learners = {kernels: LBCMask(torch.Size(shape), n, m, t_i=0, t_f=12)
-                for kernels in ('1', '0')}
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for it in range(14):
-            scores = _scores_with_hard_cases(learners['1'].scores.shape, gen)
-            for kernels, learner in learners.items():
-                monkeypatch.setenv('SPRE_MMDET_NATIVE', kernels)
-                with torch.no_grad():
-                    # dead subsets keep their score; only the alive ones move
-                    learner.scores.copy_(torch.where(learner.alive, scores, learner.scores))
-                learner.refresh(weight, it)
-            fused, eager = learners['1'], learners['0']
-            assert torch.equal(fused.alive, eager.alive), it
-            assert torch.equal(fused.mask, eager.mask), it
-            assert torch.equal(fused.scores.detach().nan_to_num(7.0).view(torch.int32),
-                               eager.scores.detach().nan_to_num(7.0).view(torch.int32)), it
-            assert fused._survivors == eager._survivors
-    finally:
-        torch.set_num_threads(previous)
-    assert fused.is_final and eager.is_final
-    assert calls  # the fused learner's single steps went through the kernel
-
-
-@pytest.mark.parametrize('shape', [(4, 8, 3, 3), (7, 8, 1, 1)])  # 72 and 14 groups (a tail)
-def test_removal_kernel_lists_exactly_the_undecided_groups(shape):
-    """From 3 alive subsets per group to 2: the kernel removes the unique lowest alive subset
-    of every settled group (score 0, mask = union of the two left, written where it changed)
-    and lists exactly the groups with a tied, NaN or +inf lowest score or another count of
-    alive subsets, untouched."""
-    from spre_mmdet.sparsity import native
-    if native.library() is None:
-        pytest.fail(f'the kernels must build here: {native.unavailable_reason()}')
-    gen = torch.Generator().manual_seed(3)
-    learner = LBCMask(torch.Size(shape), 2, 4, t_i=0, t_f=10)
-    weight = torch.randn(shape, generator=gen)
-    learner.refresh(weight, 0)
-    with torch.no_grad():
-        learner.scores.copy_(torch.rand(learner.scores.shape, generator=gen))
-        learner._keep_best(weight, 3)  # the mask is the union of three subsets per group
-        scores = learner.scores.detach()
-        scores.copy_(torch.where(learner.alive, torch.rand(scores.shape, generator=gen), 0.0))
-    alive = learner.alive
-    first = [int(i) for i in alive.nonzero()[:, 1].view(-1, 3)[:, 0]]  # an alive subset each
-    rows = {0: 'tie', 1: 'signed zero tie', 2: 'nan', 4: 'inf', 5: 'uneven'}
-    for row, case in rows.items():
-        k = alive[row].nonzero().view(-1)
-        if case == 'tie':
-            scores[row, k[1]] = scores[row, k[0]] = scores[row, k].min() - 1
-        elif case == 'signed zero tie':
-            scores[row, k[0]], scores[row, k[1]] = 0.0, -0.0
-            scores[row, k[2]] = 1.0
-        elif case == 'nan':
-            scores[row, k[2]] = float('nan')
-        elif case == 'inf':
-            scores[row, k] = float('inf')
-        else:
-            alive[row, first[row]] = False  # two alive, not three
-    before_scores, before_alive = scores.clone(), alive.clone()
-    before_mask = learner.mask.clone()
-    ties, = native.lbc_remove_worst([(scores, alive, learner.mask, 3)],
-                                    learner._member_bits(), 4)
-    assert ties.tolist() == sorted(rows)
-    settled = torch.ones(len(scores), dtype=torch.bool)
-    settled[ties] = False
-    assert torch.equal(alive[ties], before_alive[ties])
-    assert torch.equal(scores[ties].nan_to_num(7.0), before_scores[ties].nan_to_num(7.0))
-    assert torch.equal(to_groups(learner.mask, 4)[ties], to_groups(before_mask, 4)[ties])
-    lowest = before_scores.masked_fill(~before_alive, float('inf'))[settled].argmin(
-        dim=1, keepdim=True)
-    assert torch.equal(alive[settled], before_alive[settled].scatter(1, lowest, False))
-    assert torch.equal(scores[settled], before_scores[settled].scatter(1, lowest, 0.0))
-    union = (alive.float() @ learner.subsets) != 0
-    assert torch.equal(to_groups(learner.mask, 4)[settled], union[settled])
-    changed = (to_groups(learner.mask, 4) != to_groups(before_mask, 4)).any(dim=1)
-    assert changed[settled].any() and not changed[settled].all()  # both kinds occurred
-
-
-@pytest.mark.parametrize('threads', [1, 3])
-def test_refresh_masks_batches_the_removal_steps_with_the_same_result(threads, monkeypatch):
-    """refresh_masks runs the removal steps of all layers of a pattern in one kernel call
-    (refresh_together): alive, scores, mask and survivors equal, at every refresh, those of
-    the eager code refreshing each layer alone, with ties, NaN and infinities among the scores,
-    a layer not initialized yet and layers of two patterns, on any thread split."""
-    from spre_mmdet.sparsity import native, refresh_masks, sparse_layers
-    monkeypatch.setattr(native, 'SPATIAL_MIN_PER_THREAD', 1)
-    gen = torch.Generator().manual_seed(threads)
-    shapes = [((16, 8, 3, 3), 2, 4), ((12, 8, 1, 1), 2, 4), ((8, 16, 3, 3), 2, 8),
-              ((10, 16), 2, 8), ((20, 8, 3, 3), 2, 4)]
-    convs = [SparseConv2d.from_dense(nn.Conv2d(s[1], s[0], s[2:], bias=False), 'lbc', n, m,
-                                     t_i=0, t_f=12) if len(s) == 4 else
-             SparseLinear.from_dense(nn.Linear(s[1], s[0], bias=False), 'lbc', n, m, t_i=0,
-                                     t_f=12)
-             for s, n, m in shapes]
-    batched = nn.Sequential(*convs)
-    alone = copy.deepcopy(batched)
-    calls = _count_kernel_calls(monkeypatch)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for it in range(14):
-            for layer_a, layer_b in zip(batched, alone):
-                scores = _scores_with_hard_cases(layer_a.sparsity.scores.shape, gen)
-                for layer in (layer_a, layer_b):
-                    with torch.no_grad():
-                        learner = layer.sparsity
-                        learner.scores.copy_(torch.where(learner.alive, scores, learner.scores))
-            if it == 5:  # as after initialize_masks: this layer restarts at its own refresh
-                batched[1].sparsity.needs_init = alone[1].sparsity.needs_init = True
-            monkeypatch.setenv('SPRE_MMDET_NATIVE', '1')
-            refresh_masks(batched, it)
-            monkeypatch.setenv('SPRE_MMDET_NATIVE', '0')
-            for _, layer in sparse_layers(alone):
-                layer.refresh(it)
-            for (name, a), (_, b) in zip(sparse_layers(batched), sparse_layers(alone)):
-                la, lb = a.sparsity, b.sparsity
-                assert torch.equal(la.alive, lb.alive), (it, name)
-                assert torch.equal(la.mask, lb.mask), (it, name)
-                assert torch.equal(la.scores.detach().nan_to_num(7.0).view(torch.int32),
-                                   lb.scores.detach().nan_to_num(7.0).view(torch.int32))
-                assert la._survivors == lb._survivors, (it, name)
-    finally:
-        torch.set_num_threads(previous)
-    assert all(layer.sparsity.is_final for layer in batched)
-    assert max(calls) == 3  # the three 2:4 layers in one call at some step
+    assert learner.is_final

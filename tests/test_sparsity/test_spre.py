@@ -9,11 +9,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 from helpers import assert_nm_pattern, reference_nm_mask, reference_spatial_mask
-from spre_mmdet.sparsity import (SpReBatchNorm2d, SpReConv2d, forget_mask_sources, refresh_masks,
-                                 nm_mask, reparameterize, spatial_mask, sparsify_layer)
-from spre_mmdet.sparsity import native
-
-pytestmark = pytest.mark.usefixtures('mask_kernels')  # every test on both paths
+from spre_mmdet.sparsity import (SpReBatchNorm2d, SpReConv2d, refresh_masks, nm_mask,
+                                 reparameterize, spatial_mask, sparsify_layer)
 
 PLUS = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
 CROSS = [(0, 1), (1, 0), (1, 2), (2, 1)]
@@ -314,50 +311,6 @@ def test_eval_statistics_pair_runs_as_one_conv_with_same_output_and_gradients():
                                    atol=1e-5 * reference.grad.abs().max().item())
 
 
-@pytest.mark.parametrize('learner', [dict(method='srste'), dict(method='srste', decay=0.0),
-                                     dict(method='asp'), dict(method='lbc')])
-def test_fused_pair_equals_the_tensor_path_and_folds_srste_into_the_kernel(learner, monkeypatch):
-    """With running statistics, the pair's conv output and the gradients of W and W_rep are
-    the same bit for bit with the fold kernel as with the tensor expression (kernels turned
-    off), for every learner; an SR-STE learner's latent weight goes into the kernel, which
-    then masks it and adds the sparse-refined term; other learners pass their masked weight."""
-    import spre_mmdet.sparsity.spre as spre
-    torch.manual_seed(3)
-    block = Block()
-    kwargs = {key: value for key, value in learner.items() if key != 'method'}
-    sparsify_layer(block, 'conv', learner['method'], 2, 4, norm_name='bn', rep_gamma=0.7,
-                   **kwargs)
-    _train_spre(block)
-    refresh_masks(block, 6)
-    calls = []
-    apply = spre.FoldBranches.apply
-
-    def spying(main, *rest):
-        calls.append((main, rest[5:]))
-        return apply(main, *rest)
-    monkeypatch.setattr(spre.FoldBranches, 'apply', spying)
-    x = torch.randn(4, 8, 9, 9) * 2
-    target = torch.randn(4, 8, 9, 9)
-    results = []
-    for kernels in ('1', '0'):
-        monkeypatch.setenv('SPRE_MMDET_NATIVE', kernels)
-        block.zero_grad(set_to_none=True)
-        y = block.conv(x)
-        (y * target).sum().backward()
-        results.append((y.detach(), block.conv.weight.grad, block.conv.weight_rep.grad))
-    assert len(calls) == 1  # the kernel ran with SPRE_MMDET_NATIVE=1 only
-    decay = block.conv.sparsity.srste_decay
-    if learner['method'] == 'srste':
-        assert calls[0][0] is block.conv.weight and calls[0][1] == (decay,)
-    else:
-        assert decay is None and calls[0][0] is not block.conv.weight and calls[0][1] == ()
-    for fused, tensors in zip(*results):
-        assert torch.equal(fused, tensors)
-    if decay:  # the sparse-refined term reached the pruned weights
-        pruned = ~block.conv.sparsity.mask
-        assert results[0][1][pruned].abs().sum() > 0
-
-
 def test_training_statistics_keep_two_branches_and_link_survives_deepcopy():
     """Train-mode BN: the conv emits [main | rep] (2*O channels); a deep copy links its conv to
     its own BN copy; a fused output reaching a train-mode BN is refused."""
@@ -373,48 +326,30 @@ def test_training_statistics_keep_two_branches_and_link_survives_deepcopy():
         block.bn(torch.randn(2, 8, 5, 5))
 
 
-@pytest.fixture
-def spatial_computations(monkeypatch):
-    """Counts spatial_mask calls made by SpReConv2d.refresh."""
-    import spre_mmdet.sparsity.spre as spre
-    calls = []
-
-    def counting(weight, n, m, magnitude=None, hint=None):
-        calls.append(weight.shape)
-        return spatial_mask(weight, n, m, magnitude, hint)
-    monkeypatch.setattr(spre, 'spatial_mask', counting)
-    return calls
-
-
-def test_spatial_refresh_skips_unchanged_weights_and_follows_changes(spatial_computations):
-    """S is recomputed after an optimizer step or load_state_dict, and not otherwise."""
+def test_spatial_refresh_follows_optimizer_steps_and_loads():
+    """S is recomputed from the current weight at every due refresh: after an optimizer step,
+    a load_state_dict and a write through ``.data``."""
     block = _spre_block(seed=2)
-    opt = torch.optim.Adam(block.parameters(), lr=0.5, fused=True)  # keeps version counters
+    opt = torch.optim.Adam(block.parameters(), lr=0.5, fused=True)
     refresh_masks(block, 0)
-    refresh_masks(block, 1)
-    assert len(spatial_computations) == 1
     block.train()
     block(torch.randn(2, 8, 6, 6)).pow(2).mean().backward()
     opt.step()
-    refresh_masks(block, 2)
-    assert len(spatial_computations) == 2
+    refresh_masks(block, 1)
     np.testing.assert_array_equal(block.conv.spatial.numpy(),
                                   reference_spatial_mask(block.conv.weight, 2, 4))
-    refresh_masks(block, 3)
-    assert len(spatial_computations) == 2
-    block.load_state_dict(copy.deepcopy(block.state_dict()))
-    refresh_masks(block, 4)
-    assert len(spatial_computations) == 3
     with torch.no_grad():
-        block.conv.weight.data.copy_(_plus_weight(8, 8))  # .data: not seen until forgotten
-    refresh_masks(block, 5)
-    assert len(spatial_computations) == 3
-    forget_mask_sources(block)
-    refresh_masks(block, 6)
-    assert len(spatial_computations) == 4 and torch.equal(block.conv.spatial, PLUS)
+        block.conv.weight.data.copy_(_plus_weight(8, 8))
+    refresh_masks(block, 2)
+    assert torch.equal(block.conv.spatial, PLUS)
+    other = _spre_block(seed=3)
+    block.load_state_dict(other.state_dict())
+    refresh_masks(block, 3)
+    np.testing.assert_array_equal(block.conv.spatial.numpy(),
+                                  reference_spatial_mask(other.conv.weight, 2, 4))
 
 
-# ------------------------------------------------------ S by histogram vs a sort with ties and NaN
+# ------------------------------------------------------------ S against a sort, with ties and NaN
 
 def sorted_reference_spatial_mask(weight, n, m):
     """S from a full ranking of |w| (weight's dtype): NaN first, then larger, then lower flat
@@ -472,56 +407,21 @@ def test_spatial_mask_other_dtypes(dtype):
         assert torch.equal(spatial_mask(weight, 2, 4), sorted_reference_spatial_mask(weight, 2, 4))
 
 
-def test_spatial_mask_exercises_every_path(monkeypatch, mask_kernels):
-    """Each way the eager S can be decided (the histogram alone, its threshold bucket ranked,
-    the full selection) gives the reference S; so does the fused kernel on the same weights."""
-    import spre_mmdet.sparsity.spre as spre
-    gen = torch.Generator().manual_seed(0)
-    weights = [_spatial_weights(kind, (32, 32, 3, 3), gen)
-               for kind in ('random', 'near_bound', 'small_integers', 'nan_inf')
-               for _ in range(4)]
-    weights.append(torch.full((8, 8, 3, 3), 0.5))  # one value everywhere: all ties
-    if mask_kernels == 'fused':
-        for weight in weights:
-            assert torch.equal(native.spatial_mask(weight, 2, 4).float().reshape(3, 3),
-                               sorted_reference_spatial_mask(weight, 2, 4))
-        return
-    seen = {'histogram': 0, 'bucket': 0, 'selection': 0}
-    histogram, argsort = spre._spatial_by_histogram, torch.argsort
-
-    def spy_histogram(*args):
-        result = histogram(*args)
-        seen['histogram' if result is not None else 'selection'] += 1
-        return result
-
-    def spy_argsort(*args, **kwargs):
-        seen['bucket'] += 1
-        return argsort(*args, **kwargs)
-    monkeypatch.setattr(spre, '_spatial_by_histogram', spy_histogram)
-    monkeypatch.setattr(spre.torch, 'argsort', spy_argsort)
-    for weight in weights:
-        assert torch.equal(spatial_mask(weight, 2, 4),
-                           sorted_reference_spatial_mask(weight, 2, 4))
-    assert all(count > 0 for count in seen.values()), seen
-
-
-def test_refresh_masks_computes_s_from_the_masks_magnitudes(spatial_computations):
-    """refresh_masks hands S the |W| already computed for B (with NaN/inf mapped): same S."""
+def test_refresh_with_nan_and_inf_weights():
+    """NaN and inf weights rank as in the references for both B and S."""
     block = _spre_block(seed=5)
     with torch.no_grad():
         block.conv.weight[0, 0, 0, 0] = float('nan')
         block.conv.weight[1, 1, 1, 1] = float('inf')
     refresh_masks(block, 0)
-    assert len(spatial_computations) == 1
     assert torch.equal(block.conv.spatial, sorted_reference_spatial_mask(block.conv.weight, 2, 4))
     assert torch.equal(block.conv.sparsity.mask, nm_mask(block.conv.weight, 2, 4))
 
 
-def test_s_through_sgd_steps_uses_the_last_threshold_and_equals_the_reference(mask_kernels):
-    """Through SGD steps, each refresh's S equals the sorted reference; on the fused path
-    every refresh after the first is decided in one pass from the layer's last threshold."""
+def test_s_through_sgd_steps_equals_the_reference():
+    """Through SGD steps, each refresh's S equals the sorted reference."""
     block = _spre_block(seed=4, rep_gamma=1.0)
-    opt = torch.optim.SGD(block.parameters(), lr=1e-4, momentum=0.9)  # moves the threshold <0.1%
+    opt = torch.optim.SGD(block.parameters(), lr=1e-4, momentum=0.9)
     x = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(4))
     for iteration in range(6):
         refresh_masks(block, iteration)
@@ -530,8 +430,15 @@ def test_s_through_sgd_steps_uses_the_last_threshold_and_equals_the_reference(ma
         opt.zero_grad()
         block(x).square().mean().backward()
         opt.step()
-    hint = block.conv.threshold_hint
-    if mask_kernels == 'fused':
-        assert (hint.two_pass, hint.one_pass) == (1, 5)
-    else:  # the eager code has its own way (a sampled bound): the hint is not used
-        assert (hint.two_pass, hint.one_pass, hint.key) == (0, 0, None)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_masks_are_exact_inside_autocast(dtype):
+    """Called inside autocast, B and S are what they are outside it: the counts stay exact
+    (integers), whatever autocast does to matrix products."""
+    gen = torch.Generator().manual_seed(7)
+    weight = _spatial_weights('near_bound', (64, 256, 3, 3), gen)
+    with torch.autocast('cpu', dtype=dtype):
+        inside = spatial_mask(weight, 2, 4), nm_mask(weight, 2, 4)
+    assert torch.equal(inside[0], sorted_reference_spatial_mask(weight, 2, 4))
+    assert torch.equal(inside[1], nm_mask(weight, 2, 4))

@@ -2,7 +2,7 @@
 # Other N:M: --cfg-options model.backbone.sparsity.n=1 model.backbone.sparsity.m=8
 _base_ = '../../_base_/toy_cls_resnet10.py'
 model = dict(backbone=dict(sparsity=dict(
-    _delete_=True, n=2, m=4, learner=dict(type='srste', decay=2e-4, interval=1))))
+    _delete_=True, n=2, m=4, learner=dict(type='SRSTEMask', decay=2e-4, interval=1))))
 custom_hooks = [
     dict(type='EpochSeedHook'),
     dict(type='SparsityHook', log_interval=20),

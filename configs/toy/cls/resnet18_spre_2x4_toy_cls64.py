@@ -21,7 +21,7 @@ model = dict(
         zero_init_residual=False,  # as the ResNet-10 recipe: learns much faster from scratch
         sparsity=dict(
             n=2, m=4,
-            learner=dict(type='srste', decay=2e-4, interval=1),
+            learner=dict(type='SRSTEMask', decay=2e-4, interval=1),
             spre=dict(rep_gamma=1.0, spatial_interval=1))),
     head=dict(in_channels=512))
 optim_wrapper = dict(optimizer=dict(lr=0.05))  # batch 32
