@@ -227,7 +227,8 @@ def unstructured_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
     above = keys > threshold
     at_threshold = keys == threshold
     still_needed = keep_count - above.sum()
-    keep = above | (at_threshold & (torch.cumsum(at_threshold, 0) <= still_needed))
+    first_ties = torch.cumsum(at_threshold, 0, dtype=torch.int32) <= still_needed
+    keep = above | (at_threshold & first_ties)
     return keep.view(weight.shape)
 
 
