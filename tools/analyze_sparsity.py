@@ -20,16 +20,13 @@ Examples::
 import argparse
 import os
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
-
-import spre_mmdet  # noqa: E402,F401  (must come first: safe weights-only checkpoint loading)
-from spre_mmdet import analysis  # noqa: E402
-from spre_mmdet.checkpoint import state_dict_of  # noqa: E402
-from spre_mmdet.cli import run_tool  # noqa: E402
-from spre_mmdet.errors import CheckpointError  # noqa: E402
-from spre_mmdet.sparsity import check_nm  # noqa: E402
+import spre_mmdet  # noqa: F401  (must come first: safe weights-only checkpoint loading)
+from spre_mmdet import analysis
+from spre_mmdet.checkpoint import state_dict_of
+from spre_mmdet.cli import run_tool
+from spre_mmdet.errors import CheckpointError
+from spre_mmdet.sparsity import check_nm
 
 
 def parse_args(argv=None):

@@ -7,13 +7,8 @@
 
 The work is in :mod:`spre_mmdet.benchmark.sparse_tool`; see docs/benchmark.md.
 """
-import os.path as osp
-import sys
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from spre_mmdet.benchmark.sparse_tool import main  # noqa: E402
-from spre_mmdet.cli import run_tool  # noqa: E402
+from spre_mmdet.benchmark.sparse_tool import main
+from spre_mmdet.cli import run_tool
 
 if __name__ == '__main__':
     run_tool(main)

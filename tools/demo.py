@@ -25,10 +25,9 @@ import sys
 import time
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
-sys.path.insert(0, REPO)
 
-from spre_mmdet.cli import run_tool  # noqa: E402
-from spre_mmdet.environment import summary_line, write_environment  # noqa: E402
+from spre_mmdet.cli import run_tool
+from spre_mmdet.environment import summary_line, write_environment
 
 CONFIG = 'configs/toy/mask_rcnn_r18_spre_2x4_toy.py'
 DATA = 'data/toy_coco'

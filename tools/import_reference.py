@@ -22,15 +22,11 @@ N:M, an unsupported depth, a file with pickled code, an existing DST) print ``ER
 and exit with status 1; nothing is written then.
 """
 import argparse
-import os.path as osp
-import sys
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
-
-import spre_mmdet  # noqa: E402,F401  (must come first: safe weights-only checkpoint loading)
-from spre_mmdet.checkpoint import FORMATS  # noqa: E402
-from spre_mmdet.checkpoint.importing import describe, import_reference_file  # noqa: E402
-from spre_mmdet.cli import run_tool  # noqa: E402
+import spre_mmdet  # noqa: F401  (must come first: safe weights-only checkpoint loading)
+from spre_mmdet.checkpoint import FORMATS
+from spre_mmdet.checkpoint.importing import describe, import_reference_file
+from spre_mmdet.cli import run_tool
 
 
 def parse_args(argv=None):

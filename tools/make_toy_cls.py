@@ -13,14 +13,11 @@ is refused. See docs/synthetic_cls.md.
 import argparse
 import os
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from spre_mmdet.cli import run_tool  # noqa: E402
-from spre_mmdet.datasets.synthetic_cls import (  # noqa: E402
+from spre_mmdet.cli import run_tool
+from spre_mmdet.datasets.synthetic_cls import (
     fingerprint, generate_synthetic_classification, remove_generated, written_files)
-from spre_mmdet.errors import DatasetError  # noqa: E402
+from spre_mmdet.errors import DatasetError
 
 
 def parse_args(argv=None):

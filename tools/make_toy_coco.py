@@ -15,9 +15,7 @@ import os.path as osp
 import shutil
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from spre_mmdet.datasets.synthetic_coco import (  # noqa: E402
+from spre_mmdet.datasets.synthetic_coco import (
     dataset_fingerprint, generate_synthetic_coco)
 
 

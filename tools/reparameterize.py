@@ -18,18 +18,15 @@ deletes files it did not write, and refuses a folder holding its input or the cu
 """
 import argparse
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+import spre_mmdet  # noqa: F401  (must come first: safe checkpoint loading)
+from spre_mmdet.checkpoint import load_checkpoint_checked
+from spre_mmdet.cli import run_tool
+from spre_mmdet.deploy import INTERSPACE_FORMS, build_model, export_deploy
+from spre_mmdet.errors import CheckpointError
+from spre_mmdet.sparsity import sparse_layers
 
-import spre_mmdet  # noqa: E402,F401  (must come first: safe checkpoint loading)
-from spre_mmdet.checkpoint import load_checkpoint_checked  # noqa: E402
-from spre_mmdet.cli import run_tool  # noqa: E402
-from spre_mmdet.deploy import INTERSPACE_FORMS, build_model, export_deploy  # noqa: E402
-from spre_mmdet.errors import CheckpointError  # noqa: E402
-from spre_mmdet.sparsity import sparse_layers  # noqa: E402
-
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config, DictAction
 
 
 def parse_args():

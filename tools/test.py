@@ -5,25 +5,22 @@
 import argparse
 import os
 import os.path as osp
-import sys
 import warnings
 from copy import deepcopy
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+import spre_mmdet  # noqa: F401  (must come first: applies spre_mmdet.compat)
+from spre_mmdet.checkpoint import load_state_checked, state_dict_of
+from spre_mmdet.cli import check_dataset_paths, load_tool_config, run_tool
 
-import spre_mmdet  # noqa: E402,F401  (must come first: applies spre_mmdet.compat)
-from spre_mmdet.checkpoint import load_state_checked, state_dict_of  # noqa: E402
-from spre_mmdet.cli import check_dataset_paths, load_tool_config, run_tool  # noqa: E402
+from mmengine import ConfigDict
+from mmengine.config import DictAction
+from mmengine.model import BaseTTAModel, is_model_wrapper
+from mmengine.runner import CheckpointLoader, Runner
 
-from mmengine import ConfigDict  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
-from mmengine.model import BaseTTAModel, is_model_wrapper  # noqa: E402
-from mmengine.runner import CheckpointLoader, Runner  # noqa: E402
-
-from mmdet.engine.hooks.utils import trigger_visualization_hook  # noqa: E402
-from mmdet.evaluation import DumpDetResults  # noqa: E402
-from mmdet.registry import RUNNERS  # noqa: E402
-from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
+from mmdet.engine.hooks.utils import trigger_visualization_hook
+from mmdet.evaluation import DumpDetResults
+from mmdet.registry import RUNNERS
+from mmdet.utils import setup_cache_size_limit_of_dynamo
 
 
 # TODO: support fuse_conv_bn and format_only

@@ -4,19 +4,15 @@
 # place before the config is read, and reports user errors without a traceback.
 import argparse
 import os
-import os.path as osp
-import sys
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+import spre_mmdet  # noqa: F401  (must come first: applies spre_mmdet.compat)
+from spre_mmdet.cli import check_dataset_paths, load_tool_config, run_tool
 
-import spre_mmdet  # noqa: E402,F401  (must come first: applies spre_mmdet.compat)
-from spre_mmdet.cli import check_dataset_paths, load_tool_config, run_tool  # noqa: E402
+from mmengine.config import DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
 
-from mmengine.config import DictAction  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-
-from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
+from mmdet.utils import setup_cache_size_limit_of_dynamo
 
 
 def parse_args():
