@@ -10,11 +10,12 @@ seeds, ResNet-10 on the synthetic classification set (configs/toy/cls/). Detecti
 srste, spre} x {2:4, 1:8} x seeds through the two-stage pipeline (ResNet-18 classification
 pretraining at 64x64, then Mask R-CNN on the synthetic COCO set; needs data/toy_cls64 and
 data/toy_coco). Toy: every method's toy Mask R-CNN R-18 config from scratch (2:4, seed 0 by
-default), with step time, peak memory and deploy checks. Every cell is one run of tools/train.py on a shipped config with the seed's
-shared initial weights; finished cells are kept in OUT/results.jsonl, so an interrupted sweep
-continues where it stopped (a detection cell whose stage 1 finished resumes at stage 2). Writes OUT/summary.md (mean ± std [95% interval] per cell, paired
-differences), OUT/accuracy_vs_sparsity.png and, for classification, the per-kernel-position
-analysis of the final deploy kernels (OUT/kernel_positions.{png,json}). The grid, the runs,
+default), with step time, peak memory and deploy checks. Every cell is one run of
+tools/train.py on a shipped config with the seed's shared initial weights; finished cells are
+kept in OUT/results.jsonl, so an interrupted sweep continues where it stopped (a detection cell
+whose stage 1 finished resumes at stage 2). Writes OUT/summary.md (mean ± std [95% interval]
+per cell, paired differences), OUT/accuracy_vs_sparsity.png and, for classification, the
+per-kernel-position analysis of the final deploy kernels (OUT/kernel_positions.{png,json}). The grid, the runs,
 the statistics and the report are the package ``sweep_lib`` next to this script.
 """
 import argparse
@@ -83,7 +84,8 @@ def main(argv=None):
         from tqdm import tqdm
         done = finished(args.out)
         bar = tqdm(total=len(cells), desc='sweep', unit='run',
-                   initial=sum(1 for c in cells if c.name in done and not done[c.name].get('error')))
+                   initial=sum(1 for c in cells
+                               if c.name in done and not done[c.name].get('error')))
 
         def progress(record):
             metric = record.get('top1', record.get('bbox_mAP'))

@@ -235,7 +235,8 @@ def memory_child(args):
 
 def memory_command(args, variant) -> List[str]:
     """The command of the fresh process measuring ``variant``'s memory (this script)."""
-    cmd = [sys.executable, osp.abspath(__file__), '--arch', args.arch, '--img-size', str(args.img_size), '--batch', str(args.batch),
+    cmd = [sys.executable, osp.abspath(__file__), '--arch', args.arch,
+           '--img-size', str(args.img_size), '--batch', str(args.batch),
            '--threads', str(args.threads), '--mem-steps', str(args.mem_steps),
            '--memory-child', variant]
     if args.interval is not None:
