@@ -15,6 +15,8 @@ lives here:
    Without CUDA, ``--launcher pytorch`` now initialises the process group with ``gloo``
    (an ``nccl`` request is switched to ``gloo`` with a warning), DDP is built without
    ``device_ids`` for CPU modules and SyncBN layers are reverted to BN (SyncBN needs a GPU).
+   ``--launcher slurm`` (``tools/slurm_train.sh``) likewise: mmengine's slurm environment
+   (rank, world size, master from ``SLURM_*``) without ``torch.cuda.set_device``, on gloo.
    With a GPU (or other accelerator) nothing changes.
 3. **torchvision:// without torchvision.** ``torchvision://`` / ``modelzoo://`` checkpoints
    raise :class:`~spre_mmdet.errors.TorchvisionUnavailableError` with the fix (install
@@ -22,6 +24,7 @@ lives here:
    deep import error.
 """
 import importlib
+import os
 import os.path as osp
 import pickle
 import warnings
@@ -120,6 +123,27 @@ def _patch_dist_launcher() -> None:
 
     _init_dist_pytorch._spre_mmdet_patched = True
     dist_utils._init_dist_pytorch = _init_dist_pytorch
+
+    orig_slurm = dist_utils._init_dist_slurm
+
+    def _init_dist_slurm(backend, port=None, init_backend='torch', **kwargs) -> None:
+        # GPU: mmengine's behaviour. CPU: its environment set-up without set_device, on gloo.
+        if _accelerator_available() or init_backend != 'torch':
+            return orig_slurm(backend, port=port, init_backend=init_backend, **kwargs)
+        import subprocess
+        proc_id = int(os.environ['SLURM_PROCID'])
+        if port is not None:
+            os.environ['MASTER_PORT'] = str(port)
+        os.environ.setdefault('MASTER_PORT', '29500')
+        if 'MASTER_ADDR' not in os.environ:
+            os.environ['MASTER_ADDR'] = subprocess.getoutput(
+                f'scontrol show hostname {os.environ["SLURM_NODELIST"]} | head -n1')
+        os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+        os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', str(proc_id))
+        os.environ['RANK'] = str(proc_id)
+        _init_dist_pytorch(backend, init_backend=init_backend, **kwargs)
+
+    dist_utils._init_dist_slurm = _init_dist_slurm
 
 
 def _module_on_cpu(module: torch.nn.Module) -> bool:
