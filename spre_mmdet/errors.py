@@ -54,3 +54,7 @@ class NotFinalError(SpreMMDetError, RuntimeError):
 
 class TorchvisionUnavailableError(SpreMMDetError, ImportError):
     """A ``torchvision://`` checkpoint was requested but torchvision cannot be imported."""
+
+
+class StackError(SpreMMDetError, RuntimeError):
+    """The installed stack cannot run what was asked (e.g. mmcv without CUDA ops on a GPU)."""

@@ -11,6 +11,7 @@ from copy import deepcopy
 import spre_mmdet  # noqa: F401  (must come first: applies spre_mmdet.compat)
 from spre_mmdet.checkpoint import load_state_checked, state_dict_of
 from spre_mmdet.cli import check_dataset_paths, load_tool_config, run_tool
+from spre_mmdet.mmcv_ops import check_mmcv_ops
 
 from mmengine import ConfigDict
 from mmengine.config import DictAction
@@ -121,6 +122,8 @@ def main():
             cfg.tta_pipeline[-1] = flip_tta
         cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+    check_mmcv_ops(cfg)  # a GPU run needs mmcv's CUDA ops: refused here, with the fix
 
     # fail early, with a hint, when the checkpoint or the dataset is not there
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):

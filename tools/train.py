@@ -7,6 +7,7 @@ import os
 
 import spre_mmdet  # noqa: F401  (must come first: applies spre_mmdet.compat)
 from spre_mmdet.cli import check_dataset_paths, load_tool_config, run_tool
+from spre_mmdet.mmcv_ops import check_mmcv_ops
 
 from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
@@ -95,6 +96,8 @@ def main():
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
+
+    check_mmcv_ops(cfg)  # a GPU run needs mmcv's CUDA ops: refused here, with the fix
 
     # fail early, with a hint, when the dataset is not there
     loaders = ['train_dataloader']
