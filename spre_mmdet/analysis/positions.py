@@ -76,7 +76,6 @@ class LayerAnalysis:
         main_density: density of the main N:M branch (``1 - nm``).
         rep_density: density of the extra branch ``W_rep * B * S`` (``main_density * S``).
         nm_source / spatial_source: ``'checkpoint'`` or ``'computed'``.
-        is_spre: the checkpoint has a ``weight_rep`` for this conv.
         notes: warnings about this layer (e.g. a stored mask that is not N:M).
     """
 
@@ -90,7 +89,6 @@ class LayerAnalysis:
     spatial_computed: np.ndarray
     nm_source: str = 'computed'
     spatial_source: str = 'computed'
-    is_spre: bool = False
     notes: List[str] = field(default_factory=list)
 
     @property
@@ -149,8 +147,8 @@ class SkippedLayer:
 
 
 def analyze_layer(name: str, weight: torch.Tensor, n: int, m: int,
-                  mask: Optional[torch.Tensor] = None, spatial: Optional[torch.Tensor] = None,
-                  weight_rep: Optional[torch.Tensor] = None) -> LayerAnalysis:
+                  mask: Optional[torch.Tensor] = None, spatial: Optional[torch.Tensor] = None
+                  ) -> LayerAnalysis:
     """Analyse one conv weight ``(O, C, kh, kw)``, using ``mask`` (B) and ``spatial`` (S) if given.
 
     Raises:
@@ -198,7 +196,7 @@ def analyze_layer(name: str, weight: torch.Tensor, n: int, m: int,
         name=name, shape=tuple(weight.shape), n=n, m=m,
         unstructured=unstructured_position_sparsity(weight, n, m), nm=nm, spatial=s,
         spatial_computed=computed, nm_source=nm_source, spatial_source=spatial_source,
-        is_spre=weight_rep is not None, notes=notes)
+        notes=notes)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Find the ``k x k`` convs of a state dict and analyse them, no model built (the state dict of a
 checkpoint file is :func:`spre_mmdet.checkpoint.state_dict_of`).
 
-A sparse layer's extra tensors are found by the names its class registers them under (e.g.
-``<conv>.sparsity.mask``, ``<conv>.spatial``, ``<conv>.weight_rep``), so the analysis reads a
+A sparse layer's extra tensors are found by the names its class registers them under
+(``<conv>.sparsity.mask``, ``<conv>.spatial``), so the analysis reads a
 training checkpoint's own ``B`` and ``S`` when it has them.
 """
 from typing import Dict, Iterable, List, Mapping, Tuple
@@ -16,16 +16,14 @@ from ..sparsity.spre import SpReConv2d
 from .positions import AnalysisError, LayerAnalysis, SkippedLayer, analyze_layer
 
 __all__ = [
-    'MASK_SUFFIX', 'SPATIAL_SUFFIX', 'REP_SUFFIX', 'find_kxk_convs', 'suggest_prefixes',
-    'analyze_state_dict'
+    'MASK_SUFFIX', 'SPATIAL_SUFFIX', 'find_kxk_convs', 'suggest_prefixes', 'analyze_state_dict'
 ]
 
 
-#: State-dict key suffixes, after a conv's name, of its learner's N:M mask ``B``, of SpRe's
-#: spatial mask ``S`` and of SpRe's extra weight: the names the layer classes register them under.
+#: State-dict key suffixes, after a conv's name, of its learner's N:M mask ``B`` and of SpRe's
+#: spatial mask ``S``: the names the layer classes register them under.
 MASK_SUFFIX = f'.{SparseLayerMixin.LEARNER}.{MaskLearner.MASK}'
 SPATIAL_SUFFIX = f'.{SpReConv2d.SPATIAL}'
-REP_SUFFIX = f'.{SpReConv2d.REP_WEIGHT}'
 
 
 def _is_kxk(tensor) -> bool:
@@ -83,6 +81,5 @@ def analyze_state_dict(state_dict: Mapping[str, torch.Tensor], n: int = 2, m: in
             continue
         analysed.append(analyze_layer(
             name, weight, n, m, mask=state_dict.get(name + MASK_SUFFIX),
-            spatial=state_dict.get(name + SPATIAL_SUFFIX),
-            weight_rep=state_dict.get(name + REP_SUFFIX)))
+            spatial=state_dict.get(name + SPATIAL_SUFFIX)))
     return analysed, skipped

@@ -8,7 +8,7 @@ import torch
 
 from ..sparsity.nm import nm_mask
 from ..sparsity.spre import spatial_mask
-from .state_dict import MASK_SUFFIX, REP_SUFFIX, SPATIAL_SUFFIX
+from .state_dict import MASK_SUFFIX, SPATIAL_SUFFIX
 
 __all__ = ['synthetic_weight', 'synthetic_state_dict']
 
@@ -34,9 +34,9 @@ def synthetic_state_dict(num_layers: int = 8, n: int = 2, m: int = 4, prefix: st
                          seed: int = 0) -> 'OrderedDict[str, torch.Tensor]':
     """A small SpRe-like backbone state dict: 3x3 convs with centre/cross-heavy weights.
 
-    Odd layers look like SpRe training checkpoints (``weight_rep``, ``spatial``,
-    ``sparsity.mask``), even layers like plain dense convs; a 7x7 stem with 3 input channels
-    and 1x1 convs are included as things the analysis must skip.
+    Odd layers look like SpRe training checkpoints (``spatial``, ``sparsity.mask``), even
+    layers like plain dense convs; a 7x7 stem with 3 input channels and 1x1 convs are included
+    as things the analysis must skip.
     """
     gen = torch.Generator().manual_seed(seed)
     state: 'OrderedDict[str, torch.Tensor]' = OrderedDict()
@@ -50,7 +50,6 @@ def synthetic_state_dict(num_layers: int = 8, n: int = 2, m: int = 4, prefix: st
         state[name.replace('conv2', 'conv1') + '.weight'] = torch.randn(channels, channels, 1, 1,
                                                                          generator=gen)
         if k % 2:
-            state[name + REP_SUFFIX] = torch.randn_like(weight)
             state[name + SPATIAL_SUFFIX] = spatial_mask(weight, n, m)
             state[name + MASK_SUFFIX] = nm_mask(weight, n, m)
     return state

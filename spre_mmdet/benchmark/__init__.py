@@ -9,8 +9,8 @@ from .gemm import (BACKENDS, GemmLayer, conv_weight_to_gemm, forced_backend, gem
                    im2col_nhwc, resolve_backend, shape_constraints)
 from .layers import (LayerCheck, candidate_reason, capture_input_shapes, check_layers,
                      format_checks, set_module, swapped)
-from .report import (CSV_COLUMNS, JSON_KEYS, build_report, format_e2e_table, format_layer_table,
-                     write_all, write_csv, write_json, write_plot)
+from .report import (CSV_COLUMNS, build_report, format_e2e_table, format_layer_table, write_all,
+                     write_csv, write_json, write_plot)
 from .runner import (DTYPES, TOLERANCES, bench_end_to_end, bench_layer_cuda, check_layer_cpu,
                      compare, compare_outputs, dispatch_decisions, layer_calls, speedups,
                      tolerance_text)
@@ -20,7 +20,7 @@ __all__ = [
     'BACKENDS', 'GemmLayer', 'conv_weight_to_gemm', 'forced_backend', 'gemm_dims', 'im2col_nhwc',
     'resolve_backend', 'shape_constraints', 'LayerCheck', 'candidate_reason',
     'capture_input_shapes', 'check_layers', 'format_checks', 'set_module', 'swapped',
-    'CSV_COLUMNS', 'JSON_KEYS', 'build_report', 'format_e2e_table', 'format_layer_table',
+    'CSV_COLUMNS', 'build_report', 'format_e2e_table', 'format_layer_table',
     'write_all', 'write_csv', 'write_json', 'write_plot', 'DTYPES', 'TOLERANCES',
     'bench_end_to_end', 'bench_layer_cuda', 'check_layer_cpu', 'compare', 'compare_outputs',
     'dispatch_decisions', 'layer_calls', 'speedups', 'tolerance_text', 'NEEDS_GPU', 'cuda_time',

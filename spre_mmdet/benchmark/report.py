@@ -9,8 +9,6 @@ CSV_COLUMNS = ('name', 'kind', 'weight_shape', 'calls', 'M', 'N', 'K', 'valid', 
                'dense_iqr_ms', 'sparse_ms', 'sparse_iqr_ms', 'im2col_ms', 'sparse_gemm_ms',
                'dense_gemm_ms', 'speedup', 'gemm_speedup', 'dispatch', 'max_abs_err',
                'rel_err', 'numerics_ok', 'numerics_ref', 'note')
-JSON_KEYS = ('meta', 'timings_available', 'timing_unavailable_reason', 'tolerance', 'validity',
-             'layers', 'end_to_end', 'summary')
 
 
 def layer_row(name: str, kind: str, weight_shape: Sequence[int], calls: list) -> Dict[str, object]:

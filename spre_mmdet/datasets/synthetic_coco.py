@@ -276,9 +276,7 @@ def _write_split(out_dir: str, split: str, num: int, image_size, seed: int, num_
             f.write(buf.tobytes())
         images.append(dict(id=img_id, file_name=fname, height=h, width=w))
         for k, o in enumerate(objs, 1):
-            m = inst == k
-            ys, xs = np.nonzero(m)
-            if len(xs) == 0:  # pragma: no cover - guarded by the visibility check
+            if not (inst == k).any():  # pragma: no cover - guarded by the visibility check
                 continue
             polys = [p for p in o['polygons'] if len(p) >= 3]
             allp = np.concatenate(polys)

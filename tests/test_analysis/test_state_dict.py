@@ -17,10 +17,9 @@ def test_spatial_buffer_from_checkpoint_is_used():
     w = synthetic_weight(8, 8, 3)
     stored = torch.zeros(3, 3)
     stored[0, 0] = 1.0  # deliberately unlike spatial_mask(w)
-    state = {'backbone.conv.weight': w, 'backbone.conv.spatial': stored,
-             'backbone.conv.weight_rep': torch.randn_like(w)}
+    state = {'backbone.conv.weight': w, 'backbone.conv.spatial': stored}
     (layer,), skipped = analyze_state_dict(state, 2, 4, 'backbone.')
-    assert not skipped and layer.is_spre
+    assert not skipped
     np.testing.assert_array_equal(layer.spatial, stored.numpy())
     assert layer.spatial_source == 'checkpoint' and not layer.spatial_agrees
     np.testing.assert_array_equal(layer.spatial_computed, spatial_mask(w, 2, 4).numpy())
@@ -38,7 +37,7 @@ def test_real_spre_conv_state_dict_uses_its_mask_and_spatial():
 
     (layer,), skipped = analyze_state_dict(module.state_dict(), 2, 4, prefix='')
 
-    assert not skipped and layer.name == 'conv' and layer.is_spre and not layer.notes
+    assert not skipped and layer.name == 'conv' and not layer.notes
     assert layer.nm_source == 'checkpoint' and layer.spatial_source == 'checkpoint'
     np.testing.assert_array_equal(layer.nm, position_sparsity(conv.sparsity.mask))
     np.testing.assert_array_equal(layer.spatial, conv.spatial.numpy())
