@@ -8,18 +8,23 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS  # the root registry: found from mmdet and mmpretrain configs
 
 from ..errors import ConfigError
-from ..sparsity import (format_report, refresh_masks, sparse_layers,
+from ..sparsity import (format_report, refresh_masks, register_srste_decay, sparse_layers,
                         sparsity_report, spre_pairs)
 
 
 @HOOKS.register_module()
 class SparsityHook(Hook):
-    """Advance masks after every optimizer step; log sparsity; report at the end of training.
+    """Advance masks after every optimizer step; add SR-STE's decay before it; log sparsity;
+    report at the end of training.
 
     Masks are refreshed right after each optimizer step, to the iteration that comes next, so
     that between iterations the masks always belong to the current weights: validation,
     checkpoints, export and resume all see the same consistent state (and a resumed run
     continues exactly like an uninterrupted one).
+
+    SR-STE's decay is added to the unscaled, accumulated gradient right before every optimizer
+    step (:func:`~spre_mmdet.sparsity.register_srste_decay` on each optimizer of the run), so
+    that it does not depend on AMP's loss scale or on ``accumulative_counts``.
 
     Args:
         log_interval: log overall and per-stage density every this many iterations.
@@ -29,6 +34,7 @@ class SparsityHook(Hook):
 
     def __init__(self, log_interval: int = 50):
         self.log_interval = log_interval
+        self._decay_handles = []
 
     @staticmethod
     def _model(runner):
@@ -68,6 +74,10 @@ class SparsityHook(Hook):
             raise ConfigError(f'{len(problems)} sparse layers would not be final when this '
                               f'{runner.max_iters}-iteration run ends, e.g. {problems[0]}.')
         refresh_masks(model, runner.iter)
+        wrapper = runner.optim_wrapper
+        wrappers = wrapper.optim_wrappers.values() if hasattr(wrapper, 'optim_wrappers') \
+            else [wrapper]
+        self._decay_handles = [register_srste_decay(model, w.optimizer) for w in wrappers]
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         model = self._model(runner)
@@ -109,6 +119,9 @@ class SparsityHook(Hook):
         return {key: kept[key] / total[key] for key in total}
 
     def after_train(self, runner) -> None:
+        for handle in self._decay_handles:
+            handle.remove()
+        self._decay_handles = []
         model = self._model(runner)
         rows = sparsity_report(model)
         table = format_report(rows)

@@ -19,17 +19,19 @@ from .nm import (NMCheck, check_nm, check_nm_tensor, from_groups,
                  nm_incompatibility, nm_mask, nm_masks, to_groups, unstructured_mask)
 from .record import SparseLayerRecord
 from .spre import SpReBatchNorm2d, SpReConv2d, fold_batchnorm, spatial_mask
-from .srste import SRSTEFunction, apply_mask, srste
+from .srste import (MaskedSTE, add_srste_decay_, apply_mask, masked_ste, register_srste_decay,
+                    srste_decay_pairs)
 
 __all__ = [
-    'LEARNERS', 'FixedMask', 'InterspaceConv2d', 'InterspaceDeployConv2d', 'LBCMask', 'LayerReport',
-    'MaskLearner', 'NMCheck', 'NotFinalError', 'SRSTEFunction', 'SRSTEMask', 'SparseConv2d',
+    'FixedMask', 'InterspaceConv2d', 'InterspaceDeployConv2d', 'LayerReport', 'LBCMask',
+    'LEARNERS', 'MaskedSTE', 'MaskLearner', 'NMCheck', 'NotFinalError', 'SparseConv2d',
     'SparseLayerMixin', 'SparseLayerRecord', 'SparseLinear', 'SpReBatchNorm2d', 'SpReConv2d',
-    'UnstructuredMask', 'apply_mask', 'build_learner', 'check_nm', 'check_nm_tensor', 'check_sparsity_options',
-    'coefficient_learner', 'cubic_survivors', 'fold_batchnorm', 
-    'format_report', 'from_groups', 'nm_masks',
-    'initialize_masks', 'interspace_incompatibility', 'nm_incompatibility', 'nm_mask',
-    'pixel_basis', 'refresh_masks', 'register_learner', 'reparameterize', 'sparse_layer_records',
-    'sparse_layers', 'sparsify_layer', 'sparsify_residual_block', 'sparsity_report', 'spre_pairs', 'spatial_mask', 'srste',
-    'subset_matrix', 'to_groups', 'unstructured_mask'
+    'SRSTEMask', 'UnstructuredMask', 'add_srste_decay_', 'apply_mask', 'build_learner', 'check_nm',
+    'check_nm_tensor', 'check_sparsity_options', 'coefficient_learner', 'cubic_survivors',
+    'fold_batchnorm', 'format_report', 'from_groups', 'initialize_masks',
+    'interspace_incompatibility', 'masked_ste', 'nm_incompatibility', 'nm_mask', 'nm_masks',
+    'pixel_basis', 'refresh_masks', 'register_learner', 'register_srste_decay', 'reparameterize',
+    'sparse_layer_records', 'sparse_layers', 'sparsify_layer', 'sparsify_residual_block',
+    'sparsity_report', 'spatial_mask', 'spre_pairs', 'srste_decay_pairs', 'subset_matrix',
+    'to_groups', 'unstructured_mask',
 ]

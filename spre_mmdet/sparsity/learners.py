@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .nm import check_nm, nm_masks, unstructured_mask
-from .srste import apply_mask, srste
+from .srste import add_srste_decay_, apply_mask, masked_ste
 
 
 class DerivedStateMixin:
@@ -143,7 +143,12 @@ class SRSTEMask(MaskLearner):
         self.interval = int(interval)
 
     def forward(self, weight):
-        return srste(weight, self.mask, self.decay)
+        return masked_ste(weight, self.mask)
+
+    def decay_gradient_(self, weight: torch.Tensor) -> None:
+        """Add the sparse-refined decay to ``weight.grad`` (once per optimizer step, see
+        :func:`~spre_mmdet.sparsity.srste.register_srste_decay`)."""
+        add_srste_decay_(weight, self.mask, self.decay)
 
     def refresh(self, weight, iteration):
         if self.needs_init or iteration % self.interval == 0:
@@ -207,8 +212,13 @@ class UnstructuredMask(MaskLearner):
 
     def forward(self, weight):
         if self.interval:
-            return srste(weight, self.mask, self.decay)
+            return masked_ste(weight, self.mask)
         return apply_mask(weight, self.mask)
+
+    def decay_gradient_(self, weight: torch.Tensor) -> None:
+        """SR-STE's decay while the mask is recomputed (``interval > 0``); none when fixed."""
+        if self.interval:
+            add_srste_decay_(weight, self.mask, self.decay)
 
     def initialize(self, weight):
         self.mask.copy_(unstructured_mask(weight, self.density))

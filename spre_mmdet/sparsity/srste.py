@@ -1,12 +1,26 @@
 """SR-STE: sparse-refined straight-through estimator (Zhou et al., ICLR 2021).
 
-Forward uses ``W~ = W * mask``; backward passes the gradient straight through to the dense
-latent weight and adds the sparse-refined decay on the pruned weights
-(docs/methods/srste_asp.md, SR-STE)::
+Forward uses ``W~ = W * mask``; the gradient passes straight through to the dense latent weight,
+and the sparse-refined decay is added on the pruned weights (docs/methods/srste_asp.md,
+SR-STE)::
 
     dL/dW = dL/dW~ + lambda_w * (1 - mask) * W
+
+The two terms are applied at different times, so that the decay is independent of how the loss
+gradient was produced:
+
+* :func:`masked_ste` (the layer's forward and backward) gives ``dL/dW~`` to ``W``;
+* :func:`add_srste_decay_` adds ``lambda_w * (1 - mask) * W`` to ``W.grad`` once per optimizer
+  step, right before it (:func:`register_srste_decay` installs that on an optimizer). Under
+  mixed precision the gradient is unscaled by then (``GradScaler.step`` unscales before calling
+  the optimizer, and skips the step and the decay on an overflow), and with gradient
+  accumulation it is the accumulated gradient: the decay counts once per update, as in fp32
+  training without accumulation. It is added after gradient clipping.
 """
+from typing import Iterable, Tuple
+
 import torch
+from torch import nn
 
 
 def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -15,28 +29,62 @@ def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return weight * (mask.view(torch.uint8) if mask.dtype == torch.bool else mask)
 
 
-class SRSTEFunction(torch.autograd.Function):
-    """``W * mask`` with the SR-STE backward. ``mask`` is a constant (no gradient)."""
+class MaskedSTE(torch.autograd.Function):
+    """``W * mask`` in forward; the gradient straight through to ``W`` in backward. ``mask`` is
+    a constant (no gradient)."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
-        ctx.save_for_backward(weight, mask)  # the mask buffer and W are kept anyway
-        ctx.decay = decay
+    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return apply_mask(weight, mask)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        weight, mask = ctx.saved_tensors
-        if not ctx.decay:
-            return grad_output, None, None
-        # grad + decay * (1 - mask) * W in one fused pass (rounded as the formula: decay * W,
-        # then + grad), the pruned mask read as 0/1 bytes: no bool -> float temporaries
-        pruned = mask.logical_not()
-        if pruned.dtype == torch.bool:
-            pruned = pruned.view(torch.uint8)
-        return torch.addcmul(grad_output, weight, pruned, value=ctx.decay), None, None
+        return grad_output, None
 
 
-def srste(weight: torch.Tensor, mask: torch.Tensor, decay: float = 2e-4) -> torch.Tensor:
-    """Apply SR-STE: see :class:`SRSTEFunction`."""
-    return SRSTEFunction.apply(weight, mask, decay)
+def masked_ste(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """SR-STE's forward: see :class:`MaskedSTE`."""
+    return MaskedSTE.apply(weight, mask)
+
+
+@torch.no_grad()
+def add_srste_decay_(weight: torch.Tensor, mask: torch.Tensor, decay: float) -> None:
+    """``weight.grad += decay * (1 - mask) * weight``, in place (nothing if ``weight`` has no
+    gradient or ``decay`` is 0). Call it once per optimizer step, on the unscaled gradient."""
+    if not decay or weight.grad is None:
+        return
+    pruned = mask.logical_not()
+    if pruned.dtype == torch.bool:
+        pruned = pruned.view(torch.uint8)  # no bool -> float temporary
+    weight.grad.addcmul_(weight, pruned, value=decay)
+
+
+def srste_decay_pairs(model: nn.Module) -> Iterable[Tuple[nn.Module, torch.Tensor]]:
+    """``(learner, weight)`` of every sparse layer of ``model`` whose learner adds the SR-STE
+    decay (a ``decay_gradient_`` method)."""
+    for module in model.modules():
+        learner = getattr(module, 'sparsity', None)
+        if learner is not None and hasattr(learner, 'decay_gradient_') and \
+                isinstance(getattr(module, 'weight', None), torch.Tensor):
+            yield learner, module.weight
+
+
+def register_srste_decay(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """Add SR-STE's decay of every sparse layer of ``model`` to its weight's gradient right
+    before each ``optimizer.step()``. Training loops call this once per optimizer (mmengine's
+    ``SparsityHook`` does); plain PyTorch users call it after building the optimizer.
+
+    Only weights that ``optimizer`` updates get the decay from it, so that with one optimizer
+    per part of the model each weight gets it once.
+
+    Returns:
+        The hook's handle (``handle.remove()`` undoes it).
+    """
+    updated = {id(p) for group in optimizer.param_groups for p in group['params']}
+    pairs = [(learner, weight) for learner, weight in srste_decay_pairs(model)
+             if id(weight) in updated]
+
+    def add_decay(optimizer, args, kwargs):
+        for learner, weight in pairs:
+            learner.decay_gradient_(weight)
+    return optimizer.register_step_pre_hook(add_decay)

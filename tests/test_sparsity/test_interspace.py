@@ -14,7 +14,7 @@ from torch import nn
 from helpers import assert_nm_pattern
 from spre_mmdet.sparsity import (check_nm_tensor, refresh_masks, reparameterize,
                                  sparse_layer_records, sparsify_layer, sparsity_report)
-from spre_mmdet.sparsity import UnstructuredMask
+from spre_mmdet.sparsity import UnstructuredMask, register_srste_decay
 from spre_mmdet.sparsity.interspace import (InterspaceConv2d, InterspaceDeployConv2d,
                                             pixel_basis)
 
@@ -194,7 +194,8 @@ def test_report_of_deploy_model_names_methods_and_checks_gemm():
 
 def test_gradients_match_explicit_reference():
     """Basis and coefficient gradients are non-zero and equal autograd of
-    conv(x, einsum('ocb,bhw->ochw', L*mask, F)) (plus SR-STE's straight-through/decay terms)."""
+    conv(x, einsum('ocb,bhw->ochw', L*mask, F)) (plus SR-STE's straight-through term, and its
+    decay once register_srste_decay adds it before the optimizer step)."""
     decay = 1e-2
     layer = InterspaceConv2d.from_dense(make_conv(stride=2, padding=1), 'srste', 2, 4,
                                         decay=decay)
@@ -204,6 +205,9 @@ def test_gradients_match_explicit_reference():
     x = torch.randn(2, 8, 10, 10)
     target = torch.randn_like(layer(x))
     (layer(x) * target).sum().backward()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.0)
+    register_srste_decay(layer, opt)
+    opt.step()
 
     coeff = (layer.weight.detach() * mask).requires_grad_()
     basis = layer.basis.detach().clone().requires_grad_()

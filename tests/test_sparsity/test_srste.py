@@ -8,9 +8,9 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from helpers import assert_nm_pattern, reference_nm_mask
-from spre_mmdet.sparsity.srste import apply_mask
-from spre_mmdet.sparsity import (FixedMask, SparseConv2d, SparseLinear, SRSTEMask, build_learner,
-                                 nm_mask, refresh_masks, sparsify_layer, srste)
+from spre_mmdet.sparsity import (FixedMask, SparseConv2d, SparseLinear, SRSTEMask,
+                                 add_srste_decay_, apply_mask, build_learner, masked_ste, nm_mask,
+                                 refresh_masks, register_srste_decay, sparsify_layer)
 
 
 def _sparse_conv(method='srste', seed=0, **kwargs):
@@ -43,9 +43,10 @@ def test_srste_gradient_formula(seed, decay):
     weight = torch.randn(4, 8, 3, 3, generator=gen, requires_grad=True)
     grad_out = torch.randn(4, 8, 3, 3, generator=gen)
     mask = torch.from_numpy(reference_nm_mask(weight, 2, 4))
-    masked = srste(weight, mask, decay)
+    masked = masked_ste(weight, mask)
     assert torch.equal(masked, weight.detach() * mask)
     (masked * grad_out).sum().backward()
+    add_srste_decay_(weight, mask, decay)
     expected = grad_out + decay * (~mask).float() * weight.detach()
     torch.testing.assert_close(weight.grad, expected, rtol=0, atol=1e-7)
 
@@ -58,7 +59,8 @@ def test_srste_gradient_is_bitwise_the_formula(seed, decay):
     weight = (torch.randn(8, 16, 3, 3, generator=gen) * 10).requires_grad_()
     grad_out = torch.randn(8, 16, 3, 3, generator=gen) * 100
     mask = nm_mask(weight, 2, 4)
-    srste(weight, mask, decay).backward(grad_out)
+    masked_ste(weight, mask).backward(grad_out)
+    add_srste_decay_(weight, mask, decay)
     assert torch.equal(weight.grad, grad_out + decay * (~mask).float() * weight.detach())
 
 
@@ -73,28 +75,34 @@ def test_apply_mask_equals_multiplication_by_the_bool_mask():
         torch.testing.assert_close(apply_mask(w, m), w * m, equal_nan=True, rtol=0, atol=0)
 
 
-def test_srste_zero_decay_is_pure_ste():
-    """decay=0: the gradient passes straight through, pruned positions included."""
+def test_masked_ste_is_pure_ste():
+    """Backward alone passes the gradient straight through, pruned positions included."""
     weight = torch.randn(4, 8, requires_grad=True)
     grad_out = torch.randn(4, 8)
     mask = nm_mask(weight, 1, 4)
-    (srste(weight, mask, 0.0) * grad_out).sum().backward()
+    (masked_ste(weight, mask) * grad_out).sum().backward()
     assert torch.equal(weight.grad, grad_out)
     assert (weight.grad[~mask] != 0).all()
 
 
 def test_sparse_conv_backward_matches_hand_computation():
-    """Through a SparseConv2d, weight.grad = grad w.r.t. W~ (same conv on a leaf W~) + decay term."""
+    """Through a SparseConv2d and an optimizer step with register_srste_decay, the gradient the
+    optimizer sees is the grad w.r.t. W~ (same conv on a leaf W~) + the decay term."""
     decay = 0.1
     layer = _sparse_conv(decay=decay)
     layer.refresh(0)
     x = torch.randn(2, 8, 5, 5)
     target = torch.randn(2, 6, 5, 5)
+    seen = []
+    opt = torch.optim.SGD(layer.parameters(), lr=0.0)
+    register_srste_decay(layer, opt)
+    opt.register_step_pre_hook(lambda *args: seen.append(layer.weight.grad.clone()))
     F.mse_loss(layer(x), target).backward()
+    opt.step()
     masked = (layer.weight.detach() * layer.sparsity.mask).requires_grad_()
     F.mse_loss(F.conv2d(x, masked, layer.bias.detach(), padding=1), target).backward()
     expected = masked.grad + decay * (~layer.sparsity.mask) * layer.weight.detach()
-    torch.testing.assert_close(layer.weight.grad, expected)
+    torch.testing.assert_close(seen[0], expected)
     assert layer.sparsity.mask.grad is None and not layer.sparsity.mask.requires_grad
 
 
