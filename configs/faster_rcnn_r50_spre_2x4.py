@@ -1,7 +1,5 @@
 # Faster R-CNN R-50-FPN, 1x, SpRe 2:4. Defaults explained in mask_rcnn_r50_spre_2x4.py.
 _base_ = ['mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', '_base_/sparse_runtime.py']
-# workers restart each epoch, so EpochSeedHook can make --resume exact (mmdet: persistent)
-train_dataloader = dict(persistent_workers=False)
 
 model = dict(
     backbone=dict(

@@ -4,8 +4,6 @@
 #   python tools/train.py configs/mask_rcnn_r50_spre_2x4.py
 # Other N:M: --cfg-options model.backbone.sparsity.n=1 model.backbone.sparsity.m=4  (or 2:8, 4:8)
 _base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', '_base_/sparse_runtime.py']
-# workers restart each epoch, so EpochSeedHook can make --resume exact (mmdet: persistent)
-train_dataloader = dict(persistent_workers=False)
 
 model = dict(
     backbone=dict(

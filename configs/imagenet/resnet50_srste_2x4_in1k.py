@@ -26,8 +26,6 @@ param_scheduler = [
          T_max=max_epochs - 5, eta_min=0.0, convert_to_iter_based=True),
 ]
 auto_scale_lr = dict(base_batch_size=256)
-# workers restart each epoch, so EpochSeedHook can make --resume exact
-train_dataloader = dict(persistent_workers=False)
 custom_hooks = [
     dict(type='EpochSeedHook'),
     dict(type='SparsityHook', log_interval=100),

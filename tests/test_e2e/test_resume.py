@@ -2,8 +2,10 @@
 with the same weights, masks, S, LBC state and optimizer state as the uninterrupted run.
 
 No test-only hook: the shipped configs' own hooks (EpochSeedHook among them) are used as they
-are; the tiny-run overrides only shrink the data and the schedule. Expected: bit-identical
-tensors (same process set-up, CPU, one thread).
+are; the tiny-run overrides only shrink the data and the schedule, and load the data with
+persistent workers, as mmdet's configs do (the augmentation then runs in worker processes that
+live across epochs in the uninterrupted run and start anew in the resumed one). Expected:
+bit-identical tensors (same process set-up, CPU, one thread).
 """
 import pytest
 import torch
@@ -27,7 +29,10 @@ def runs(request, tmp_path_factory):
     base, overrides = CONFIGS[request.param]
     root = tmp_path_factory.mktemp(f'resume_{request.param}')
     config = tiny_run_config(root, base, overrides + 'train_cfg = dict(max_epochs=2, '
-                             'val_interval=100)\n', seed=5)
+                             'val_interval=100)\n'
+                             'train_dataloader = dict(batch_size=2, num_workers=2, '
+                             'persistent_workers=True, dataset=dict(data_root=data_root))\n',
+                             seed=5)
     env = tool_env()
     full, resumed = root / 'full', root / 'resumed'
     check(run(['tools/train.py', config, '--work-dir', full], env))
