@@ -23,7 +23,7 @@ of ``cols`` to match, and the rows of ``cols`` to the dense minimum. The padded 
 columns are sliced off. Padding is part of the timed forward.
 """
 import contextlib
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +123,8 @@ class GemmLayer(nn.Module):
     """
 
     def __init__(self, weight2d: torch.Tensor, bias: Optional[torch.Tensor], out_features: int,
-                 in_features: int, conv: Optional[dict] = None, dense_row_mult: int = 1):
+                 in_features: int, conv: Optional[dict] = None, dense_row_mult: int = 1,
+                 backend: Optional[str] = None):
         super().__init__()
         self.weight2d = weight2d  # plain attribute: may be a tensor subclass
         self.bias2d = bias
@@ -133,6 +134,14 @@ class GemmLayer(nn.Module):
         self.dense_row_mult = dense_row_mult
         self.k_pad = weight2d.shape[1] - in_features
         self.sparse = isinstance(weight2d, torch.sparse.SparseSemiStructuredTensor)
+        #: the sparse kernel library ('cusparselt' / 'cutlass'), None for a dense weight
+        self.backend = backend if backend is not None else (
+            getattr(type(weight2d), 'BACKEND', None) if self.sparse else None)
+        #: forward through :meth:`kernel` (the ATen op itself) instead of :meth:`gemm`
+        self.direct = False
+        #: cuSPARSELt algorithm per GEMM row count (:func:`search_cusparselt_algorithms`);
+        #: rows not listed use the weight's own (PyTorch's default, 0)
+        self.alg_ids: Dict[int, int] = {}
 
     @classmethod
     def from_module(cls, module: nn.Module, sparse: bool = False, backend: str = 'auto',
@@ -170,7 +179,8 @@ class GemmLayer(nn.Module):
                 bias = F.pad(bias, (0, o_pad - out_features))
             with forced_backend(backend):
                 w2d = to_sparse_semi_structured(w2d)
-        return cls(w2d, bias, out_features, in_features, conv, row_mult)
+        return cls(w2d, bias, out_features, in_features, conv, row_mult,
+                   resolve_backend(backend) if sparse else None)
 
     def gemm_input(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, ...]]:
         """The GEMM's dense operand (padded) and the output's leading shape."""
@@ -186,7 +196,30 @@ class GemmLayer(nn.Module):
         return cols, lead
 
     def gemm(self, cols: torch.Tensor) -> torch.Tensor:
+        """The GEMM as PyTorch dispatches it: ``F.linear`` (for a sparse weight through
+        ``SparseSemiStructuredTensor.__torch_dispatch__`` and its custom op)."""
         return F.linear(cols, self.weight2d, self.bias2d)
+
+    def alg_id(self, rows: int) -> int:
+        """The cuSPARSELt algorithm used for a GEMM input of ``rows`` rows."""
+        return self.alg_ids.get(rows, getattr(self.weight2d, 'alg_id_cusparselt', 0))
+
+    def kernel(self, cols: torch.Tensor) -> torch.Tensor:
+        """The same GEMM as :meth:`gemm` (same kernel, same result), called as the ATen op
+        itself: no ``__torch_dispatch__``, no custom op, so the host issues it about as fast as
+        a dense ``F.linear``. ``cols`` must come from :meth:`gemm_input` (padded rows and K),
+        which also means the custom op would not pad again."""
+        if not self.sparse:
+            return F.linear(cols, self.weight2d, self.bias2d)
+        w = self.weight2d
+        if self.backend == 'cusparselt':
+            # what semi_structured::cusparselt_mm calls for F.linear (transpose fused)
+            return torch._cslt_sparse_mm(w.packed, cols.t(), bias=self.bias2d,
+                                         transpose_result=True, alg_id=self.alg_id(cols.shape[0]))
+        # what semi_structured::cutlass_mm calls for F.linear
+        if self.bias2d is None:
+            return torch._sparse_semi_structured_mm(w.packed, w.meta, cols.t()).t()
+        return torch._sparse_semi_structured_addmm(self.bias2d, w.packed, w.meta, cols.t()).t()
 
     def finish(self, y: torch.Tensor, lead: Tuple[int, ...]) -> torch.Tensor:
         rows = 1
@@ -202,7 +235,7 @@ class GemmLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cols, lead = self.gemm_input(x)
-        return self.finish(self.gemm(cols), lead)
+        return self.finish(self.kernel(cols) if self.direct else self.gemm(cols), lead)
 
     def extra_repr(self) -> str:
         kind = 'conv' if self.conv is not None else 'linear'
@@ -225,3 +258,22 @@ def gemm_dims(module: nn.Module, in_shape: Sequence[int]) -> Tuple[int, int, int
     for v in in_shape[:-1]:
         rows *= v
     return rows, module.out_features, module.in_features
+
+
+def search_cusparselt_algorithms(layer: GemmLayer, inputs: Sequence[torch.Tensor]
+                                 ) -> Dict[int, int]:
+    """cuSPARSELt's own search (``torch._cslt_sparse_mm_search``: it times every algorithm for
+    the shape and returns the fastest) for each GEMM shape the layer sees, stored in
+    ``layer.alg_ids`` (by row count) and returned. ``inputs``: the layer's inputs, one per
+    shape. A no-op for dense or CUTLASS layers (``{}``)."""
+    if not layer.sparse or layer.backend != 'cusparselt':
+        return {}
+    found: Dict[int, int] = {}
+    for x in inputs:
+        cols, _ = layer.gemm_input(x)
+        rows = cols.shape[0]
+        if rows not in found:
+            found[rows] = int(torch._cslt_sparse_mm_search(
+                layer.weight2d.packed, cols.t(), bias=layer.bias2d, transpose_result=True))
+    layer.alg_ids.update(found)
+    return found

@@ -7,8 +7,10 @@ from typing import Dict, Optional, Sequence
 
 CSV_COLUMNS = ('name', 'kind', 'weight_shape', 'calls', 'M', 'N', 'K', 'valid', 'dense_ms',
                'dense_iqr_ms', 'sparse_ms', 'sparse_iqr_ms', 'im2col_ms', 'sparse_gemm_ms',
-               'dense_gemm_ms', 'speedup', 'gemm_speedup', 'dispatch', 'max_abs_err',
-               'rel_err', 'numerics_ok', 'numerics_ref', 'note')
+               'dense_gemm_ms', 'sparse_gemm_default_alg_ms', 'alg_ids', 'speedup',
+               'gemm_speedup', 'dispatch', 'host_dense_us', 'host_dispatch_us',
+               'host_kernel_us', 'eager_dispatch_ms', 'timing_mode', 'host_free',
+               'max_abs_err', 'rel_err', 'numerics_ok', 'numerics_ref', 'note')
 
 
 def layer_row(name: str, kind: str, weight_shape: Sequence[int], calls: list) -> Dict[str, object]:
@@ -16,8 +18,11 @@ def layer_row(name: str, kind: str, weight_shape: Sequence[int], calls: list) ->
     where they could not be measured)."""
     return dict(name=name, kind=kind, weight_shape=list(weight_shape), valid=True, calls=calls,
                 dense_ms=None, sparse_ms=None, im2col_ms=None, sparse_gemm_ms=None,
-                dense_gemm_ms=None, dense_iqr_ms=None, sparse_iqr_ms=None, speedup=None,
-                gemm_speedup=None, dispatch=None, note=None)
+                dense_gemm_ms=None, dense_iqr_ms=None, sparse_iqr_ms=None,
+                sparse_gemm_default_alg_ms=None, alg_ids=None, speedup=None,
+                gemm_speedup=None, dispatch=None, host_dense_us=None, host_dispatch_us=None,
+                host_kernel_us=None, eager_dispatch_ms=None, timing_mode=None, host_free=None,
+                note=None)
 
 
 def no_timing_row(num_sparse: int) -> Dict[str, object]:
@@ -44,13 +49,15 @@ def csv_row(layer: Dict[str, object]) -> Dict[str, object]:
                M='+'.join(str(c['M']) for c in calls), N=calls[0]['N'] if calls else None,
                K=calls[0]['K'] if calls else None, max_abs_err=num.get('max_abs_err'),
                rel_err=num.get('rel_err'), numerics_ok=num.get('ok'),
-               numerics_ref=num.get('reference'))
+               numerics_ref=num.get('reference'),
+               alg_ids=';'.join(f'{rows}:{alg}' for rows, alg in
+                                (layer.get('alg_ids') or {}).items()) or None)
     return row
 
 
 def format_layer_table(layers: Sequence[Dict[str, object]]) -> str:
     header = ('layer', 'kind', 'GEMM MxNxK', 'dense ms', 'sparse ms', 'im2col ms', 'speedup',
-              'GEMM speedup', 'dispatch', 'numerics')
+              'GEMM speedup', 'dispatch', 'host us (dense/dispatch/kernel)', 'timing', 'numerics')
     lines = []
     for layer in layers:
         calls = layer.get('calls') or []
@@ -60,21 +67,52 @@ def format_layer_table(layers: Sequence[Dict[str, object]]) -> str:
         lines.append((layer['name'], layer.get('kind', ''), mnk, _fmt(layer.get('dense_ms')),
                       _fmt(layer.get('sparse_ms')), _fmt(layer.get('im2col_ms')),
                       _fmt(layer.get('speedup'), 2), _fmt(layer.get('gemm_speedup'), 2),
-                      _fmt(layer.get('dispatch')), numerics))
+                      _fmt(layer.get('dispatch')), _host(layer), _timing(layer), numerics))
     return _table(header, lines)
+
+
+def _host(layer) -> str:
+    """Host us to issue the layer, the 2:4 GEMM through PyTorch's dispatch, the 2:4 kernel."""
+    keys = ('host_dense_us', 'host_dispatch_us', 'host_kernel_us')
+    if all(layer.get(k) is None for k in keys):
+        return '-'
+    return '/'.join(_fmt(layer.get(k), 0) if isinstance(layer.get(k), float) else _fmt(
+        layer.get(k)) for k in keys)
+
+
+def _timing(row) -> str:
+    """How the GPU times were taken: the mode, '!' when the host was in a timed region."""
+    mode = row.get('timing_mode')
+    if not mode:
+        return '-'
+    mode = mode.replace('cuda_graph', 'graph').replace('pre_enqueued', 'pre-enqueued')
+    return mode + ('' if row.get('host_free') else ' (host!)')
 
 
 def format_e2e_table(e2e: Dict[str, Dict[str, object]]) -> str:
     header = ('scope', 'dense ms', 'dispatch ms', 'all-sparse ms', 'dispatch speedup',
-              'all-sparse speedup', 'sparse layers (dispatch/all)', 'numerics (all-sparse)',
-              'note')
+              'all-sparse speedup', 'sparse layers (dispatch/all)', 'host ms (dense)',
+              'timing', 'numerics (all-sparse)', 'note')
     lines = [(scope, _fmt(r.get('dense_ms')), _fmt(r.get('dispatch_ms')),
               _fmt(r.get('all_sparse_ms')), _fmt(r.get('dispatch_speedup'), 2),
               _fmt(r.get('all_sparse_speedup'), 2),
               f'{r.get("num_sparse_dispatch", "-")}/{r.get("num_sparse_all", "-")}',
-              _numerics(r.get('numerics_all_sparse')), r.get('note') or '')
+              _fmt(((r.get('timing') or {}).get('dense') or {}).get('host_ms')),
+              _e2e_timing(r), _numerics(r.get('numerics_all_sparse')), r.get('note') or '')
              for scope, r in e2e.items()]
     return _table(header, lines)
+
+
+def _e2e_timing(row) -> str:
+    timing = [t for t in (row.get('timing') or {}).values() if t]
+    if not timing:
+        return '-'
+    modes = []
+    for t in timing:
+        if t.get('mode') and t['mode'] not in modes:
+            modes.append(t['mode'])
+    return _timing(dict(timing_mode='+'.join(modes),
+                        host_free=all(t.get('host_free') for t in timing)))
 
 
 def _numerics(num) -> str:

@@ -4,12 +4,14 @@ work of ``tools/benchmark_sparse.py``.
     python tools/benchmark_sparse.py CONFIG CHECKPOINT [--input-size 800 1333] [--batch-size 1]
         [--dtype fp16|bf16] [--backend auto|cusparselt|cutlass]
         [--scope backbone|backbone+neck|detector] [--warmup 10] [--repeats 50]
-        [--out-dir work_dirs/benchmark] [--device cuda|cpu]
+        [--out-dir work_dirs/benchmark] [--device cuda|cpu] [--no-cuda-graphs] [--no-alg-search]
 
 Checks every conv/linear layer for 2:4 validity in the hardware layout, captures each layer's
 input shapes from a real forward, then (CUDA, sm80+) times dense cuDNN/cuBLAS vs the 2:4
-semi-structured GEMM (im2col included for k x k convs), checks sparse vs dense numerics, and
-times backbone / backbone+neck / detector dense, with per-layer dispatch, and all-sparse.
+semi-structured GEMM (im2col included for k x k convs; cuSPARSELt's algorithm searched per GEMM
+shape), on the GPU alone (CUDA graphs, host dispatch out of the timed region and the host
+overhead reported beside it), checks sparse vs dense numerics, and times backbone /
+backbone+neck / detector dense, with per-layer dispatch, and all-sparse.
 Without such a GPU it runs the validity and CPU-reference numerics only, records every timing
 as null with the reason, and exits 0. See docs/benchmark.md.
 """
@@ -30,6 +32,7 @@ from . import (DTYPES, GemmLayer, bench_end_to_end, bench_layer_cuda, build_repo
                format_layer_table, layer_calls, resolve_backend, sparse_support, speedups,
                tolerance_text, write_all)
 from .detector import SCOPE_PREFIXES, SCOPES, load_detector, make_inputs, scope_runners
+from .runner import GRAPH_SCOPES
 from .layers import KERNEL_PATTERN
 from .report import layer_row, no_timing_row
 
@@ -55,6 +58,11 @@ def parse_args(argv=None):
     p.add_argument('--cpu-check-size', type=int, default=64,
                    help='max H/W of the per-layer CPU reference check inputs')
     p.add_argument('--tensorrt', action='store_true', help='also try the TensorRT path')
+    p.add_argument('--no-cuda-graphs', action='store_true',
+                   help='issue the timed calls eagerly ahead of a busy GPU instead of replaying '
+                        'CUDA graphs (each sample is still checked to be host-free)')
+    p.add_argument('--no-alg-search', action='store_true',
+                   help="keep cuSPARSELt's default algorithm (no per-shape search)")
     return p.parse_args(argv)
 
 
@@ -108,7 +116,8 @@ def main(argv=None) -> int:
             row['note'] = 'not called in this forward'
         elif can_time:
             res, sparse = bench_layer_cuda(module, shapes[name], dtype, backend, args.warmup,
-                                           args.repeats)
+                                           args.repeats, search=not args.no_alg_search,
+                                           graphs=not args.no_cuda_graphs)
             row.update(res)
             row.update(speedups(row))
             if row.get('numerics'):
@@ -129,8 +138,9 @@ def main(argv=None) -> int:
         decisions = dispatch_decisions(layers, args.min_speedup)
         for row in layers:
             row['dispatch'] = decisions[row['name']] if row['name'] in sparse_modules else 'dense'
-        end_to_end = bench_end_to_end(model, runners, sparse_modules, decisions, args.warmup,
-                                      args.repeats)
+        end_to_end = bench_end_to_end(
+            model, runners, sparse_modules, decisions, args.warmup, args.repeats,
+            graph_scopes=() if args.no_cuda_graphs else GRAPH_SCOPES)
         for scope in ('backbone', 'backbone+neck'):
             if scope in runners and scope in end_to_end:
                 end_to_end[scope]['numerics_all_sparse'] = compare_outputs(
@@ -163,8 +173,17 @@ def main(argv=None) -> int:
                 dtype=args.dtype if can_time else 'fp32 (cpu reference)', backend=backend,
                 scope=args.scope, warmup=args.warmup, repeats=args.repeats,
                 cudnn_benchmark=bool(can_time), tensorrt=trt,
-                timing_method='CUDA events; per sample >=0.5 ms of back-to-back calls; median '
-                              'and IQR over repeats; per-layer = sum over calls of medians',
+                cuda_graphs=bool(can_time and not args.no_cuda_graphs),
+                alg_search=bool(can_time and backend == 'cusparselt' and not args.no_alg_search),
+                timing_method='GPU time without host dispatch (device_time): per layer, the '
+                              'calls of a sample (>=0.5 ms of GPU work) captured in one CUDA '
+                              'graph (or issued eagerly) and enqueued behind a GPU spin kernel; '
+                              'a sample counts only if the GPU had not reached its start event '
+                              'when the host had enqueued its end event; median and IQR over '
+                              'repeats; per layer = sum over calls of medians. End to end: one '
+                              'forward per sample, graphs for backbone and backbone+neck, the '
+                              'detector eagerly (it synchronizes: host time included). Host '
+                              'columns: us to issue each call, measured separately.',
                 date=time.strftime('%Y-%m-%d %H:%M:%S'),
                 title=f'{osp.basename(args.config)} {h}x{w} batch {args.batch_size} '
                       f'{args.dtype if can_time else "cpu reference"}')
@@ -179,6 +198,16 @@ def main(argv=None) -> int:
     s = report['summary']
     print(f'\n{s["num_valid_in_scope"]} 2:4 layers in scope, {s["num_numerics_ok"]}/'
           f'{s["num_benchmarked"]} pass the numerical check ({tolerance_text(dtype)}).')
+    host = [lay for lay in layers if lay.get('host_dispatch_us') is not None]
+    if host:
+        print(f'Host: issuing the {len(host)} 2:4 GEMMs once takes '
+              f'{sum(lay["host_dispatch_us"] for lay in host):.0f} us through PyTorch\'s '
+              f'dispatch (F.linear on the SparseSemiStructuredTensor), '
+              f'{sum(lay["host_kernel_us"] for lay in host):.0f} us as ATen ops; their GPU '
+              f'time is {1e3 * sum(lay["sparse_gemm_ms"] or 0 for lay in host):.0f} us. '
+              f'GPU times above exclude the host '
+              f'({sum(1 for lay in layers if lay.get("host_free"))}/{len(layers)} layers with '
+              'every sample host-free).')
     if not can_time:
         print(f'\nNo timings: {reason}. Timings are recorded as null in the JSON; validity '
               'and CPU-reference numerics above are real.')

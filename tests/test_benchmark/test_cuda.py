@@ -90,3 +90,38 @@ def test_bench_layer_cuda_times_and_checks():
     t = cuda_time(lambda: conv(torch.zeros(1, 256, 8, 8, device='cuda', dtype=torch.float16)),
                   2, 3)
     assert t['median_ms'] > 0 and t['repeats'] == 3
+
+
+@needs_sm80
+def test_device_time_captures_the_sparse_gemm_host_free():
+    """A small 2:4 GEMM (host-bound when issued through F.linear): captured in a CUDA graph,
+    every sample enqueued before the GPU reached it; the ATen op costs the host less than the
+    dispatch path; the searched algorithm gives the dense result."""
+    from spre_mmdet.benchmark import device_time, host_time, search_cusparselt_algorithms
+    conv = _sparse_conv(256, 256, 1)
+    sparse = GemmLayer.from_module(conv, sparse=True, backend='auto')
+    x = torch.randn(1, 256, 8, 8, device='cuda', dtype=torch.float16).contiguous(
+        memory_format=torch.channels_last)
+    found = search_cusparselt_algorithms(sparse, [x])
+    if sparse.backend == 'cusparselt':
+        assert list(found) == [64] and found[64] >= 0
+    cols, lead = sparse.gemm_input(x)
+    with torch.no_grad():
+        ref = conv(x)
+        y = sparse.finish(sparse.kernel(cols), lead)
+        torch.testing.assert_close(y, ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+        t = device_time(lambda: sparse.kernel(cols), warmup=3, repeats=10)
+        assert t['mode'] == 'cuda_graph', t['note']
+        assert t['host_free'] and t['median_ms'] > 0 and t['inner'] > 1
+        assert host_time(lambda: sparse.gemm(cols)) > host_time(lambda: sparse.kernel(cols))
+
+
+@needs_sm80
+def test_device_time_flags_a_synchronizing_workload():
+    """A workload that waits for the GPU (.item()) cannot be made host-free: flagged."""
+    from spre_mmdet.benchmark import device_time
+    x = torch.randn(256, 256, device='cuda')
+    t = device_time(lambda: (x @ x).sum().item(), warmup=2, repeats=5, graph=False,
+                    max_guard_ms=5.0)
+    assert t['mode'] == 'pre_enqueued' and not t['host_free']
+    assert 'include host work' in t['note']
