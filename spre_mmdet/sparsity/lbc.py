@@ -242,13 +242,21 @@ class LBCMask(MaskLearner):
         """Exactly one alive subset per group (derived from ``alive``, so it survives a resume)."""
         return self._survivors == 1
 
-    def _sync_from_alive(self) -> None:
-        """Recompute ``mask``, the survivor count and the frozen state from ``alive``."""
-        counts = self.alive.sum(dim=1)
-        if counts.numel() and int(counts.min()) < 1:
-            raise CheckpointError('LBC state has a group with no alive subset; the checkpoint '
-                                  'is corrupt or from another N:M pattern.')
-        self._survivors = int(counts.max()) if counts.numel() else 1
+    def _sync_from_alive(self, survivors: Optional[int] = None) -> None:
+        """Recompute ``mask``, the survivor count and the frozen state from ``alive``.
+
+        Args:
+            survivors: the most alive subsets a group has, when the caller knows it (a removal
+                step: the count it kept); otherwise read from ``alive``, which waits for the
+                device, and ``alive`` is checked (after a load).
+        """
+        if survivors is None:
+            counts = self.alive.sum(dim=1)
+            if counts.numel() and int(counts.min()) < 1:
+                raise CheckpointError('LBC state has a group with no alive subset; the '
+                                      'checkpoint is corrupt or from another N:M pattern.')
+            survivors = int(counts.max()) if counts.numel() else 1
+        self._survivors = survivors
         if len(self.alive):
             # bool -> float through uint8: the same 0/1, several times faster on CPU; float32
             # even inside autocast
@@ -288,7 +296,7 @@ class LBCMask(MaskLearner):
         self.alive.logical_and_(keep)
         # dead scores are out of the forward/backward already (through alive); zero them
         self.scores.masked_fill_(~self.alive, 0.0)
-        self._sync_from_alive()
+        self._sync_from_alive(survivors=count)
 
     def _rank(self, weight: torch.Tensor) -> torch.Tensor:
         """Subset indices of every group, best first: higher score, then larger subset
@@ -315,7 +323,7 @@ class LBCMask(MaskLearner):
         mask. (LBC's mask does not depend on the weights before ``t_i``.)"""
         self.scores.fill_(self.initial_score)
         self.alive.fill_(True)
-        self._sync_from_alive()
+        self._sync_from_alive(survivors=self.num_subsets)
         self.needs_init = False
 
     @torch.no_grad()
