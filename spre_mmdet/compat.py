@@ -12,9 +12,11 @@ lives here:
    weights-only refusal is translated into the same error.
 2. **CPU distributed (gloo).** mmengine's pytorch launcher calls ``torch.cuda.set_device``
    unconditionally and the runner wraps the model in DDP with ``device_ids=[LOCAL_RANK]``.
-   Without CUDA, ``--launcher pytorch`` now initialises the process group with ``gloo``
-   (an ``nccl`` request is switched to ``gloo`` with a warning), DDP is built without
-   ``device_ids`` for CPU modules and SyncBN layers are reverted to BN (SyncBN needs a GPU).
+   Without CUDA, a distributed run is refused unless CPU training was asked for
+   (:func:`spre_mmdet.device.check_training_device`: ``SPRE_MMDET_CPU=1``, or the gloo backend
+   on a machine without NVIDIA devices); it then initialises the process group with ``gloo``
+   (an ``nccl`` request becomes ``gloo``), DDP is built without ``device_ids`` for CPU modules
+   and SyncBN layers are reverted to BN (SyncBN needs a GPU).
    ``--launcher slurm`` (``tools/slurm_train.sh``) likewise: mmengine's slurm environment
    (rank, world size, master from ``SLURM_*``) without ``torch.cuda.set_device``, on gloo.
    With a GPU (or other accelerator) nothing changes.
@@ -33,6 +35,7 @@ import torch
 
 from .checkpoint.safe_load import (is_weights_only_error, register_safe_globals,
                                    safe_torch_load, unsafe_checkpoint_error, unsafe_globals_of)
+from .device import _accelerator_available, check_training_device
 from .errors import TorchvisionUnavailableError
 
 __all__ = ['apply']
@@ -93,17 +96,6 @@ def _patch_checkpoint_loader() -> None:
 # --------------------------------------------------------------------------------------
 # 2. CPU distributed training with gloo
 # --------------------------------------------------------------------------------------
-def _accelerator_available() -> bool:
-    if torch.cuda.is_available():
-        return True
-    try:
-        from mmengine.device import (is_mlu_available, is_musa_available,
-                                     is_npu_available)
-        return bool(is_mlu_available() or is_npu_available() or is_musa_available())
-    except Exception:  # noqa: BLE001
-        return False
-
-
 def _patch_dist_launcher() -> None:
     from mmengine.dist import utils as dist_utils
     orig = dist_utils._init_dist_pytorch
@@ -114,9 +106,10 @@ def _patch_dist_launcher() -> None:
         # GPU / other accelerators: mmengine's behaviour (set_device + nccl) unchanged.
         if _accelerator_available() or init_backend != 'torch':
             return orig(backend, init_backend=init_backend, **kwargs)
+        # no CUDA: only when asked for (SPRE_MMDET_CPU=1, or gloo on a machine without
+        # NVIDIA devices); the GPU backend is then replaced by gloo
+        check_training_device(distributed=True, backend=backend)
         if backend not in ('gloo', 'mpi'):
-            warnings.warn(f'CUDA is not available: initialising torch.distributed with the '
-                          f'gloo backend instead of {backend!r}.')
             backend = 'gloo'
         import torch.distributed as torch_dist
         torch_dist.init_process_group(backend=backend, **kwargs)

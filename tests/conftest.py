@@ -2,6 +2,7 @@
 
 * ``spre_mmdet`` is imported first so its compat fixes are active in every test.
 * Tests marked ``cuda`` are skipped when no CUDA GPU is available.
+* ``SPRE_MMDET_CPU=1``: CPU training is asked for (also by the tools the tests launch).
 * Fixtures: ``repo_root`` (checkout root), ``free_port`` (an unused TCP port on localhost),
   ``toy_runner_case`` (mmengine's RunnerTestCase set up/torn down around a test).
 """
@@ -17,6 +18,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import spre_mmdet  # noqa: E402,F401  (applies spre_mmdet.compat)
+
+# The tests train on this machine's CPU on purpose, distributed runs included (gloo); the tests
+# of the refusal to train on CPU unasked remove it (spre_mmdet.device).
+os.environ.setdefault('SPRE_MMDET_CPU', '1')
 
 
 def pytest_collection_modifyitems(config, items):

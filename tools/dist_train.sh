@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Usage: tools/dist_train.sh CONFIG GPUS [train.py args...]
 # Env: NNODES (1), NODE_RANK (0), PORT (29500), MASTER_ADDR (127.0.0.1), PYTHON (python).
-# Without CUDA, GPUS is the number of CPU processes: spre_mmdet's compat layer makes
-# `--launcher pytorch` use the gloo backend and CPU DDP (no config change needed).
+# Without CUDA the run is refused, unless SPRE_MMDET_CPU=1 asks for CPU training: GPUS is then
+# the number of CPU processes, on the gloo backend (no config change needed).
 set -euo pipefail
 
 if [ $# -lt 2 ]; then

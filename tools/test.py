@@ -11,6 +11,7 @@ from copy import deepcopy
 import spre_mmdet  # noqa: F401  (must come first: applies spre_mmdet.compat)
 from spre_mmdet.checkpoint import load_state_checked, state_dict_of
 from spre_mmdet.cli import check_dataset_paths, load_tool_config, run_tool
+from spre_mmdet.device import check_training_device
 from spre_mmdet.mmcv_ops import check_mmcv_ops
 
 from mmengine import ConfigDict
@@ -60,7 +61,7 @@ def parse_args():
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none',
-        help='job launcher (with "pytorch" and no CUDA, spre_mmdet uses gloo on CPU)')
+        help='job launcher (without CUDA: SPRE_MMDET_CPU=1 asks for gloo on CPU)')
     parser.add_argument('--tta', action='store_true')
     # When using PyTorch version >= 2.0.0, the `torch.distributed.launch`
     # will pass the `--local-rank` parameter to `tools/train.py` instead
@@ -123,6 +124,10 @@ def main():
         cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
 
+    # a GPU machine whose CUDA torch cannot use, or a GPU backend without CUDA: refused here
+    check_training_device(distributed=args.launcher != 'none',
+                          backend=cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend',
+                                                                                 'nccl'))
     check_mmcv_ops(cfg)  # a GPU run needs mmcv's CUDA ops: refused here, with the fix
 
     # fail early, with a hint, when the checkpoint or the dataset is not there

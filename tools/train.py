@@ -7,6 +7,7 @@ import os
 
 import spre_mmdet  # noqa: F401  (must come first: applies spre_mmdet.compat)
 from spre_mmdet.cli import check_dataset_paths, load_tool_config, run_tool
+from spre_mmdet.device import check_training_device
 from spre_mmdet.mmcv_ops import check_mmcv_ops
 
 from mmengine.config import DictAction
@@ -51,7 +52,7 @@ def parse_args():
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none',
-        help='job launcher (with "pytorch" and no CUDA, spre_mmdet uses gloo on CPU)')
+        help='job launcher (without CUDA: SPRE_MMDET_CPU=1 asks for gloo on CPU)')
     # When using PyTorch version >= 2.0.0, the `torch.distributed.launch`
     # will pass the `--local-rank` parameter to `tools/train.py` instead
     # of `--local_rank`.
@@ -97,6 +98,10 @@ def main():
         cfg.resume = True
         cfg.load_from = args.resume
 
+    # a GPU machine whose CUDA torch cannot use, or a GPU backend without CUDA: refused here
+    check_training_device(distributed=args.launcher != 'none',
+                          backend=cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend',
+                                                                                 'nccl'))
     check_mmcv_ops(cfg)  # a GPU run needs mmcv's CUDA ops: refused here, with the fix
 
     # fail early, with a hint, when the dataset is not there
