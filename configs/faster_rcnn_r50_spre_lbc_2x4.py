@@ -5,4 +5,3 @@ _base_ = './faster_rcnn_r50_spre_2x4.py'
 model = dict(
     backbone=dict(sparsity=dict(learner=dict(_delete_=True, type='LBCMask', span=(0, 1 / 3)))))
 optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'.sparsity.scores': dict(decay_mult=0.0)}))
-find_unused_parameters = True

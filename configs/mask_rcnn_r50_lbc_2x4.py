@@ -10,5 +10,3 @@ model = dict(
         sparsity=dict(learner=dict(_delete_=True, type='LBCMask', span=(0, 1 / 3)), spre=None)))
 # scores are learned but never weight-decayed (decay would push every subset towards removal)
 optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'.sparsity.scores': dict(decay_mult=0.0)}))
-# scores stop receiving gradients at t_f (frozen): DDP must tolerate unused parameters
-find_unused_parameters = True

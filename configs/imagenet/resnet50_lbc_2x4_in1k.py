@@ -5,5 +5,3 @@ _base_ = './resnet50_srste_2x4_in1k.py'
 model = dict(backbone=dict(sparsity=dict(learner=dict(_delete_=True, type='LBCMask', span=(0, 1 / 3)))))
 # scores are learned without weight decay (decay would push every subset towards removal)
 optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'.sparsity.scores': dict(decay_mult=0.0)}))
-# scores stop receiving gradients once final (frozen): DDP must tolerate unused parameters
-find_unused_parameters = True

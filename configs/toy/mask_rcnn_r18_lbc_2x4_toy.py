@@ -7,4 +7,3 @@ model = dict(
     backbone=dict(
         sparsity=dict(learner=dict(_delete_=True, type='LBCMask', span=(1 / 6, 1 / 2)), spre=None)))
 optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'.sparsity.scores': dict(decay_mult=0.0)}))
-find_unused_parameters = True

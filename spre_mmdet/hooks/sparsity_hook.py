@@ -1,8 +1,11 @@
 """Drives every sparse layer's mask schedule, logs sparsity and writes the per-layer report."""
+import copy
 import json
 import os.path as osp
 from collections import defaultdict
+
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS  # the root registry: found from mmdet and mmpretrain configs
@@ -21,6 +24,11 @@ class SparsityHook(Hook):
     that between iterations the masks always belong to the current weights: validation,
     checkpoints, export and resume all see the same consistent state (and a resumed run
     continues exactly like an uninterrupted one).
+
+    Under DDP, when a refresh changes which parameters train (LBC's scores freeze at the end
+    of their schedule, or are loaded final), the model is wrapped again, so that DDP reduces
+    only the parameters that still train: from then on an LBC run communicates what an SR-STE
+    run does, and needs no ``find_unused_parameters``.
 
     SR-STE's decay is added to the unscaled, accumulated gradient right before every optimizer
     step (:func:`~spre_mmdet.sparsity.register_srste_decay` on each optimizer of the run), so
@@ -74,6 +82,7 @@ class SparsityHook(Hook):
             raise ConfigError(f'{len(problems)} sparse layers would not be final when this '
                               f'{runner.max_iters}-iteration run ends, e.g. {problems[0]}.')
         refresh_masks(model, runner.iter)
+        self._rewrap_if_trainable_changed(runner)
         wrapper = runner.optim_wrapper
         wrappers = wrapper.optim_wrappers.values() if hasattr(wrapper, 'optim_wrappers') \
             else [wrapper]
@@ -82,11 +91,32 @@ class SparsityHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         model = self._model(runner)
         refresh_masks(model, runner.iter + 1)
+        self._rewrap_if_trainable_changed(runner)
         if self.every_n_train_iters(runner, self.log_interval):
             for key, value in self.densities(model).items():
                 runner.message_hub.update_scalar(f'train/density/{key}', value)
             for key, value in self.spre_branch(model).items():
                 runner.message_hub.update_scalar(f'train/spre/{key}', value)
+
+    @staticmethod
+    def _rewrap_if_trainable_changed(runner) -> None:
+        """Wrap the model in DDP again when the parameters that train are no longer those DDP
+        reduces (every rank refreshes to the same state at the same iteration, so every rank
+        does this at the same time, as DDP's constructor needs)."""
+        ddp = runner.model
+        if not isinstance(ddp, DistributedDataParallel):
+            return
+        trainable = [p for p in ddp.module.parameters() if p.requires_grad]
+        reduced = getattr(ddp, '_module_parameters', None)
+        if reduced is not None and {id(p) for p in reduced} == {id(p) for p in trainable}:
+            return
+        module = ddp.module
+        del ddp
+        runner.model = None  # release the old reducer before building the new one
+        runner.model = runner.wrap_model(copy.deepcopy(runner.cfg.get('model_wrapper_cfg')),
+                                         module)
+        runner.logger.info(f'SparsityHook: {len(trainable)} parameters train now; DDP wraps '
+                           'the model again to reduce only those.')
 
     @staticmethod
     @torch.no_grad()

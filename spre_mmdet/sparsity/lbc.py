@@ -109,10 +109,11 @@ class LBCMask(MaskLearner):
             (``SparsityHook`` does so before training), so the schedule fits any run length.
         freeze_scores: at the end of the schedule set ``scores.requires_grad = False`` and
             ``grad = None`` (default), so optimizers skip them: no momentum or weight-decay
-            drift. Under ``DistributedDataParallel`` a parameter that stops receiving gradients
-            needs ``find_unused_parameters=True``; with ``freeze_scores=False`` the scores keep
-            ``requires_grad`` and get an exact zero gradient after ``t_f`` instead (DDP-safe
-            without it). Either way the mask is fixed by ``alive`` and cannot change.
+            drift. A DDP training loop must then wrap the model again, so that DDP stops
+            expecting their gradients (mmengine's ``SparsityHook`` does). With
+            ``freeze_scores=False`` the scores keep ``requires_grad`` and get an exact zero
+            gradient after ``t_f`` instead. Either way the mask is fixed by ``alive`` and
+            cannot change.
 
     State (all in the state dict): ``scores`` (parameter, ``(groups, K)``), ``alive`` (bool,
     ``(groups, K)``) and ``mask``. ``P`` is the non-persistent buffer ``subsets``. Loading a dense

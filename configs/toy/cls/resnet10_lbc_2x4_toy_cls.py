@@ -2,5 +2,3 @@
 # of the run, exactly 2:4 for the second half.
 _base_ = './resnet10_srste_2x4_toy_cls.py'
 model = dict(backbone=dict(sparsity=dict(learner=dict(_delete_=True, type='LBCMask', span=(0, 0.5)))))
-# scores stop receiving gradients once final (frozen): DDP must tolerate unused parameters
-find_unused_parameters = True
