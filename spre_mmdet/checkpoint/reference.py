@@ -487,7 +487,7 @@ def _backbone_config(depth: int, fmt: str, n: int, m: int) -> dict:
         return dict(type='ResNet', depth=depth)
     spre = dict() if fmt == 'spre' else None
     return dict(type='SparseResNet', depth=depth,
-                sparsity=dict(n=n, m=m, learner=dict(type='srste'), spre=spre))
+                sparsity=dict(n=n, m=m, learner=dict(type='SRSTEMask'), spre=spre))
 
 
 def convert_reference(checkpoint, fmt: str = 'auto', n: int = 2, m: int = 4,
@@ -658,7 +658,7 @@ def _detection_sparsity(meta: dict) -> dict:
     """The SparseResNet sparsity config a detector fine-tunes the converted backbone with: the
     training-time form as converted; the deploy form (exactly N:M weights, no SpRe branch) as
     plain SR-STE N:M, whose masks derived from those weights keep exactly their support."""
-    return meta['sparsity'] or dict(n=meta['n'], m=meta['m'], learner=dict(type='srste'),
+    return meta['sparsity'] or dict(n=meta['n'], m=meta['m'], learner=dict(type='SRSTEMask'),
                                     spre=None)
 
 

@@ -142,7 +142,7 @@ def test_spre_training_form_loads_strictly_and_matches_reference(spre):
     meta = converted.meta
     assert (meta['source_format'], meta['depth'], meta['method']) == ('spre', depth, 'srste+spre')
     assert meta['backbone'] == dict(type='SparseResNet', depth=depth, sparsity=dict(
-        n=2, m=4, learner=dict(type='srste'), spre=dict()))
+        n=2, m=4, learner=dict(type='SRSTEMask'), spre=dict()))
     assert meta['num_spre_layers'] == 16 and meta['nm_valid']
     assert any('W_rep entries zeroed' in note for note in meta['notes'])
 

@@ -191,7 +191,10 @@ def test_syncbn_conversion_of_spre_blocks_is_refused_before_training():
         sparsify_layer(block, 'conv', 'srste', 2, 4, norm_name='bn', rep_gamma=1.0)
         return block
 
-    SparsityHook().before_train(SimpleNamespace(model=spre_block(), max_iters=8, iter=0))
+    block = spre_block()
+    wrapper = SimpleNamespace(optimizer=torch.optim.SGD(block.parameters(), lr=0.1))
+    SparsityHook().before_train(SimpleNamespace(model=block, max_iters=8, iter=0,
+                                                optim_wrapper=wrapper))
     converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(spre_block())
     with pytest.raises(ConfigError, match=r'conv.*SyncBatchNorm|SyncBatchNorm.*sync_bn'):
         SparsityHook().before_train(SimpleNamespace(model=converted, max_iters=8, iter=0))

@@ -121,10 +121,10 @@ def deploy_summary(work_dir: str) -> Optional[dict]:
     path = osp.join(work_dir, 'deploy', 'deploy.pth')
     if not osp.isfile(path):
         return None
-    from spre_mmdet.checkpoint import safe_torch_load
+    from spre_mmdet.checkpoint import safe_torch_load, state_dict_of
     from spre_mmdet.sparsity import SparseLayerRecord, check_nm_tensor
     checkpoint = safe_torch_load(path)
-    state = checkpoint['state_dict']
+    state = state_dict_of(checkpoint)
     records = [SparseLayerRecord.from_dict(r) for r in checkpoint['meta']['sparse_layers']]
     must = [r for r in records if r.nm]
     valid = sum(check_nm_tensor(state[r.tensor], r.n, r.m).ok for r in must)
