@@ -10,7 +10,7 @@ import pytest
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
-from mmengine.registry import DATASETS, HOOKS, MODELS
+from mmengine.registry import DATASETS, MODELS
 from mmengine.testing import RunnerTestCase
 from torch.utils._python_dispatch import TorchDispatchMode
 
