@@ -4,9 +4,9 @@
 mmdet's detectors call mmcv's compiled ops (NMS, RoIAlign) on the device the model runs on.
 mmcv built without CUDA (``FORCE_CUDA`` unset on a machine without a GPU, e.g. the CPU wheel
 this project's CI uses) imports fine and trains on CPU, but on a GPU the first NMS or RoIAlign
-fails deep inside the run with ``... is not compiled with GPU support``. This module says so
-before anything starts, with the fix. mmengine's runner puts the model on CUDA whenever
-``torch.cuda.is_available()``, so that is when CUDA ops are required.
+fails deep inside the run (``nms_impl: implementation for device cuda:0 not found``). This
+module says so before anything starts, with the fix. mmengine's runner puts the model on CUDA
+whenever ``torch.cuda.is_available()``, so that is when CUDA ops are required.
 """
 from typing import Any, Optional
 
@@ -59,7 +59,7 @@ def mmcv_ops_problem(cuda: Optional[bool] = None, run_op: bool = True) -> Option
         return (f'mmcv {mmcv.__version__} was built without CUDA ops '
                 f'(mmcv.ops.get_compiling_cuda_version() is {compiled!r}), but this run uses '
                 f'the GPU (torch.cuda.is_available() is True): its first NMS/RoIAlign would fail '
-                f'with "not compiled with GPU support". {BUILD_FIX}')
+                f'("nms_impl: implementation for device cuda:0 not found"). {BUILD_FIX}')
     torch_cuda = torch.version.cuda or ''
     if compiled.split('.')[0] != torch_cuda.split('.')[0]:
         return (f'mmcv {mmcv.__version__}\'s CUDA ops were built with CUDA {compiled}, torch '
