@@ -199,8 +199,9 @@ def _same_or_inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def check_export_target(out_dir: str, force: bool = False,
-                        protected: Sequence[str] = ()) -> None:
+def check_export_target(out_dir: str, force: bool = False, protected: Sequence[str] = (),
+                        files: Sequence[str] = DEPLOY_FILES,
+                        marker: str = DEPLOY_MARKER) -> None:
     """Refuse an export target where writing could lose data; nothing is written or deleted.
 
     An export writes only into a new or empty folder, or (with ``force``) over a deploy folder
@@ -212,6 +213,8 @@ def check_export_target(out_dir: str, force: bool = False,
         force: replace an earlier export in ``out_dir``.
         protected: paths the export must never touch (its input checkpoint, the work dir); the
             current folder is always protected.
+        files, marker: the files an export of this kind writes, and its marker (default: the
+            deploy export's; the ONNX export, :mod:`spre_mmdet.export`, passes its own).
 
     Raises:
         ExportError: naming the problem and the fix.
@@ -233,8 +236,8 @@ def check_export_target(out_dir: str, force: bool = False,
     entries = sorted(os.listdir(out_dir))
     if not entries:
         return
-    foreign = [name for name in entries if name not in (*DEPLOY_FILES, DEPLOY_MARKER)]
-    if foreign or DEPLOY_MARKER not in entries:
+    foreign = [name for name in entries if name not in (*files, marker)]
+    if foreign or marker not in entries:
         shown = ', '.join((foreign or entries)[:5]) + (' ...' if len(foreign or entries) > 5
                                                        else '')
         raise ExportError(
@@ -243,7 +246,7 @@ def check_export_target(out_dir: str, force: bool = False,
             'empty folder.')
     if not force:
         raise ExportError(f'{out_dir} holds an earlier export; pass --force to replace it (only '
-                          f'its files {", ".join(DEPLOY_FILES)} are replaced), or choose another '
+                          f'its files {", ".join(files)} are replaced), or choose another '
                           'folder.')
 
 
