@@ -18,7 +18,7 @@
 #      (nvcc of torch's CUDA major version needed; long, see docs/gpu.md); if that cannot be
 #      done the install stops with the reason and the fix.
 #   3. mmengine==0.10.7, mmdet==3.3.0, mmpretrain==1.2.0, pycocotools, matplotlib
-#   4. this package in editable mode with its test extras
+#   4. this package in editable mode with its test extras and the 'natural' extra (scikit-image)
 # Environment: PYTHON (default: python), PIP_FIND_LINKS (dirs/URLs with prebuilt wheels);
 # for the CUDA build of mmcv also CUDA_HOME, TORCH_CUDA_ARCH_LIST, MAX_JOBS (see
 # scripts/build_mmcv_cuda.sh). CUDA_VISIBLE_DEVICES="" installs for CPU runs on a GPU machine.
@@ -195,8 +195,8 @@ log "step 3/4: mmengine==$MMENGINE_VERSION, mmdet==$MMDET_VERSION, mmpretrain==$
 pip_install "mmengine==$MMENGINE_VERSION" "mmdet==$MMDET_VERSION" \
     "mmpretrain==$MMPRETRAIN_VERSION" pycocotools matplotlib
 
-log "step 4/4: spre_mmdet (editable) with test extras"
-pip_install --no-build-isolation -e '.[tests]'
+log "step 4/4: spre_mmdet (editable) with test extras and the natural-image set's scikit-image"
+pip_install --no-build-isolation -e '.[tests,natural]'
 
 problems="$(stack_problems)"
 [ -z "$problems" ] || die "installation finished but the stack is still not right:

@@ -94,9 +94,10 @@ def test_toy_config_names_the_generator_of_its_data(path):
     """A toy config declares (``synthetic_data``) the generator command that writes exactly the
     data/toy_* folder it reads: the missing-data error quotes it."""
     cfg = Config.fromfile(str(REPO / path))
-    roots = {r for r in _data_roots(cfg) if r.startswith('data/toy_')}
-    assert roots, f'{path} is a toy config but reads no data/toy_* set'
+    roots = {r for r in _data_roots(cfg) if r.startswith(('data/toy_', 'data/natural_'))}
+    assert roots, f'{path} is a toy config but reads no data/toy_* or data/natural_* set'
     command = cfg.get('synthetic_data')
-    assert command and command.startswith('python tools/make_toy_'), path
+    assert command and command.startswith(('python tools/make_toy_',
+                                           'python tools/make_natural_')), path
     out = command.split('--out ')[1].split()[0].rstrip('/')
     assert roots == {out}, (path, roots, command)

@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Generate the natural-image classification set from scikit-image's bundled photographs.
+
+    python tools/make_natural_cls.py --out data/natural_cls
+    python tools/make_natural_cls.py --out data/natural_cls --num-train 100 --num-val 20 \
+        --size 32 --cell 128 --val-rows 48 --seed 0 [--force]
+
+Classes are grid regions of the photos; train and val crops come from disjoint parts of each
+region (see docs/natural_cls.md). Needs scikit-image (`pip install "spre-mmdet[natural]"`);
+nothing is downloaded. Idempotent: if --out already holds the set generated with the same
+parameters, nothing is done. Regenerating (other parameters, or --force) replaces only the
+files an earlier run of this tool wrote there; a folder holding anything else is refused.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+
+from spre_mmdet.cli import run_tool
+from spre_mmdet.datasets.natural_cls import (
+    fingerprint, generate_natural_classification, remove_generated, written_files)
+from spre_mmdet.errors import DatasetError
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--out', default='data/natural_cls', help='output folder')
+    p.add_argument('--num-train', type=int, default=100, help='train crops per class')
+    p.add_argument('--num-val', type=int, default=20, help='val crops per class')
+    p.add_argument('--size', type=int, default=24, help='crop side in pixels')
+    p.add_argument('--cell', type=int, default=128, help='side of a class region (pixels)')
+    p.add_argument('--val-rows', type=int, default=48,
+                   help='bottom rows of each region kept for validation crops')
+    p.add_argument('--max-zoom', type=float, default=1.5,
+                   help='crop windows of side size..size*max_zoom, resized to size')
+    p.add_argument('--min-std', type=float, default=12.0,
+                   help='regions flatter than this grey-level std are not classes')
+    p.add_argument('--max-side', type=int, default=512, help='photos scaled down to this')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--force', action='store_true', help='regenerate even if present')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    previous = written_files(args.out)
+    if previous is None and osp.isdir(args.out) and os.listdir(args.out):
+        raise DatasetError(f'{args.out} is not empty and holds no dataset of this generator '
+                           '(no meta.json of it); nothing is overwritten. Choose a new or empty '
+                           '--out.')
+    params = dict(num_train=args.num_train, num_val=args.num_val, size=args.size,
+                  seed=args.seed, cell=args.cell, val_rows=args.val_rows,
+                  max_zoom=args.max_zoom, min_std=args.min_std, max_side=args.max_side)
+    fp = fingerprint(**params)
+    if previous is not None and not args.force and all(map(osp.isfile, previous)):
+        with open(osp.join(args.out, 'meta.json')) as f:
+            if json.load(f).get('fingerprint') == fp:
+                print(f'{args.out}: already generated with these parameters, skipping '
+                      '(use --force to regenerate)')
+                return
+    remove_generated(args.out)  # only what an earlier run of this tool wrote
+    from tqdm import tqdm
+    with tqdm(desc='natural classification', unit='img') as bar:
+        meta = generate_natural_classification(args.out, progress=bar.update, **params)
+    print(f'{args.out}: {len(meta["classes"])} classes from {len(meta["photos"])} photos, '
+          f'{args.num_train} train / {args.num_val} val crops per class of '
+          f'{args.size}x{args.size}, fingerprint {fp}')
+
+
+if __name__ == '__main__':
+    run_tool(main)
