@@ -16,6 +16,16 @@ Examples::
     python tools/analyze_sparsity.py work_dirs/spre_r50/epoch_12.pth --out-dir spre_analysis
     python tools/analyze_sparsity.py ckpt.pth --n 1 --m 4 --prefix backbone.layer3.
     python tools/analyze_sparsity.py --demo          # synthetic weights, no checkpoint needed
+
+SpRe's premise over seeds (``--premise``, repeatable, one per data set; trained *dense*
+checkpoints): per layer and kernel position, the mean |w| relative to the layer's mean and the
+fraction that unstructured magnitude pruning at each ``--densities`` keeps, mean and 95%
+interval over the checkpoints (seeds); writes ``premise.md`` (table), ``premise.csv`` and
+``premise.png`` to ``--out-dir``::
+
+    python tools/analyze_sparsity.py --out-dir premise \
+        --premise natural=s0/epoch_8.pth,s1/epoch_8.pth,s2/epoch_8.pth \
+        --premise shapes=a/epoch_3.pth,b/epoch_3.pth,c/epoch_3.pth
 """
 import argparse
 import os
@@ -47,11 +57,30 @@ def parse_args(argv=None):
     parser.add_argument('--demo', action='store_true',
                         help='analyse a synthetic SpRe-like backbone (centre/cross-heavy 3x3 '
                         'weights) instead of a checkpoint')
+    parser.add_argument('--premise', action='append', metavar='LABEL=CKPT[,CKPT...]',
+                        help='SpRe\'s premise over seeds of a dense network: per-position '
+                        'relative |w| and kept fraction of unstructured pruning (repeat per '
+                        'data set); writes premise.md, premise.csv, premise.png')
+    parser.add_argument('--densities', default='1/2,1/8,1/16',
+                        help='densities of --premise (default: 1/2,1/8,1/16)')
     args = parser.parse_args(argv)
     try:
         args.n, args.m = check_nm(args.n, args.m)
+        args.densities = tuple(analysis.parse_density(d) for d in args.densities.split(','))
     except ValueError as e:
         parser.error(str(e))
+    if args.premise:
+        if args.checkpoint or args.demo:
+            parser.error('--premise takes its checkpoints itself (no CHECKPOINT, no --demo)')
+        groups = []
+        for item in args.premise:
+            label, _, paths = item.partition('=')
+            paths = [p for p in paths.split(',') if p]
+            if not label or not paths:
+                parser.error(f'--premise wants LABEL=CKPT[,CKPT...], got {item!r}')
+            groups.append((label, paths))
+        args.premise = groups
+        return args
     if args.demo == bool(args.checkpoint):
         parser.error('give a CHECKPOINT, or --demo for synthetic weights (not both)')
     return args
@@ -68,8 +97,40 @@ def load_state_dict(path: str):
     return state_dict_of(checkpoint, f'Checkpoint {path}')
 
 
+def premise(args) -> int:
+    """The ``--premise`` mode: one aggregate per data set, then the table, CSV and plot."""
+    all_stats = []
+    for label, paths in args.premise:
+        runs = []
+        for path in paths:
+            layers, skipped = analysis.premise_of_state_dict(
+                load_state_dict(path), args.prefix, args.densities, m=16)
+            runs.append(layers)
+        all_stats.append(analysis.aggregate(label, runs))
+        print(analysis.premise_table(all_stats[-1], prefix=args.prefix))
+        for skip in skipped:
+            print(f'skipped: {skip}')
+        print()
+    out = args.out_dir
+    os.makedirs(out, exist_ok=True)
+    table = osp.join(out, 'premise.md')
+    with open(table, 'w') as f:
+        f.write('\n\n'.join(analysis.premise_table(s, prefix=args.prefix) for s in all_stats)
+                + '\n')
+    written = [table, analysis.write_premise_csv(all_stats, osp.join(out, 'premise.csv'))]
+    if not args.no_plots:
+        written.append(analysis.plot_premise(all_stats, osp.join(out, 'premise.png'),
+                                             prefix=args.prefix))
+    print('Wrote:')
+    for path in written:
+        print(f'  {path}')
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.premise:
+        return premise(args)
     if args.demo:
         state_dict = analysis.synthetic_state_dict(n=args.n, m=args.m, prefix=args.prefix)
         source = f'synthetic demo weights ({args.n}:{args.m})'

@@ -13,11 +13,17 @@ Modules, by job:
   masks when it has them (:func:`analyze_state_dict`);
 * :mod:`.tables`: a printed table (:func:`format_table`), ``S`` as JSON and a CSV;
 * :mod:`.plots`: PNG heatmaps (:func:`plot_overview`, :func:`plot_layers`);
-* :mod:`.synthetic`: centre/cross-heavy demo weights (:func:`synthetic_state_dict`).
+* :mod:`.synthetic`: centre/cross-heavy demo weights (:func:`synthetic_state_dict`);
+* :mod:`.premise`: SpRe's premise over seeds of trained dense weights (relative ``|w|`` and
+  kept fraction of unstructured pruning per position; :func:`aggregate`, :func:`plot_premise`).
 
 ``tools/analyze_sparsity.py`` is the command line.
 """
 from .plots import plot_layers, plot_overview
+from .premise import (ALL_LAYERS, DEFAULT_DENSITIES, REGIONS, Interval, LayerPremise,
+                      PremiseStats, aggregate, parse_density, plot_premise, position_kept,
+                      position_magnitude, premise_of_state_dict, premise_table, region_masks,
+                      write_premise_csv)
 from .positions import (AnalysisError, KernelSummary, LayerAnalysis, SkippedLayer, analyze_layer,
                         nm_position_sparsity, position_sparsity, summarize,
                         unstructured_position_sparsity)
@@ -30,5 +36,8 @@ __all__ = [
     'analyze_state_dict', 'find_kxk_convs', 'format_table',
     'nm_position_sparsity', 'plot_layers', 'plot_overview', 'position_sparsity',
     'suggest_prefixes', 'summarize', 'synthetic_state_dict', 'synthetic_weight',
-    'unstructured_position_sparsity', 'write_csv', 'write_spatial_json'
+    'unstructured_position_sparsity', 'write_csv', 'write_spatial_json',
+    'ALL_LAYERS', 'DEFAULT_DENSITIES', 'REGIONS', 'Interval', 'LayerPremise', 'PremiseStats',
+    'aggregate', 'parse_density', 'plot_premise', 'position_kept', 'position_magnitude',
+    'premise_of_state_dict', 'premise_table', 'region_masks', 'write_premise_csv'
 ]
