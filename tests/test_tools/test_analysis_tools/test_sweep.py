@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from sweep_lib import classification_grid, detection_grid, paired_difference, summarize
+from sweep_lib import (classification_grid, detection_grid, natural_grid, paired_difference,
+                       summarize)
 from sweep_lib import run as sweep_run
 from sweep_lib.grid import METHODS, parse_pattern
 from sweep_lib.report import kernel_positions, write_report
@@ -24,13 +25,18 @@ def test_grid_has_dense_once_per_seed_and_every_method_pattern_seed():
     with pytest.raises(ValueError, match='Unknown methods'):
         classification_grid(methods=['magic'])
     assert parse_pattern('1:16') == (1, 16)
+    natural = natural_grid()
+    assert [(c.method, c.pattern, c.seed) for c in natural] == [
+        (c.method, c.pattern, c.seed) for c in cells]
+    assert {c.task for c in natural} == {'natural'} and not {c.name for c in natural} & {
+        c.name for c in cells}
 
 
 def test_every_method_config_exists(repo_root):
     """Each method of the grid runs a shipped config of the checkout the tool is part of."""
-    from sweep_lib.grid import DETECTION_METHODS, TOY_METHODS
+    from sweep_lib.grid import DETECTION_METHODS, NATURAL_METHODS, TOY_METHODS
     assert sweep_run.repo_root() == str(repo_root)
-    configs = [*METHODS.values(), *TOY_METHODS.values(),
+    configs = [*METHODS.values(), *NATURAL_METHODS.values(), *TOY_METHODS.values(),
                *(c for pair in DETECTION_METHODS.values() for c in pair)]
     for config in configs:
         assert (repo_root / config).is_file(), config

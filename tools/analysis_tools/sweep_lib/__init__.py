@@ -9,9 +9,10 @@ processes, resumable: finished cells are kept in ``results.jsonl``), :mod:`.stat
 plots and the per-kernel-position analysis. ``tools/analysis_tools/sweep.py`` is the command
 line; it imports this folder as a package from its own directory.
 """
-from .grid import (DETECTION_METHODS, METHODS, TOY_METHODS, Cell, classification_grid,
-                   detection_grid, toy_grid)
+from .grid import (DETECTION_METHODS, METHODS, NATURAL_METHODS, TOY_METHODS, Cell,
+                   classification_grid, detection_grid, natural_grid, toy_grid)
 from .stats import paired_difference, summarize
 
-__all__ = ['DETECTION_METHODS', 'METHODS', 'TOY_METHODS', 'Cell', 'classification_grid',
-           'detection_grid', 'paired_difference', 'summarize', 'toy_grid']
+__all__ = ['DETECTION_METHODS', 'METHODS', 'NATURAL_METHODS', 'TOY_METHODS', 'Cell',
+           'classification_grid', 'detection_grid', 'natural_grid', 'paired_difference',
+           'summarize', 'toy_grid']

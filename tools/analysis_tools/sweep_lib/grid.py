@@ -14,6 +14,10 @@ METHODS: Dict[str, str] = {
     'spre_lbc': f'{CLS}/resnet10_spre_lbc_2x4_toy_cls.py',
 }
 
+#: the same methods on the natural-image set (docs/natural_cls.md): method -> its 2:4 config
+NATURAL_METHODS: Dict[str, str] = {
+    method: config.replace('_toy_cls.py', '_natural_cls.py') for method, config in METHODS.items()}
+
 #: detection through the two-stage pipeline: method -> (stage-1 classification config,
 #: stage-2 Mask R-CNN config that starts from the stage-1 checkpoint)
 DETECTION_METHODS: Dict[str, Tuple[str, str]] = {
@@ -86,6 +90,16 @@ def classification_grid(methods: Sequence[str] = tuple(METHODS),
     if unknown:
         raise ValueError(f'Unknown methods {unknown}; choose from {sorted(METHODS)}.')
     return _cells('cls', methods, patterns, seeds)
+
+
+def natural_grid(methods: Sequence[str] = tuple(NATURAL_METHODS),
+                 patterns: Sequence[Tuple[int, int]] = DEFAULT_PATTERNS,
+                 seeds: Sequence[int] = (0, 1, 2)) -> List[Cell]:
+    """The classification grid on the natural-image set (task ``'natural'``)."""
+    unknown = sorted(set(methods) - set(NATURAL_METHODS))
+    if unknown:
+        raise ValueError(f'Unknown methods {unknown}; choose from {sorted(NATURAL_METHODS)}.')
+    return _cells('natural', methods, patterns, seeds)
 
 
 def detection_grid(methods: Sequence[str] = tuple(DETECTION_METHODS),

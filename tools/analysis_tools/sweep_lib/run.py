@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from .grid import DETECTION_METHODS, METHODS, TOY_METHODS, Cell
+from .grid import DETECTION_METHODS, METHODS, NATURAL_METHODS, TOY_METHODS, Cell
 
 RESULTS = 'results.jsonl'
 
@@ -146,6 +146,9 @@ def initial_weights(cell: Cell, out: str) -> Optional[str]:
     if cell.task == 'cls':
         return write_initial_weights(METHODS['dense'], cell.seed,
                                      osp.join(out, 'init', f'cls_seed{cell.seed}.pth'))
+    if cell.task == 'natural':
+        return write_initial_weights(NATURAL_METHODS['dense'], cell.seed,
+                                     osp.join(out, 'init', f'natural_seed{cell.seed}.pth'))
     return write_initial_weights(DETECTION_METHODS['dense'][0], cell.seed,
                                  osp.join(out, 'init', f'det_cls_seed{cell.seed}.pth'))
 
@@ -156,8 +159,9 @@ def run_cell(cell: Cell, out: str, threads: int = 1) -> dict:
     record = cell.asdict()
     seed_options = [f'randomness.seed={cell.seed}', *cell.sparsity_options()]
     init = initial_weights(cell, out)
-    if cell.task == 'cls':
-        record.update(_train(METHODS[cell.method], work,
+    if cell.task in ('cls', 'natural'):
+        configs = METHODS if cell.task == 'cls' else NATURAL_METHODS
+        record.update(_train(configs[cell.method], work,
                              [*seed_options, f'load_from={init}'], threads))
         metrics = last_metrics(work, 'accuracy/top1')
         record.update(top1=metrics['accuracy/top1'], top5=metrics.get('accuracy/top5'),
