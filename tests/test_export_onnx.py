@@ -362,7 +362,8 @@ def _fake_tensorrt(conv_node: str, version: str):
             self.logger = logger
 
         def create_network(self, flags):
-            return object()
+            graph_input = types.SimpleNamespace(name='input', shape=(1, 3, 128, 128))
+            return types.SimpleNamespace(num_inputs=1, get_input=lambda i: graph_input)
 
         def create_builder_config(self):
             return Config()
@@ -398,9 +399,9 @@ def _fake_tensorrt(conv_node: str, version: str):
 def test_tensorrt_build_path_with_a_stand_in_for_tensorrt(exported, monkeypatch, tmp_path,
                                                           version):
     """The engine-build code up to the GPU, run against a stand-in tensorrt module: FP16 where
-    TensorRT has it (10), SPARSE_WEIGHTS only for the sparse engine, sparse tactics and TensorRT's (Sparsity) log
-    mapped to the graph's Conv nodes, the engines written where asked. Timing (CUDA) is
-    replaced; on a GPU the real module runs it (scripts/gpu_check.sh)."""
+    TensorRT has it (10), SPARSE_WEIGHTS only for the sparse engine, sparse tactics and
+    TensorRT's (Sparsity) log mapped to the graph's Conv nodes, the engines written where
+    asked. Timing (CUDA) is replaced; on a GPU the real module runs it."""
     from spre_mmdet.export import tensorrt as trt_path
     onnx_path = str(exported['out'] / 'backbone_neck.onnx')
     conv = '/backbone/layer1/layer1.0/conv1/Conv'
@@ -424,3 +425,24 @@ def test_tensorrt_build_path_with_a_stand_in_for_tensorrt(exported, monkeypatch,
     assert result['weight_nodes'] == 28 and result['speedup'] == pytest.approx(1.25)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         'backbone_neck_dense.engine', 'backbone_neck_sparse.engine']
+
+
+def test_tensorrt_benchmark_of_a_module_for_the_gpu_check(deploy, monkeypatch, tmp_path):
+    """benchmark_tensorrt_module, the GPU check's entry (no mmdet needed there): without a GPU
+    it is skipped at once and exports nothing; with TensorRT (stand-in) it exports the fp16
+    graph of the module's backbone + neck at the asked batch and builds both engines."""
+    from spre_mmdet.export import benchmark_tensorrt_module, load_deploy
+    from spre_mmdet.export import tensorrt as trt_path
+    model = load_deploy(deploy['config'], deploy['checkpoint'])[1]
+    result = benchmark_tensorrt_module(model, (64, 64), str(tmp_path), batch=2)
+    assert result['skipped'] == tensorrt_skip_reason() and list(tmp_path.iterdir()) == []
+    monkeypatch.setitem(sys.modules, 'tensorrt', _fake_tensorrt('/none', '11.4.0'))
+    monkeypatch.setattr(trt_path, 'tensorrt_skip_reason', lambda: None)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'stand-in GPU')
+    monkeypatch.setattr(trt_path, '_time_engine', lambda *a: {'ms': 1.0})
+    result = benchmark_tensorrt_module(model, (64, 64), str(tmp_path), batch=2)
+    graph = onnx.load(result['onnx'])
+    assert [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim] == \
+        [2, 3, 64, 64]
+    assert {w.data_type for w in graph.graph.initializer} == {onnx.TensorProto.FLOAT16}
+    assert sorted(result['engines']) == ['dense', 'sparse'] and result['export_s'] > 0

@@ -24,11 +24,12 @@ it needs none of them: each function names what is missing when it is called.
 """
 from .deps import ONNX_EXTRA, TENSORRT_EXTRA, MissingDependencyError, require
 from .exporters import (DEFAULT_OPSET, EXPORTERS, OPSET_RANGES, SCOPES, check_export_options,
-                        default_shape)
+                        default_shape, export_backbone_neck)
 from .pipeline import ONNX_FILES, ONNX_MARKER, export_onnx, format_report, load_deploy
-from .tensorrt import benchmark_tensorrt, tensorrt_skip_reason
+from .tensorrt import benchmark_tensorrt, benchmark_tensorrt_module, tensorrt_skip_reason
 
 __all__ = ['DEFAULT_OPSET', 'EXPORTERS', 'MissingDependencyError', 'ONNX_EXTRA', 'ONNX_FILES',
            'ONNX_MARKER', 'OPSET_RANGES', 'SCOPES', 'TENSORRT_EXTRA', 'benchmark_tensorrt',
+           'benchmark_tensorrt_module', 'export_backbone_neck',
            'check_export_options', 'default_shape', 'export_onnx', 'format_report',
            'load_deploy', 'require', 'tensorrt_skip_reason']

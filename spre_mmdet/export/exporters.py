@@ -155,16 +155,19 @@ class HalfPrecision(nn.Module):
 
 def export_backbone_neck(detector: nn.Module, path: str, shape: Tuple[int, int],
                          exporter: str = 'torchscript', opset: int = 17,
-                         half: bool = False) -> Dict:
-    """Export ``detector``'s backbone + neck (eval mode, batch 1, static ``shape``; fp32, or
-    fp16 inside with fp32 input/outputs when ``half``: :class:`HalfPrecision`) to ``path``,
-    weights inside the file (nothing else is written). Returns the input/output names and the
-    export time."""
+                         half: bool = False, batch: int = 1) -> Dict:
+    """Export ``detector``'s backbone + neck (any module with ``backbone`` and optionally
+    ``neck`` attributes, e.g. an mmdet detector; eval mode, static ``(batch, 3, *shape)``
+    input; fp32, or fp16 inside with fp32 input/outputs when ``half``:
+    :class:`HalfPrecision`) to ``path``, weights inside the file (nothing else is written).
+    Traced on the device the module is on. Returns the input/output names and the export
+    time."""
     import time
     module = BackboneNeck(detector).eval()
     if half:
         module = HalfPrecision(module).eval()
-    x = torch.zeros(1, 3, *shape)
+    device = next(module.parameters()).device
+    x = torch.zeros(batch, 3, *shape, device=device)
     with torch.no_grad():
         num_outputs = len(module(x))
     outputs = [f'feat{i}' for i in range(num_outputs)]

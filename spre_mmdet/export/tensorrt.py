@@ -41,13 +41,17 @@ def tensorrt_skip_reason() -> Optional[str]:
     return None
 
 
-def onnx_input_shape(onnx_path: str) -> Tuple[str, List[int], List[str]]:
+def onnx_input_shape(onnx_path: str) -> Tuple[Optional[str], Optional[List[int]], List[str]]:
     """The single input of a graph, its static shape, and the names of the nodes that
     compute with a weight (Conv, Gemm, ...), which TensorRT's layer names contain
-    (``ExportError`` for a missing graph or one without a single input)."""
+    (``ExportError`` for a missing graph or one without a single input). Without the ``onnx``
+    package only the file's existence is checked (``None, None, []``): TensorRT reads the
+    graph itself."""
     if not osp.isfile(onnx_path):
         raise ExportError(f'ONNX file {onnx_path} does not exist: export it first '
                           '(tools/deployment/export_onnx.py).')
+    if missing('onnx'):
+        return None, None, []
     import onnx
     model = onnx.load(onnx_path, load_external_data=False)
     initializers = {init.name for init in model.graph.initializer}
@@ -120,8 +124,7 @@ def _tactic_layers(engine, trt) -> Tuple[List[dict], List[str]]:
     return layers, sparse
 
 
-def _build(trt, onnx_path: str, mode: str, fp16: bool, workspace_gib: float,
-           input_name: str, shape: Sequence[int]):
+def _build(trt, onnx_path: str, mode: str, fp16: bool, workspace_gib: float):
     logger = _Capture.make(trt)
     trt.init_libnvinfer_plugins(logger, '')
     builder = trt.Builder(logger)
@@ -140,9 +143,13 @@ def _build(trt, onnx_path: str, mode: str, fp16: bool, workspace_gib: float,
     if mode == 'sparse':
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if network.num_inputs != 1:
+        raise RuntimeError(f'the graph has {network.num_inputs} inputs; one image input '
+                           'expected')
+    input_name, shape = network.get_input(0).name, list(network.get_input(0).shape)
     if any(d < 0 for d in shape):
-        raise RuntimeError(f'the graph input {input_name} has dynamic dims {list(shape)}; '
-                           'export it with a static shape')
+        raise RuntimeError(f'the graph input {input_name} has dynamic dims {shape}; export it '
+                           'with a static shape')
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     build_s = time.perf_counter() - start
@@ -151,7 +158,7 @@ def _build(trt, onnx_path: str, mode: str, fp16: bool, workspace_gib: float,
         raise RuntimeError('TensorRT could not build the engine: ' + '; '.join(errors[-3:]))
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(serialized)
-    return engine, logger, build_s, bytes(serialized)
+    return engine, logger, build_s, bytes(serialized), input_name, shape
 
 
 def _time_engine(trt, engine, input_name: str, warmup: int, iters: int) -> Dict:
@@ -244,8 +251,9 @@ def benchmark_tensorrt(onnx_path: str, modes: Sequence[str] = MODES, fp16: bool 
     for mode in modes:
         row = {'error': None}
         try:
-            engine, logger, build_s, plan = _build(trt, onnx_path, mode, fp16, workspace_gib,
-                                                   input_name, shape)
+            engine, logger, build_s, plan, input_name, shape = _build(
+                trt, onnx_path, mode, fp16, workspace_gib)
+            result['input'], result['input_shape'] = input_name, shape
             row['build_s'] = build_s
             row['layers'], row['sparse_tactic_layers'] = _tactic_layers(engine, trt)
             log = sparsity_log(logger.messages)
@@ -271,4 +279,25 @@ def benchmark_tensorrt(onnx_path: str, modes: Sequence[str] = MODES, fp16: bool 
             for n, want in outputs['dense'].items())
     if dense.get('ms') and sparse.get('ms'):
         result['speedup'] = dense['ms'] / sparse['ms']
+    return result
+
+
+def benchmark_tensorrt_module(model, shape: Tuple[int, int], folder: str, batch: int = 1,
+                              opset: int = 17, **kwargs) -> Dict:
+    """TensorRT dense vs sparse engines of a PyTorch module's backbone + neck, for a GPU check
+    without mmdet (e.g. :func:`spre_mmdet.benchmark.torchvision_r50.r50_fpn_deploy`'s model,
+    which has ``backbone`` and ``neck``): export its fp16 graph (fp32 I/O, TorchScript exporter,
+    traced where the model is) at ``(batch, 3, *shape)`` into
+    ``folder/backbone_neck_fp16_b<batch>.onnx``, then :func:`benchmark_tensorrt` it
+    (``kwargs``: its options). Without TensorRT or a GPU it returns ``skipped`` at once,
+    exporting nothing. The result has ``export_s`` added."""
+    reason = tensorrt_skip_reason()
+    if reason:
+        return {'onnx': None, 'skipped': reason, 'engines': {}, 'input_shape': None}
+    from .exporters import export_backbone_neck
+    path = osp.join(folder, f'backbone_neck_fp16_b{batch}.onnx')
+    info = export_backbone_neck(model, path, tuple(shape), 'torchscript', opset, half=True,
+                                batch=batch)
+    result = benchmark_tensorrt(path, **kwargs)
+    result['export_s'] = info['export_s']
     return result
