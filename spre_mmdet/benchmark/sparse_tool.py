@@ -158,14 +158,16 @@ def main(argv=None) -> int:
             end_to_end[scope] = row
 
     trt = None
-    if args.tensorrt:
-        try:
-            import tensorrt  # noqa: F401
-            trt = ('TensorRT is importable but the TensorRT path is not implemented in this '
-                   'version: export to ONNX and run trtexec --fp16 --sparsity=enable.')
-        except ImportError:
-            trt = 'TensorRT path skipped: the tensorrt Python package is not importable.'
-        print(trt)
+    if args.tensorrt:  # fp16 engines of the backbone + neck, dense and sparse (docs/deploy.md)
+        from ..export import benchmark_tensorrt_module
+        from ..export.pipeline import format_tensorrt
+        div = int(getattr(getattr(model, 'data_preprocessor', None), 'pad_size_divisor', 1) or 1)
+        trt = benchmark_tensorrt_module(model, (-(-h // div) * div, -(-w // div) * div),
+                                        args.out_dir, batch=args.batch_size,
+                                        warmup=args.warmup, iters=args.repeats)
+        print('TensorRT (backbone+neck, fp16): ' + (f'skipped: {trt["skipped"]}'
+                                                    if trt['skipped'] else '\n' +
+                                                    format_tensorrt(trt)))
 
     meta = dict(device=str(run_device), environment=collect_environment(run_device))
     meta.update(config=args.config, checkpoint=osp.basename(args.checkpoint),
