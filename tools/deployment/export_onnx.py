@@ -3,13 +3,14 @@ sparse engines.
 
     python tools/deployment/export_onnx.py DEPLOY_CONFIG DEPLOY_CHECKPOINT --out DIR
         [--scope backbone+neck detector] [--exporter {torchscript,dynamo}] [--opset N]
-        [--shape H W] [--eval] [--tensorrt] [--force] [--cfg-options KEY=VALUE ...]
+        [--shape H W] [--eval] [--fp16] [--tensorrt] [--force] [--cfg-options KEY=VALUE ...]
 
 DEPLOY_CONFIG / DEPLOY_CHECKPOINT are what tools/reparameterize.py writes (deploy_config.py,
 deploy.pth). Writes into DIR (new or empty, or an earlier ONNX export with --force), and only
 when every check passed:
 
 * backbone_neck.onnx (--scope backbone+neck, the default): the part N:M sparsity changes;
+* backbone_neck_fp16.onnx (--fp16 or --tensorrt): the same computing in fp16;
 * detector.onnx (--scope detector): the whole detector (boxes, labels, masks) through mmdeploy;
 * onnx_report.json / onnx_report.txt: what was exported and measured.
 
@@ -51,6 +52,9 @@ def parse_args(argv=None):
                         'test set')
     parser.add_argument('--eval-limit', type=int, default=None,
                         help='evaluate only the first N test images')
+    parser.add_argument('--fp16', action='store_true',
+                        help='also write backbone_neck_fp16.onnx (fp16 inside, fp32 I/O; the '
+                        'graph TensorRT 11 builds fp16 engines from)')
     parser.add_argument('--tensorrt', action='store_true',
                         help='build and time fp16 TensorRT engines, dense and sparse (GPU)')
     parser.add_argument('--tensorrt-iters', type=int, default=100,
@@ -67,7 +71,7 @@ def main(argv=None):
     report = export_onnx(args.config, args.checkpoint, args.out, scopes=args.scope,
                          exporter=args.exporter, opset=args.opset,
                          shape=tuple(args.shape) if args.shape else None, force=args.force,
-                         evaluate=args.eval, eval_limit=args.eval_limit,
+                         evaluate=args.eval, eval_limit=args.eval_limit, fp16=args.fp16,
                          tensorrt=args.tensorrt, tensorrt_iters=args.tensorrt_iters,
                          cfg_options=args.cfg_options)
     print(format_report(report))
