@@ -269,6 +269,29 @@ def test_output_folder_is_new_empty_or_an_earlier_export(deploy, exported, tmp_p
                     force=True, log=lambda line: None)
 
 
+def test_a_failed_check_leaves_nothing_behind(deploy, tmp_path, monkeypatch):
+    """A graph that fails after it was written (here the exporter itself) takes the export's
+    scratch folder and every folder the export created with it; a target below a file is a
+    clear error."""
+    from spre_mmdet.export import pipeline
+
+    def broken_export(model, path, *args, **kwargs):
+        with open(path, 'wb') as f:
+            f.write(b'half a graph')
+        raise ExportError('the exporter failed')
+
+    monkeypatch.setattr(pipeline, 'export_backbone_neck', broken_export)
+    with pytest.raises(ExportError, match='the exporter failed'):
+        export_onnx(deploy['config'], deploy['checkpoint'], str(tmp_path / 'new' / 'onnx'),
+                    log=lambda line: None)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(ExportError, match='Cannot create'):
+        export_onnx(deploy['config'], deploy['checkpoint'], str(tmp_path / 'file' / 'onnx'),
+                    log=lambda line: None)
+    assert [p.name for p in tmp_path.iterdir()] == ['file']
+
+
 # --------------------------------------------------------------------------- slower paths
 @pytest.mark.slow
 def test_dynamo_exporter_backbone_neck(deploy, tmp_path):

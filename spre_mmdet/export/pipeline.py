@@ -195,9 +195,16 @@ def export_onnx(config_path: str, checkpoint_path: str, out_dir: str,
                   sparsity=meta.get('sparsity'),
                   nm_layers=sum(r.nm for r in records),
                   versions=_versions(), graphs={})
-    created = not osp.exists(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix='.onnx-partial-', dir=out_dir)
+    created = osp.abspath(out_dir)  # the outermost folder this export creates, if any
+    while not osp.exists(osp.dirname(created)):
+        created = osp.dirname(created)
+    created = None if osp.exists(out_dir) else created
+    from ..deploy import _make_folder
+    _make_folder(out_dir)
+    try:
+        scratch = tempfile.mkdtemp(prefix='.onnx-partial-', dir=out_dir)
+    except OSError as e:
+        raise ExportError(f'Cannot write into {out_dir}: {e.strerror}.') from None
     try:
         graphs = [g for g in GRAPH_FILES if g.split('/')[0] in scopes
                   and (fp16 or not g.endswith('/fp16'))]
@@ -213,6 +220,9 @@ def export_onnx(config_path: str, checkpoint_path: str, out_dir: str,
             graph = dict(file=GRAPH_FILES[scope], export_s=info['export_s'],
                          outputs=info['outputs'], precision='fp16' if half else 'fp32')
             graph.update(_check_graph(path, records, state, scope, log))
+            if list(graph['inputs'].values()) != [[1, 3, *shape]]:
+                raise ExportError(f'The {scope} graph takes {graph["inputs"]}, not the asked '
+                                  f'input 1x3x{shape[0]}x{shape[1]}.')
             if scope.startswith('backbone+neck'):
                 from .exporters import BackboneNeck
                 from .runtime import FEATURE_RTOL, FP16_RTOL, compare_backbone_neck
@@ -267,7 +277,7 @@ def export_onnx(config_path: str, checkpoint_path: str, out_dir: str,
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
+            shutil.rmtree(created, ignore_errors=True)
         raise
     shutil.rmtree(scratch, ignore_errors=True)
     return report
