@@ -3,10 +3,10 @@
 
     python tools/make_natural_cls.py --out data/natural_cls
     python tools/make_natural_cls.py --out data/natural_cls --num-train 100 --num-val 20 \
-        --size 32 --cell 128 --val-rows 48 --seed 0 [--force]
+        --size 24 --cell 128 --val-size 48 --seed 0 [--force]
 
-Classes are grid regions of the photos; train and val crops come from disjoint parts of each
-region (see docs/natural_cls.md). Needs scikit-image (`pip install "spre-mmdet[natural]"`);
+Classes are grid regions of the photos; val crops come from a square in the middle of each
+region, train crops from the ring around it (disjoint; see docs/natural_cls.md). Needs scikit-image (`pip install "spre-mmdet[natural]"`);
 nothing is downloaded. Idempotent: if --out already holds the set generated with the same
 parameters, nothing is done. Regenerating (other parameters, or --force) replaces only the
 files an earlier run of this tool wrote there; a folder holding anything else is refused.
@@ -29,8 +29,8 @@ def parse_args(argv=None):
     p.add_argument('--num-val', type=int, default=20, help='val crops per class')
     p.add_argument('--size', type=int, default=24, help='crop side in pixels')
     p.add_argument('--cell', type=int, default=128, help='side of a class region (pixels)')
-    p.add_argument('--val-rows', type=int, default=48,
-                   help='bottom rows of each region kept for validation crops')
+    p.add_argument('--val-size', type=int, default=48,
+                   help='side of the square in the middle of each region kept for validation')
     p.add_argument('--max-zoom', type=float, default=1.5,
                    help='crop windows of side size..size*max_zoom, resized to size')
     p.add_argument('--min-std', type=float, default=12.0,
@@ -49,7 +49,7 @@ def main(argv=None):
                            '(no meta.json of it); nothing is overwritten. Choose a new or empty '
                            '--out.')
     params = dict(num_train=args.num_train, num_val=args.num_val, size=args.size,
-                  seed=args.seed, cell=args.cell, val_rows=args.val_rows,
+                  seed=args.seed, cell=args.cell, val_size=args.val_size,
                   max_zoom=args.max_zoom, min_std=args.min_std, max_side=args.max_side)
     fp = fingerprint(**params)
     if previous is not None and not args.force and all(map(osp.isfile, previous)):

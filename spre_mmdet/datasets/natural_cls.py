@@ -9,9 +9,12 @@ is at least ``min_std`` (not a flat sky or a black border) is one class, named
 differ only in detail, so the labels ask for fine texture and structure, not for "which
 photo": that is what makes the set hard enough for N:M sparsity to bind.
 
-Train and validation crops come from **disjoint** parts of each region: the top
-``cell - val_rows`` rows are the train part, the bottom ``val_rows`` rows the validation part;
-no crop window crosses that line, so no validation pixel is ever seen in training. Each crop
+Train and validation crops come from **disjoint** parts of each region: a ``val_size x
+val_size`` square in the middle of the region is its validation part, the ring around it the
+train part; no train window overlaps the validation square, so no validation pixel is ever
+seen in training. With the validation part in the middle, the nearest training pixels of a
+validation crop are its own class's (a validation band at a region's edge would lie next to
+the neighbouring region's training pixels and score them instead). Each crop
 is a square window of side ``size * U(1, max_zoom)`` (textures at several scales) at a
 uniformly random position inside its part, resized to ``size x size`` (area averaging), with a
 random contrast and brightness change (so the mean grey level of a region is no cue) and
@@ -69,7 +72,7 @@ PHOTOS: Dict[str, str] = {
     'text': 'no known copyright restrictions, public domain (Wikipedia "Corner.png")',
 }
 
-_GENERATOR_VERSION = 1         # bump when the rendering changes (part of the fingerprint)
+_GENERATOR_VERSION = 2         # bump when the rendering changes (part of the fingerprint)
 _SPLIT_CODE = {'train': 1, 'val': 2}
 GENERATOR = 'spre_mmdet natural classification'  # meta.json marks folders it wrote
 
@@ -107,7 +110,8 @@ def load_photo(name: str, max_side: int = 512) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Region:
-    """One class: a ``cell x cell`` region of a photo, split into a train and a val part.
+    """One class: a ``cell x cell`` region (``box``) of a photo; ``val_box`` is its validation
+    square in the middle, the rest of ``box`` its train part.
 
     Boxes are ``(x0, y0, x1, y1)`` (half-open) in the scaled photo's pixel coordinates.
     """
@@ -117,17 +121,16 @@ class Region:
     row: int
     col: int
     box: Tuple[int, int, int, int]
-    train_box: Tuple[int, int, int, int]
     val_box: Tuple[int, int, int, int]
     std: float
 
 
-def class_regions(photos: Dict[str, np.ndarray], cell: int, val_rows: int, min_std: float
+def class_regions(photos: Dict[str, np.ndarray], cell: int, val_size: int, min_std: float
                   ) -> List[Region]:
     """The classes: grid cells (centred in each photo) with grey-level std >= ``min_std``,
     sorted by name (= mmpretrain's label order)."""
-    if not 0 < val_rows < cell:
-        raise ValueError(f'val_rows must be in (0, cell={cell}), got {val_rows}')
+    if not 0 < val_size < cell:
+        raise ValueError(f'val_size must be in (0, cell={cell}), got {val_size}')
     regions = []
     for photo, image in photos.items():
         h, w = image.shape
@@ -139,25 +142,36 @@ def class_regions(photos: Dict[str, np.ndarray], cell: int, val_rows: int, min_s
                 std = float(image[y0:y0 + cell, x0:x0 + cell].std())
                 if std < min_std:
                     continue
-                split = y0 + cell - val_rows
+                v = (cell - val_size) // 2
                 regions.append(Region(
                     name=f'{photo}_r{r}c{c}', photo=photo, row=r, col=c,
-                    box=(x0, y0, x0 + cell, y0 + cell), train_box=(x0, y0, x0 + cell, split),
-                    val_box=(x0, split, x0 + cell, y0 + cell), std=round(std, 3)))
+                    box=(x0, y0, x0 + cell, y0 + cell),
+                    val_box=(x0 + v, y0 + v, x0 + v + val_size, y0 + v + val_size),
+                    std=round(std, 3)))
     return sorted(regions, key=lambda region: region.name)
 
 
+def _overlaps(x: int, y: int, side: int, box: Tuple[int, int, int, int]) -> bool:
+    return x < box[2] and box[0] < x + side and y < box[3] and box[1] < y + side
+
+
 def render_crop(rng: np.random.Generator, image: np.ndarray, part: Tuple[int, int, int, int],
-                size: int, max_zoom: float) -> Tuple[np.ndarray, Tuple[int, int, int]]:
-    """One ``size x size`` RGB uint8 crop from ``part`` of ``image``; returns it and its window
-    ``(x, y, side)`` in photo coordinates (the window lies inside ``part``)."""
+                size: int, max_zoom: float, avoid: Optional[Tuple[int, int, int, int]] = None
+                ) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+    """One ``size x size`` RGB uint8 crop from ``part`` of ``image``, its window not
+    overlapping ``avoid``; returns it and its window ``(x, y, side)`` in photo coordinates."""
     x0, y0, x1, y1 = part
     largest = min(x1 - x0, y1 - y0, int(np.floor(size * max_zoom)))
     if largest < size:
         raise ValueError(f'part {part} is smaller than a {size}-pixel crop')
-    side = int(rng.integers(size, largest + 1))
-    x = int(rng.integers(x0, x1 - side + 1))
-    y = int(rng.integers(y0, y1 - side + 1))
+    for _ in range(1000):
+        side = int(rng.integers(size, largest + 1))
+        x = int(rng.integers(x0, x1 - side + 1))
+        y = int(rng.integers(y0, y1 - side + 1))
+        if avoid is None or not _overlaps(x, y, side, avoid):
+            break
+    else:
+        raise ValueError(f'no {size}-pixel window in {part} avoids {avoid}')
     crop = image[y:y + side, x:x + side]
     if side != size:
         crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
@@ -168,12 +182,12 @@ def render_crop(rng: np.random.Generator, image: np.ndarray, part: Tuple[int, in
     return np.repeat(grey[..., None], 3, axis=2), (x, y, side)
 
 
-def fingerprint(num_train: int, num_val: int, size: int, seed: int, cell: int, val_rows: int,
+def fingerprint(num_train: int, num_val: int, size: int, seed: int, cell: int, val_size: int,
                 max_zoom: float, min_std: float, max_side: int,
                 photos: Sequence[str] = tuple(PHOTOS)) -> str:
     """Identifies the generator version and parameters (stored in ``meta.json``)."""
     text = json.dumps(dict(version=_GENERATOR_VERSION, photos=list(photos), num_train=num_train,
-                           num_val=num_val, size=size, seed=seed, cell=cell, val_rows=val_rows,
+                           num_val=num_val, size=size, seed=seed, cell=cell, val_size=val_size,
                            max_zoom=max_zoom, min_std=min_std, max_side=max_side),
                       sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
@@ -181,25 +195,26 @@ def fingerprint(num_train: int, num_val: int, size: int, seed: int, cell: int, v
 
 def generate_natural_classification(
         out: str, num_train: int = 100, num_val: int = 20, size: int = 24, seed: int = 0,
-        cell: int = 128, val_rows: int = 48, max_zoom: float = 1.5, min_std: float = 12.0,
+        cell: int = 128, val_size: int = 48, max_zoom: float = 1.5, min_std: float = 12.0,
         max_side: int = 512, photos: Sequence[str] = tuple(PHOTOS),
         progress: Optional[Callable[[int], None]] = None) -> dict:
     """Write the set into ``out`` (see the module doc); returns the meta data written.
 
-    ``num_train`` / ``num_val`` are crops *per class*. ``val_rows`` must hold the largest crop
-    window (``size * max_zoom``); the train part is the rest of each ``cell``.
+    ``num_train`` / ``num_val`` are crops *per class*. ``val_size`` must hold the largest crop
+    window (``size * max_zoom``), and so must the ring around it (the train part).
     """
     if size < 8:
         raise ValueError(f'size must be >= 8 pixels, got {size}')
     if max_zoom < 1.0:
         raise ValueError(f'max_zoom must be >= 1, got {max_zoom}')
-    if val_rows < int(np.floor(size * max_zoom)) or cell - val_rows < size:
-        raise ValueError(f'cell={cell}, val_rows={val_rows} cannot hold a validation window of '
-                         f'up to {int(np.floor(size * max_zoom))} pixels and a train part of at '
-                         f'least {size} rows')
+    window = int(np.floor(size * max_zoom))
+    if val_size < window or (cell - val_size) // 2 < window:
+        raise ValueError(f'cell={cell}, val_size={val_size} cannot hold a validation window of '
+                         f'up to {window} pixels in the middle and a ring of train windows of '
+                         'that size around it')
     version, _ = _skimage_data()
     images = {name: load_photo(name, max_side) for name in photos}
-    regions = class_regions(images, cell, val_rows, min_std)
+    regions = class_regions(images, cell, val_size, min_std)
     if not regions:
         raise DatasetError('no region passes min_std; lower --min-std or --cell')
     crops = []
@@ -207,11 +222,12 @@ def generate_natural_classification(
         for label, region in enumerate(regions):
             folder = osp.join(out, split, region.name)
             os.makedirs(folder, exist_ok=True)
-            part = region.train_box if split == 'train' else region.val_box
+            part, avoid = ((region.box, region.val_box) if split == 'train'
+                           else (region.val_box, None))
             for index in range(count):
                 rng = np.random.default_rng([seed, _SPLIT_CODE[split], label, index])
                 image, (x, y, side) = render_crop(rng, images[region.photo], part, size,
-                                                  max_zoom)
+                                                  max_zoom, avoid)
                 name = f'{index:05d}.png'
                 cv2.imwrite(osp.join(folder, name), image)
                 crops.append((split, region.name, name, region.photo, x, y, side))
@@ -221,12 +237,12 @@ def generate_natural_classification(
         writer = csv.writer(f)
         writer.writerow(('split', 'class', 'file', 'photo', 'x', 'y', 'side'))
         writer.writerows(crops)
-    fp = fingerprint(num_train, num_val, size, seed, cell, val_rows, max_zoom, min_std,
+    fp = fingerprint(num_train, num_val, size, seed, cell, val_size, max_zoom, min_std,
                      max_side, photos)
     meta = dict(
         generator=GENERATOR, fingerprint=fp, generator_version=_GENERATOR_VERSION,
         scikit_image=version, num_train=num_train, num_val=num_val, size=size, seed=seed,
-        cell=cell, val_rows=val_rows, max_zoom=max_zoom, min_std=min_std, max_side=max_side,
+        cell=cell, val_size=val_size, max_zoom=max_zoom, min_std=min_std, max_side=max_side,
         photos={name: dict(license=PHOTOS[name], source=f'skimage.data.{name}()',
                            shape=list(images[name].shape),
                            classes=sum(r.photo == name for r in regions))

@@ -12,7 +12,7 @@ pytest.importorskip('skimage')
 from spre_mmdet.datasets import natural_cls  # noqa: E402
 from spre_mmdet.errors import DatasetError  # noqa: E402
 
-SMALL = dict(num_train=3, num_val=2, size=16, seed=0, cell=64, val_rows=24, max_zoom=1.5,
+SMALL = dict(num_train=3, num_val=2, size=16, seed=0, cell=80, val_size=24, max_zoom=1.5,
              min_std=12.0, max_side=256, photos=('brick', 'coins'))
 
 
@@ -63,8 +63,9 @@ def test_layout_and_meta(small):
 
 
 def test_train_and_val_regions_are_disjoint(small):
-    """Every crop window lies inside its split's part of its region; no train window shares a
-    pixel with any val window of the same photo."""
+    """Every crop window lies inside its region, a val window inside the region's middle square,
+    a train window outside it; no train window shares a pixel with any val window of the same
+    photo."""
     out, meta = small
     regions = {r['name']: r for r in meta['regions']}
     with open(osp.join(out, 'crops.csv')) as f:
@@ -72,17 +73,21 @@ def test_train_and_val_regions_are_disjoint(small):
     windows = {'train': [], 'val': []}
     for crop in crops:
         x, y, side = int(crop['x']), int(crop['y']), int(crop['side'])
-        x0, y0, x1, y1 = regions[crop['class']][f'{crop["split"]}_box']
+        region = regions[crop['class']]
+        x0, y0, x1, y1 = region['box' if crop['split'] == 'train' else 'val_box']
         assert x0 <= x and x + side <= x1 and y0 <= y and y + side <= y1, crop
+        if crop['split'] == 'train':
+            u0, v0, u1, v1 = region['val_box']
+            assert x + side <= u0 or u1 <= x or y + side <= v0 or v1 <= y, crop
         assert 16 <= side <= 24
         windows[crop['split']].append((crop['photo'], x, y, side))
     for photo, x, y, s in windows['train']:
         for photo2, u, v, t in windows['val']:
             if photo == photo2:
                 assert x + s <= u or u + t <= x or y + s <= v or v + t <= y
-    for region in meta['regions']:  # the parts themselves do not overlap
-        (a0, _, a1, b1), (c0, d0, c1, _) = region['train_box'], region['val_box']
-        assert b1 <= d0 and a0 == c0 and a1 == c1
+    for region in meta['regions']:  # the val square is in the middle, a window's margin away
+        (a0, b0, a1, b1), (c0, d0, c1, d1) = region['box'], region['val_box']
+        assert c0 - a0 == a1 - c1 == d0 - b0 == b1 - d1 >= 24 and c1 - c0 == 24
 
 
 def test_deterministic(small, tmp_path):
@@ -117,7 +122,7 @@ def test_tool_is_idempotent_and_safe(tmp_path, capsys):
     spec.loader.exec_module(tool)
     out = str(tmp_path / 'set')
     args = ['--out', out, '--num-train', '1', '--num-val', '1', '--size', '16', '--cell', '128',
-            '--val-rows', '24', '--max-side', '256']
+            '--val-size', '24', '--max-side', '256']
     tool.main(args)
     before = _digest(out)
     tool.main(args)
@@ -131,7 +136,10 @@ def test_tool_is_idempotent_and_safe(tmp_path, capsys):
     assert (foreign / 'keep.txt').read_text() == 'x'
 
 
-def test_rejects_a_val_part_smaller_than_a_window(tmp_path):
-    with pytest.raises(ValueError):
-        natural_cls.generate_natural_classification(str(tmp_path), size=32, val_rows=40,
+def test_rejects_parts_smaller_than_a_window(tmp_path):
+    with pytest.raises(ValueError):  # val square smaller than a 48-pixel window
+        natural_cls.generate_natural_classification(str(tmp_path), size=32, val_size=40,
                                                     max_zoom=1.5, photos=('brick', ))
+    with pytest.raises(ValueError):  # train ring (40 pixels) narrower than a 48-pixel window
+        natural_cls.generate_natural_classification(str(tmp_path), size=32, cell=128,
+                                                    val_size=48, photos=('brick', ))
