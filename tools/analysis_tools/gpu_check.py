@@ -1,43 +1,39 @@
-"""One-call GPU check of the CUDA path, with one JSON of every figure.
+"""A GPU check that fits a short slot: the figures that matter most first, in one JSON.
 
-    python3 tools/analysis_tools/gpu_check.py --out DIR [--budget-s 450]
+    python3 tools/analysis_tools/gpu_check.py --out work_dirs/gpu_check/gpu_check.json \
+        [--budget-s 320] [--only STEP ...]
 
-(``scripts/gpu_check.sh`` wraps it: carried wheels, a hard time limit, a log.) Steps, in the
-order they run:
+``scripts/gpu_check.sh`` wraps it (carried wheels, a hard limit, a log). The steps, in the order
+they run (:func:`build_steps`), each with its own time limit:
 
-a. **environment**: :func:`spre_mmdet.environment.collect_environment` (device, capability,
-   memory, driver, torch/CUDA/cuDNN/cuSPARSELt/triton versions, ...), and whether mmdet and
-   mmcv's CUDA ops can be used.
-b. **cuda_tests**: the tests marked ``cuda`` (pytest in a subprocess, JUnit XML parsed); a
-   skipped test counts as a failure here, since CUDA is present.
-e. **gemm**: the largest R-50 GEMMs at 800x1333 (batch 1 and 8), dense cuBLAS vs 2:4 sparse
-   (cuSPARSELt default and searched algorithm, CUTLASS), with a numerical check. It runs before c
-   and d: it is short, and its figures matter most.
-c. **training**: every method (SR-STE, ASP, LBC, SpRe with BN in training and in eval mode,
-   SpRe+LBC, interspace) on a torchvision ResNet-50 made sparse by this package's plain-PyTorch
-   core, a few SGD steps in fp32 and under bf16 autocast: finite loss, masks exactly 2:4 after
-   the last refresh, deploy model exactly 2:4 and equal to the training-time model.
-d. **benchmark**: dense vs 2:4 per layer and end to end at 800x1333 fp16, batch 1 and 8: the
-   R-50 Mask R-CNN deploy model through ``tools/benchmark_sparse.py --scope detector`` when
-   mmdet and mmcv's CUDA ops work; otherwise the deploy form of a SpRe R-50 backbone + dense
-   FPN with the same benchmark functions (``"scope": "backbone"``, ``"scope_reason"``).
+1. ``environment``: the package's environment record of ``cuda:0``, an fp16 matmul checked
+   against the CPU, cuSPARSELt and sm80+ required; decides the benchmark's scope (the Mask
+   R-CNN where mmdet and mmcv's CUDA ops work, else the backbone + neck of a torchvision R-50).
+2. ``gemm``: the largest R-50 GEMMs at 800x1333, batch 1 and 8, dense vs 2:4
+   (:func:`~spre_mmdet.benchmark.runner.bench_layer_cuda`).
+3. ``train_amp``: one training iteration of every method under mmengine's ``AmpOptimWrapper``
+   (fp16, dynamic GradScaler, SR-STE's decay hooked into the optimizer step) with
+   ``torch.cuda.set_sync_debug_mode``: every sync seen is recorded with where it came from.
+4. ``benchmark_b1``, ``benchmark_b8``: dense vs 2:4 per layer and end to end, fp16.
+5. ``tensorrt``: fp16 TensorRT engines of the backbone + neck, dense vs sparse
+   (:func:`~spre_mmdet.export.tensorrt.benchmark_tensorrt_module`), next to PyTorch's batch-1
+   figures; ``unavailable`` (with the reason) without TensorRT.
+6. ``cuda_tests``: ``pytest -m cuda`` (a skip counts as a problem on a GPU).
 
-Then **anchors**: each speedup against published figures (2x ceiling; 1.1-1.4x per large GEMM
-and 1.1-1.3x end to end measured elsewhere; per-layer dispatch never slower than dense). These
-are flags in the JSON, not failures.
-
-Without CUDA it refuses at once (one line on stderr, exit status 2). With CUDA, a step that
-cannot run is a failure (exit status 1), never a skip; the only replacement is step d's scope
-when mmdet/mmcv's CUDA ops are unavailable, which is announced on stdout and in the JSON.
-The JSON is rewritten after every step, so a run stopped by a time limit leaves what it did.
+The JSON is rewritten before and after every step, so a run cut off keeps what finished. A step
+that raises is recorded (``error`` with its traceback) and the next one runs; a step past its
+limit is stopped (``timeout``); a step that would start with less budget left than it needs is
+``skipped`` with the reason. Exit status: 0 every step ``ok`` (or ``unavailable``), 1 otherwise,
+2 no CUDA GPU (refused at once, no JSON), 124 stopped by SIGTERM (the wrapper's limit).
 """
 import argparse
 import contextlib
-import datetime
+import functools
 import json
 import math
 import os
 import os.path as osp
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,67 +42,64 @@ import time
 import traceback
 import warnings
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spre_mmdet.benchmark.gemm import GemmLayer, forced_backend, resolve_backend
-from spre_mmdet.benchmark.layers import capture_input_shapes, check_layers
-from spre_mmdet.benchmark.report import _clean, build_report
-from spre_mmdet.benchmark.runner import (bench_end_to_end, bench_layer_cuda, compare,
-                                         compare_outputs, dispatch_decisions, layer_calls,
-                                         speedups, tolerance_text)
-from spre_mmdet.benchmark.timing import cuda_time
-from spre_mmdet.benchmark.torchvision_r50 import (GEMM_LAYERS, METHODS, R50_SPARSE_LAYERS,
-                                                  MethodSpec, detection_input, padded_size,
-                                                  r50_fpn_deploy, r50_gemm_shapes, set_train_mode,
-                                                  sparse_resnet50)
+import spre_mmdet
+from spre_mmdet.benchmark import (bench_end_to_end, bench_layer_cuda, build_report,
+                                  capture_input_shapes, check_layers, compare, compare_outputs,
+                                  dispatch_decisions, layer_calls, speedups, tolerance_text)
+from spre_mmdet.benchmark.report import _clean
+from spre_mmdet.benchmark.torchvision_r50 import (GEMM_LAYERS, METHODS, detection_input,
+                                                  padded_size, r50_fpn_deploy, r50_gemm_shapes,
+                                                  set_train_mode, sparse_resnet50)
 from spre_mmdet.environment import collect_environment
-from spre_mmdet.sparsity import (InterspaceDeployConv2d, SparseLayerMixin, check_nm_tensor,
-                                 refresh_masks, reparameterize, sparse_layers, spre_pairs)
+from spre_mmdet.sparsity import (check_nm_tensor, refresh_masks, register_srste_decay,
+                                 sparse_layers)
 from spre_mmdet.sparsity.nm import nm_mask
 
 EXIT_OK, EXIT_FAILED, EXIT_NO_CUDA, EXIT_TERMINATED = 0, 1, 2, 124
 NO_CUDA_MESSAGE = ('gpu_check: refused: no CUDA GPU is visible to this process '
                    '(torch.cuda.is_available() is False); this check runs only where one is.')
-#: the checkout this script is part of (its tests, configs and tools/benchmark_sparse.py)
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = osp.dirname(osp.abspath(spre_mmdet.__file__)) + os.sep
 DETECTOR_CONFIG = 'configs/mask_rcnn_r50_spre_2x4.py'
-BENCHMARK_TOOL = 'tools/benchmark_sparse.py'
 INPUT_SIZE = (800, 1333)
 BATCH_SIZES = (1, 8)
+STEP_NAMES = ('environment', 'gemm', 'train_amp', 'benchmark_b1', 'benchmark_b8', 'tensorrt',
+              'cuda_tests')
+#: a step with one of these statuses does not fail the check
+PASSING = ('ok', 'unavailable')
+#: torch's message for a sync under set_sync_debug_mode ('warn': a warning, 'error': raised)
+SYNC_MESSAGE = 'called a synchronizing CUDA operation'
 
-#: deploy model vs training-time model, both fp32 with TF32 off:
-#: max|y_deploy - y_train| <= DEPLOY_RTOL * max|y_train|. Folding only reorders fp32 sums:
-#: through ResNet-50 that measured up to 3e-5 on the CPU (interspace), and cuDNN may pick
-#: Winograd/FFT for 3x3 convs; a real folding error (a lost branch, a wrong mask) is ~1e-1.
-DEPLOY_RTOL = 1e-3
-#: gradient-norm clip of the training check (the norm before clipping is recorded)
-GRAD_CLIP = 1.0
-LOSS_NOTE = ('random weights and labels: the losses are no learning signal, only their '
-             'finiteness is checked. With BN on running statistics, a mask that changes a lot '
-             "(LBC's subset removal) moves activations past the calibrated statistics, and the "
-             'loss can reach 1e4 (SpRe+LBC on the CPU at 64x64)')
 
-#: published anchors: 2:4 halves the multiply-adds, so 2x is the ceiling; measured elsewhere
-#: 1.1-1.4x per large GEMM and 1.1-1.3x end to end
-CEILING = 2.0
-GEMM_RANGE = (1.1, 1.4)
-E2E_RANGE = (1.1, 1.3)
-#: anchor flags that break a promise of this package (the others are informational)
-VIOLATIONS = ('dispatch_slower_than_dense', 'above_ceiling')
+class Unavailable(Exception):
+    """The step cannot run here (e.g. no TensorRT): recorded with its reason, not a failure."""
+
+
+class StepTimeout(BaseException):
+    """A step ran past its limit (a BaseException, so that no ``except Exception`` in the
+    library swallows it)."""
 
 
 class Terminated(BaseException):
-    """SIGTERM (the wrapper's time limit): record where the run was, then stop."""
+    """SIGTERM: the wrapper's hard limit."""
 
 
-def _log(start: float, message: str) -> None:
-    stamp = datetime.datetime.now().strftime('%H:%M:%S')
-    print(f'[gpu_check {stamp} +{time.monotonic() - start:6.1f}s] {message}', flush=True)
+@dataclass
+class Step:
+    """One step: ``run(ctx)`` returns its figures (``problems``: what failed, ``summary``: one
+    line); ``ctx`` is shared by the steps of a run."""
+    name: str
+    run: Callable[[dict], dict]
+    limit_s: float  #: stopped after this long
+    min_s: float  #: not started with less budget than this left
 
 
 def _error_text(exc: BaseException, limit: int = 600) -> str:
@@ -114,638 +107,289 @@ def _error_text(exc: BaseException, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit] + '...'
 
 
-# ------------------------------------------------------------------------------------ report
-class CheckReport:
-    """The JSON of a run: steps with their status, figures and failures, rewritten atomically
-    after every step.
-
-    A step is ``ok`` when it finished with no failure, ``failed`` otherwise (an exception in
-    the step is one of its failures, with the traceback's end).
-    """
-
-    def __init__(self, path: str, meta: dict, start: Optional[float] = None):
-        self.path = path
-        self.start = time.monotonic() if start is None else start
-        self.data: Dict[str, object] = dict(
-            status='running', meta=meta, environment=None, scope=None, scope_reason=None,
-            steps={}, anchors=None, failures=[])
-
-    def log(self, message: str) -> None:
-        _log(self.start, message)
-
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[dict]:
-        """Run a step: yields its record (a dict to fill in; ``failures`` is a list)."""
-        record = dict(status='running', seconds=None, failures=[])
-        self.data['steps'][name] = record
-        began = time.monotonic()
-        self.log(f'step {name}: start')
-        try:
-            yield record
-        except Exception as exc:  # a broken step is a failure of that step, the run goes on
-            record['failures'].append('crashed: ' + _error_text(exc))
-            record['traceback'] = traceback.format_exc()[-4000:]
-        except BaseException as exc:
-            record['failures'].append('stopped: ' + (
-                'terminated (SIGTERM, e.g. the time limit)' if isinstance(exc, Terminated)
-                else _error_text(exc)))
-            raise
-        finally:
-            record['seconds'] = round(time.monotonic() - began, 2)
-            record['status'] = 'failed' if record['failures'] else 'ok'
-            self.data['failures'].extend(f'{name}: {f}' for f in record['failures'])
-            self.write()
-            self.log(f'step {name}: {record["status"].upper()} in {record["seconds"]:.1f}s'
-                     + ''.join(f'\n    FAILURE: {f}' for f in record['failures'][:20]))
-
-    def write(self) -> str:
-        """Write the JSON atomically (a reader never sees half a file)."""
-        folder = osp.dirname(osp.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix='.gpu_check-', suffix='.json', dir=folder)
-        with os.fdopen(fd, 'w') as f:
-            json.dump(_clean(self.data), f, indent=1, default=str)  # never lose a run to a type
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.path)
-        return self.path
-
-    def finish(self, terminated: bool = False) -> int:
-        """Final status and exit code: 0 when every step passed, else 1 (124 if stopped)."""
-        failed = bool(self.data['failures'])
-        self.data['status'] = ('terminated' if terminated else 'failed' if failed else 'passed')
-        self.data['meta']['seconds'] = round(time.monotonic() - self.start, 1)
-        self.write()
-        return EXIT_TERMINATED if terminated else EXIT_FAILED if failed else EXIT_OK
-
-
-def summary_lines(data: dict) -> List[str]:
-    """A short human summary of a report (printed last)."""
-    lines = [f'gpu_check: {str(data.get("status")).upper()}']
-    env = data.get('environment') or {}
-    if env:
-        lines.append(f'  device: {env.get("device_name")} (sm {env.get("capability")}), torch '
-                     f'{env.get("torch")}, CUDA {env.get("torch_cuda")}, cuSPARSELt '
-                     f'{env.get("cusparselt_version")}')
-    if data.get('scope'):
-        lines.append(f'  benchmark scope: {data["scope"]}'
-                     + (f' ({data["scope_reason"]})' if data.get('scope_reason') else ''))
-    for name, step in (data.get('steps') or {}).items():
-        lines.append(f'  {name:<12} {step.get("status", "?"):<8} {step.get("seconds") or 0:6.1f}s'
-                     + (f'  {len(step["failures"])} failure(s)' if step.get('failures') else ''))
-    anchors = data.get('anchors') or {}
-    if anchors:
-        lines.append(f'  anchors: {len(anchors.get("flags", []))} flag(s), '
-                     f'{anchors.get("violations", 0)} violation(s) (flags never fail the check)')
-    for failure in (data.get('failures') or [])[:30]:
-        lines.append(f'  FAILURE {failure}')
-    return lines
-
-
-# ------------------------------------------------------------------------------- environment
-def cuda_available() -> bool:
-    """``torch.cuda.is_available()``, without the warning torch may print when no driver is."""
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return torch.cuda.is_available()
-
-
-def detector_support() -> Tuple[bool, Optional[str], dict]:
-    """Can the detector-level benchmark run: mmdet importable and mmcv's CUDA ops working?
-
-    Returns ``(ok, reason if not, versions)``. The ops are run once on the GPU (nms, RoIAlign):
-    an mmcv built without CUDA ops imports but fails there.
-    """
-    info = {}
-    try:
-        import mmcv
-        import mmengine
-        info.update(mmcv=mmcv.__version__, mmengine=mmengine.__version__)
-        import mmdet
-        info.update(mmdet=mmdet.__version__)
-    except Exception as exc:  # ImportError, or mmdet's own mmcv version assertion
-        return False, f'mmdet/mmcv/mmengine cannot be imported ({_error_text(exc, 300)})', info
-    try:
-        from mmcv.ops import nms, roi_align
-        boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.], [20., 20., 30., 30.]],
-                             device='cuda')
-        nms(boxes, torch.tensor([0.9, 0.8, 0.7], device='cuda'), 0.5)
-        roi_align(torch.randn(1, 4, 16, 16, device='cuda'),
-                  torch.tensor([[0., 0., 0., 8., 8.]], device='cuda'), (2, 2), 1.0, 0, 'avg',
-                  True)
-        torch.cuda.synchronize()
-        import mmdet.models  # noqa: F401  (needs mmcv.ops)
-    except Exception as exc:
-        return False, f'mmcv CUDA ops unavailable ({_error_text(exc, 300)})', info
-    return True, None, info
-
-
-def environment_record() -> dict:
-    """The entries this check reports on (device name and capability, torch and its CUDA,
-    cuDNN, cuSPARSELt, the driver) and, as ``record``, the whole environment record
-    (:func:`spre_mmdet.environment.collect_environment` of ``cuda:0``; CUDA must be
-    available)."""
-    env = collect_environment('cuda:0')
-    cuda = env['cuda']
-    device = cuda['devices'][0]
-    return dict(device_name=device['name'], capability=device['capability'],
-                torch=env['torch']['version'], torch_cuda=cuda['runtime'], cudnn=cuda['cudnn'],
-                cusparselt_available=cuda['cusparselt_available'],
-                cusparselt_version=cuda['cusparselt'],
-                driver=cuda['driver'] or cuda['driver_api'], record=env)
-
-
-# -------------------------------------------------------------------------------- cuda tests
-def cuda_test_files(repo: Path = REPO_ROOT) -> List[str]:
-    """The test files holding tests marked ``cuda`` (a file-level ``pytestmark`` or a per-test
-    mark). Only these are collected, so that test files needing mmdet do not stop the
-    collection where mmdet is absent."""
-    files = []
-    for path in sorted((repo / 'tests').rglob('test_*.py')):
-        if 'pytest.mark.cuda' in path.read_text(encoding='utf-8'):
-            files.append(str(path.relative_to(repo)))
-    return files
-
-
-def junit_summary(path: str) -> dict:
-    """Counts, per-test outcomes and problems from a pytest JUnit XML file.
-
-    Every test that did not pass (failed, error, skipped) is a problem: where CUDA is present,
-    a skipped CUDA test is a check that did not run. So is an empty selection.
-    """
-    root = ET.parse(path).getroot()
-    cases = []
-    for case in root.iter('testcase'):
-        name = f'{case.get("classname", "")}::{case.get("name", "")}'
-        outcome, message = 'passed', None
-        for child in case:
-            if child.tag in ('failure', 'error', 'skipped'):
-                outcome = {'failure': 'failed'}.get(child.tag, child.tag)
-                message = (child.get('message') or (child.text or '').strip())[:500]
-                break
-        cases.append(dict(name=name, outcome=outcome, seconds=float(case.get('time') or 0),
-                          message=message))
-    counts = {k: sum(1 for c in cases if c['outcome'] == k)
-              for k in ('passed', 'failed', 'error', 'skipped')}
-    problems = [f'{c["name"]}: {c["outcome"]}: {c["message"]}' for c in cases
-                if c['outcome'] != 'passed']
-    if not cases:
-        problems.append('no test marked cuda was collected')
-    return dict(total=len(cases), **counts, cases=cases, problems=problems)
-
-
-def run_cuda_tests(out_dir: str, timeout_s: float, repo: Path = REPO_ROOT) -> dict:
-    """Run the ``cuda``-marked tests in a subprocess and summarize them."""
-    files = cuda_test_files(repo)
-    xml = osp.abspath(osp.join(out_dir, 'cuda_tests.xml'))  # pytest runs in the repo root
-    if osp.exists(xml):
-        os.remove(xml)
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(p for p in (str(repo), env.get('PYTHONPATH')) if p)
-    cmd = [sys.executable, '-m', 'pytest', '-q', '-m', 'cuda', '-p', 'no:cacheprovider',
-           f'--junitxml={xml}', *files]
-    result = dict(command=' '.join(cmd[1:]), files=files)
-    if not files:
-        result['problems'] = ['no test file holds a test marked cuda']
-        return result
-    try:
-        proc = subprocess.run(cmd, cwd=str(repo), env=env, capture_output=True, text=True,
-                              timeout=max(timeout_s, 10))
-        result.update(returncode=proc.returncode, output_tail=(proc.stdout + proc.stderr)[-3000:])
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or '')
-        result.update(returncode=None, output_tail=out[-3000:])
-        result['problems'] = [f'pytest did not finish within {timeout_s:.0f}s']
-        return result
-    if not osp.exists(xml):
-        result['problems'] = [f'pytest wrote no JUnit XML (exit status {proc.returncode})']
-        return result
-    summary = junit_summary(xml)
-    result.update(summary)
-    if proc.returncode not in (0, 1) or (proc.returncode == 1 and not summary['problems']):
-        summary['problems'].append(f'pytest exit status {proc.returncode}')
-    result['problems'] = summary['problems']
-    return result
-
-
-# ---------------------------------------------------------------------------------- training
+# ------------------------------------------------------------------------------------ runner
 @contextlib.contextmanager
-def ieee_fp32():
-    """fp32 convs and matmuls in full precision (no TF32) while comparing two models: TF32's
-    10-bit mantissa would hide a real difference behind its own rounding."""
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+def time_limit(seconds: float):
+    """Raise :class:`StepTimeout` in the block after ``seconds`` (SIGALRM: Python code and
+    the return of any call that blocks; a hung kernel is left to the wrapper's hard limit)."""
+    def expire(signum, frame):
+        raise StepTimeout(f'stopped at its time limit of {seconds:.0f}s')
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def write_json(path: str, data: dict) -> None:
+    """Atomically: a reader (or a run cut off now) never sees half a file."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.gpu_check-', suffix='.json', dir=folder)
+    with os.fdopen(fd, 'w') as f:
+        json.dump(_clean(data), f, indent=1, default=str)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def step_line(name: str, rec: dict) -> str:
+    text = rec.get('error') or rec.get('reason') or (rec.get('result') or {}).get('summary')
+    return f'{name:<13} {rec["status"].upper():<11} {rec.get("seconds") or 0:6.1f}s  {text or ""}'
+
+
+def run_steps(steps: Sequence[Step], path: str, budget_s: float, meta: dict,
+              ctx: Optional[dict] = None, log: Callable[[str], None] = print,
+              clock: Callable[[], float] = time.monotonic) -> dict:
+    """Run ``steps`` in order within ``budget_s``, writing the report to ``path`` before and
+    after each; returns the report (``status``: passed, failed or terminated)."""
+    ctx = {} if ctx is None else ctx
+    report = dict(status='running', meta=dict(meta, budget_s=budget_s),
+                  order=[s.name for s in steps], steps={})
+    start = clock()
+    try:
+        for step in steps:
+            left = start + budget_s - clock()
+            rec = report['steps'][step.name] = dict(status='running',
+                                                    limit_s=round(min(step.limit_s, left), 1))
+            if left < step.min_s:
+                rec.update(status='skipped', seconds=0.0, reason=(
+                    f'time budget: {max(left, 0):.0f}s of {budget_s:.0f}s left, the step needs '
+                    f'at least {step.min_s:.0f}s'))
+                write_json(path, report)
+                log(step_line(step.name, rec))
+                continue
+            write_json(path, report)
+            log(f'[gpu_check +{clock() - start:.0f}s] {step.name}: start '
+                f'(limit {rec["limit_s"]:.0f}s)')
+            began = clock()
+            try:
+                with time_limit(rec['limit_s']):
+                    result = step.run(ctx) or {}
+                rec.update(status='failed' if result.get('problems') else 'ok', result=result)
+            except Unavailable as exc:
+                rec.update(status='unavailable', reason=str(exc))
+            except StepTimeout as exc:
+                rec.update(status='timeout', error=str(exc))
+            except Exception as exc:  # a broken step is recorded, the next one runs
+                rec.update(status='error', error=_error_text(exc),
+                           traceback=traceback.format_exc()[-3000:])
+            except Terminated:
+                rec.update(status='terminated', error='SIGTERM (the time limit of the wrapper)')
+                raise
+            finally:
+                rec['seconds'] = round(clock() - began, 1)
+                write_json(path, report)
+                log(step_line(step.name, rec))
+        report['status'] = ('passed' if all(r['status'] in PASSING
+                                            for r in report['steps'].values()) else 'failed')
+    except Terminated:
+        report['status'] = 'terminated'
+        for step in steps:
+            report['steps'].setdefault(step.name, dict(status='not_run',
+                                                       reason='the run was terminated'))
+    report['meta']['seconds'] = round(clock() - start, 1)
+    write_json(path, report)
+    return report
+
+
+def exit_code(report: dict) -> int:
+    return {'passed': EXIT_OK, 'terminated': EXIT_TERMINATED}.get(report['status'], EXIT_FAILED)
+
+
+def summary_lines(report: dict, path: str) -> List[str]:
+    lines = [f'gpu_check: {report["status"].upper()} in {report["meta"].get("seconds")}s; '
+             f'JSON: {path}']
+    lines += ['  ' + step_line(name, rec) for name, rec in report['steps'].items()]
+    for name, rec in report['steps'].items():
+        for problem in ((rec.get('result') or {}).get('problems') or [])[:10]:
+            lines.append(f'  PROBLEM {name}: {problem}')
+    return lines
+
+
+# --------------------------------------------------------------------------------- helpers
+def scratch(ctx: dict) -> str:
+    """The run's temporary folder (removed by :func:`main`)."""
+    if 'tmp' not in ctx:
+        ctx['tmp'] = tempfile.mkdtemp(prefix='gpu_check_')
+    return ctx['tmp']
+
+
+def detector_problem() -> Optional[str]:
+    """Why the Mask R-CNN cannot be benchmarked here, or ``None``."""
+    try:
+        import mmdet  # noqa: F401
+    except Exception as exc:  # noqa: BLE001  (not carried, or a broken stack)
+        return f'mmdet cannot be imported ({_error_text(exc, 200)})'
+    from spre_mmdet.mmcv_ops import mmcv_ops_problem
+    return mmcv_ops_problem(cuda=True)
+
+
+def scope(ctx: dict) -> str:
+    """``'detector'`` or ``'backbone+neck'`` (decided once per run; the reason in ctx)."""
+    if 'scope' not in ctx:
+        ctx['scope_reason'] = detector_problem()
+        ctx['scope'] = 'backbone+neck' if ctx['scope_reason'] else 'detector'
+    return ctx['scope']
 
 
 @torch.no_grad()
 def calibrate_bn(model: nn.Module, x: torch.Tensor) -> None:
-    """Set every BN's running statistics to those of ``x`` (a cumulative average over one
-    batch), then restore each module's mode.
-
-    A randomly initialized ResNet has running statistics (0, 1) that do not match its
-    activations, so with BN on running statistics its output grows block after block to
-    1e30 or overflows. Calibrated statistics play the part of pretrained ones: training with
-    frozen BN (mmdet's ``norm_eval``) and the eval-mode comparison stay well conditioned.
-    """
-    modes = {module: module.training for module in model.modules()}
+    """BN running statistics from ``x`` (a random ResNet's (0, 1) overflow fp16 on running
+    statistics, the way pretrained ones would not); the model is left in training mode."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
-    try:
-        model(x)
-    finally:
-        for bn, momentum in zip(bns, momenta):
-            bn.momentum = momentum
-        for module, mode in modes.items():
-            module.training = mode
+        bn.momentum = None  # a cumulative average: this batch's statistics
+    model.train()(x)
+    for bn in bns:
+        bn.momentum = 0.1
 
 
-def mask_problems(model: nn.Module, n: int = 2, m: int = 4) -> List[str]:
-    """Why some sparse layer's mask is not final and exactly N:M (empty if all are)."""
-    problems = []
-    for name, layer in sparse_layers(model):
-        if not layer.sparsity.is_final:
-            problems.append(f'{name}: {layer.sparsity.method} mask not final')
-        check = check_nm_tensor(layer.sparsity.mask, n, m, max_examples=1)
-        if not check.ok:
-            problems.append(f'{name}: mask {check.explain()}')
-    return problems
+def sync_origin(frames: Sequence[traceback.FrameSummary]) -> dict:
+    """Where a sync came from: the innermost Python line (``where``) and the innermost line
+    of this package (``package_line``; ``None`` when no spre_mmdet code was on the stack)."""
+    frames = [f for f in frames if not f.filename.endswith('warnings.py')]
+
+    def text(frame):
+        name = frame.filename
+        for root in (PACKAGE_DIR[:-len('spre_mmdet' + os.sep)], 'site-packages' + os.sep):
+            if root in name:
+                name = name.split(root, 1)[1]
+        return f'{name}:{frame.lineno} ({frame.name})'
+    package = [f for f in frames if osp.abspath(f.filename).startswith(PACKAGE_DIR)]
+    return dict(where=text(frames[-1]) if frames else '?',
+                package_line=text(package[-1]) if package else None)
 
 
-@contextlib.contextmanager
-def two_branch(model: nn.Module):
-    """Run every SpRe pair as its two branches, ``BN_main(conv(x, W*B)) + BN_rep(conv(x,
-    W_rep*B*S))``, even with BN on running statistics (where the pair normally runs as one
-    fused conv): the literal training-time formula, to compare the deploy model against.
-    Each conv is unpaired from its norm for the while (``conv.pair(None)``), then paired
-    again."""
-    pairs = [(conv, norm) for _, conv, norm in spre_pairs(model)]
-    for conv, _ in pairs:
-        conv.pair(None)
-    try:
-        yield model
-    finally:
-        for conv, norm in pairs:
-            conv.pair(norm)
+def sync_guarded(mode: str, fn: Callable[[], object], set_mode: Callable) -> tuple:
+    """``fn()`` under ``set_mode(mode)`` (``torch.cuda.set_sync_debug_mode``): returns its
+    value (``None`` if a sync stopped it) and ``{'mode', 'syncs', 'error'}``."""
+    syncs = []
+    record = dict(mode=mode, syncs=syncs, error=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter('always')
+        original = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if SYNC_MESSAGE in str(message):
+                syncs.append(sync_origin(traceback.extract_stack()[:-1]))
+            else:
+                original(message, category, filename, lineno, file, line)
+        warnings.showwarning = show
+        set_mode(mode)
+        try:
+            return fn(), record
+        except RuntimeError as exc:
+            if SYNC_MESSAGE not in str(exc):
+                raise
+            record['error'] = str(exc).splitlines()[0]
+            syncs.append(sync_origin(traceback.extract_tb(exc.__traceback__)))
+            return None, record
+        finally:
+            set_mode(0)
 
 
-@torch.no_grad()
-def deploy_check(model: nn.Module, x: torch.Tensor, n: int = 2, m: int = 4,
-                 rtol: float = DEPLOY_RTOL) -> dict:
-    """Re-parameterize ``model`` and check the deploy model: every layer that was sparse is
-    exactly N:M (an interspace conv: its 1x1 GEMM weight), no sparse module is left, and its
-    eval-mode output equals the training-time model's (fp32, TF32 off) within ``rtol``; with
-    SpRe both as it runs in eval mode (fused) and as its two branches.
-    """
-    names = [name for name, _ in sparse_layers(model)]
-    model.eval()
-    with ieee_fp32():
-        ref = model(x).float()
-        refs = {'eval': ref}
-        if any(True for _ in spre_pairs(model)):
-            with two_branch(model):
-                refs['two_branch'] = model(x).float()
-        deploy = reparameterize(model)
-        out = deploy(x).float()
-    modules = dict(deploy.named_modules())
-    problems = [f'{name}: still a sparse training module in the deploy model'
-                for name, module in modules.items() if isinstance(module, SparseLayerMixin)]
-    for name in names:
-        module = modules.get(name)
-        if isinstance(module, InterspaceDeployConv2d):
-            module = module.gemm
-        if module is None or not isinstance(getattr(module, 'weight', None), torch.Tensor):
-            problems.append(f'{name}: missing from the deploy model')
-            continue
-        check = check_nm_tensor(module.weight, n, m, max_examples=1)
-        if not check.ok:
-            problems.append(f'{name}: deploy weight {check.explain()}')
-    errors = {}
-    for form, ref in refs.items():
-        scale = float(ref.abs().max())
-        err = float((out - ref).abs().max())
-        rel = err / scale if scale else float('inf')
-        errors[form] = dict(max_abs_err=err, max_abs_ref=scale, rel_err=rel)
-        if not bool(torch.isfinite(ref).all() and torch.isfinite(out).all()):
-            problems.append(f'non-finite output (training-time model, {form}, or deploy model)')
-        elif not rel <= rtol:
-            problems.append(f'deploy output differs from the training-time model ({form}): '
-                            f'max abs error {err:.3g} = {rel:.2e} x max|ref| > {rtol:g}')
-    worst = max(errors.values(), key=lambda e: e['rel_err'])
-    return dict(num_layers=len(names), **worst, errors=errors, rtol=rtol,
-                comparison='eval mode, fp32, TF32 off', problems=problems, ok=not problems)
+def amp_wrapper(optimizer):
+    """mmengine's AmpOptimWrapper: fp16 autocast, dynamic loss scaling from 2**8 (GradScaler's
+    default 2**16 overflows a random network's fp16 gradients, and a skipped step would leave
+    SR-STE's decay unexercised)."""
+    from mmengine.optim import AmpOptimWrapper
+    return AmpOptimWrapper(optimizer=optimizer, dtype='float16',
+                           loss_scale=dict(init_scale=2.0 ** 8))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def train_check(spec: MethodSpec, base: nn.Module, device, precision: str = 'fp32',
-                steps: int = 6, batch: int = 16, size: int = 224, num_classes: int = 1000,
-                lr: float = 1e-3, seed: int = 0) -> dict:
-    """Train ``spec`` on ``base`` (a dense torchvision ResNet, copied) for ``steps`` SGD steps on
-    random data and check it.
-
-    The loop is the ``SparsityHook``'s: masks refreshed to iteration 0 before training and to
-    ``i + 1`` after optimizer step ``i``. BN statistics are calibrated first
-    (:func:`calibrate_bn`) and gradients clipped to :data:`GRAD_CLIP`: the network is random,
-    and the check is about the sparse machinery, not about learning. ``precision`` is
-    ``'fp32'`` or ``'bf16'`` (forward and loss under ``torch.autocast``). Checks: every loss and
-    gradient norm finite, every mask final and exactly 2:4 after the last refresh, the SpRe
-    pairs on the intended path (two branches with BN in training mode, one fused conv with BN
-    on running statistics), and :func:`deploy_check`.
-
-    Returns:
-        Figures (losses, step times in ms) and ``problems`` (empty when everything held).
-    """
-    device = torch.device(device)
-    if precision not in ('fp32', 'bf16'):
-        raise ValueError(f'precision must be fp32 or bf16, got {precision!r}')
-    torch.manual_seed(seed)
-    gen = torch.Generator(device='cpu').manual_seed(seed)
-    xs = torch.randn(steps, batch, 3, size, size, generator=gen)
-    ys = torch.randint(0, num_classes, (steps, batch), generator=gen)
-    began = time.perf_counter()
-    model = sparse_resnet50(spec, steps, base=base).to(device)
-    calibrate_bn(model, xs[0].to(device))
+def amp_iteration(spec, base: nn.Module, device, batch: int, size: int,
+                  make_wrapper: Callable = amp_wrapper, set_mode: Optional[Callable] = None
+                  ) -> dict:
+    """One iteration of ``spec`` as a run trains it: ``make_wrapper(SGD)`` (AMP), SR-STE's
+    decay before the optimizer step (:func:`register_srste_decay`, as SparsityHook installs
+    it), masks refreshed after it. Iteration 0 warms up; iteration 1 runs under
+    ``set_mode`` (``torch.cuda.set_sync_debug_mode``): ``'error'`` around forward + backward
+    and the mask refresh, ``'warn'`` around the optimizer step, where GradScaler's inf check
+    (``found_inf.item()`` before an unfused optimizer's step) syncs by design. A sync from this
+    package's code, or any sync in an ``'error'`` phase, is a problem."""
+    set_mode = torch.cuda.set_sync_debug_mode if set_mode is None else set_mode
+    model = sparse_resnet50(spec, 2, base=base)  # LBC removes over iterations 0-1, then freezes
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    y = torch.randint(0, base.fc.out_features, (batch,), generator=gen).to(device)
+    calibrate_bn(model, x)
     set_train_mode(model, spec.bn_eval)
-    _sync(device)
-    build_s = time.perf_counter() - began
-    pairs = list(spre_pairs(model))
-    problems = []
-    if pairs:
-        wrong = [name for name, _, norm in pairs if norm.uses_running_stats != spec.bn_eval]
-        if wrong:
-            problems.append(f'{len(wrong)} SpRe pairs not on the '
-                            f'{"fused" if spec.bn_eval else "two-branch"} path (e.g. {wrong[0]})')
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
-    amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == 'bf16'
-           else contextlib.nullcontext())
-    losses, grad_norms, step_ms = [], [], []
-    for i in range(steps):
-        x, y = xs[i].to(device, non_blocking=True), ys[i].to(device, non_blocking=True)
-        _sync(device)
-        t0 = time.perf_counter()
-        with amp:
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
+                                momentum=0.9, weight_decay=1e-4)
+    wrapper = make_wrapper(optimizer)
+    register_srste_decay(model, optimizer)
+    stepped = []
+    optimizer.register_step_post_hook(lambda *args: stepped.append(True))
+
+    def forward_backward():
+        with wrapper.optim_context(model):
             loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        # A random network with BN on running statistics has gradient norms in the thousands
-        # (measured on the CPU: 2e3 at the first step); unclipped, a few steps overflow it.
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in params if p.grad is not None], GRAD_CLIP)
-        losses.append(loss.detach().item())
-        grad_norms.append(grad_norm.item())
-        if not (math.isfinite(losses[-1]) and math.isfinite(grad_norms[-1])):
-            problems.append(f'not finite at step {i}: loss {losses[-1]}, gradient norm '
-                            f'{grad_norms[-1]}')
-            break  # a diverged step would only poison the masks and the deploy check
-        opt.step()
-        refresh_masks(model, i + 1)
-        _sync(device)
-        step_ms.append((time.perf_counter() - t0) * 1e3)
-    problems += mask_problems(model)
-    x_check = xs[0][:min(batch, 4)].to(device)
-    calibrate_bn(model, x_check)
-    deploy = deploy_check(model, x_check)
-    problems += deploy.pop('problems')
-    timed = step_ms[1:] or step_ms
-    return dict(method=spec.name, learner=spec.learner, spre=spec.spre, note=LOSS_NOTE,
-                interspace=spec.interspace, bn='eval (running stats)' if spec.bn_eval else 'train',
-                spre_path=('fused' if spec.bn_eval else 'two-branch') if pairs else None,
-                precision=precision, steps=steps, batch=batch, size=size,
-                num_sparse_layers=len(list(sparse_layers(model))), losses=losses,
-                grad_norms=grad_norms, grad_clip=GRAD_CLIP,
-                build_s=round(build_s, 3), step_ms=step_ms,
-                first_step_ms=step_ms[0] if step_ms else None,
-                step_ms_median=sorted(timed)[len(timed) // 2] if timed else None,
-                deploy=deploy, problems=problems, ok=not problems)
+        wrapper.backward(loss)
+        return loss.detach()
+
+    def step():
+        wrapper.step()
+        wrapper.zero_grad()
+
+    losses = [forward_backward()]
+    step()
+    refresh_masks(model, 1)
+    stepped.clear()
+    phases = {}
+    for name, mode, fn in (('forward_backward', 'error', forward_backward),
+                           ('optimizer_step', 'warn', step),
+                           ('refresh_masks', 'error', lambda: refresh_masks(model, 2))):
+        value, phases[name] = sync_guarded(mode, fn, set_mode)
+        if name == 'forward_backward' and value is not None:
+            losses.append(value)
+        if phases[name]['error']:
+            break
+    problems = [f'{name}: sync at {s["where"]}' + (
+        f' (from {s["package_line"]})' if s['package_line'] not in (None, s['where']) else '')
+        for name, rec in phases.items() for s in rec['syncs']
+        if s['package_line'] or rec['mode'] == 'error']
+    if 'optimizer_step' in phases and not phases['optimizer_step']['error'] and not stepped:
+        problems.append('GradScaler skipped the optimizer step (inf/NaN gradients): the decay '
+                        'hook did not run')
+    losses = [float(v) for v in losses]
+    if not all(math.isfinite(v) for v in losses):
+        problems.append(f'loss not finite: {losses}')
+    if not any(rec['error'] for rec in phases.values()):
+        for name, layer in sparse_layers(model):
+            check = check_nm_tensor(layer.sparsity.mask, 2, 4, max_examples=1)
+            if not (layer.sparsity.is_final and check.ok):
+                problems.append(f'{name}: mask {"not final" if check.ok else check.explain()}')
+    scaler = getattr(wrapper, 'loss_scaler', None)
+    return dict(method=spec.name, learner=spec.learner, spre=spec.spre,
+                interspace=spec.interspace, bn_eval=spec.bn_eval, losses=losses,
+                loss_scale=scaler.get_scale() if scaler is not None else None,
+                num_syncs=sum(len(r['syncs']) for r in phases.values()), phases=phases,
+                problems=problems)
 
 
-def run_training(report: CheckReport, record: dict, device, steps: int, batch: int, size: int,
-                 deadline: float, methods: Sequence[MethodSpec] = METHODS,
-                 precisions: Sequence[str] = ('fp32', 'bf16')) -> None:
-    """Step c: every method x precision; failures into ``record``."""
+def gemm_modules(device='cuda', dtype=torch.float16) -> Dict[str, nn.Module]:
+    """The layers of :data:`GEMM_LAYERS` of a torchvision ResNet-50, 2:4 by magnitude."""
     import torchvision
     torch.manual_seed(0)
-    # one dense start shared by every method, on the device: the masks are then computed there
-    base = torchvision.models.resnet50().to(device)
-    record.update(model='torchvision resnet50 (layer1-4 sparse, 2:4)', steps=steps, batch=batch,
-                  size=size, deploy_rtol=DEPLOY_RTOL, runs=[],
-                  optimizer=f'SGD lr=1e-3 momentum=0.9 wd=1e-4, gradient norm clipped to '
-                            f'{GRAD_CLIP}, cross-entropy on random labels')
-    torch.backends.cudnn.benchmark = False  # fixed shapes, few steps: autotuning costs more
-    for precision in precisions:
-        for spec in methods:
-            if time.monotonic() > deadline:
-                record['failures'].append(f'{spec.name} {precision}: not run, time budget spent')
-                continue
-            try:
-                run = train_check(spec, base, device, precision, steps, batch, size)
-            except Exception as exc:
-                run = dict(method=spec.name, precision=precision, ok=False,
-                           problems=['crashed: ' + _error_text(exc)],
-                           traceback=traceback.format_exc()[-2000:])
-            record['runs'].append(run)
-            record['failures'].extend(f'{spec.name} {precision}: {p}' for p in run['problems'])
-            report.log(f'  train {spec.name:<14} {precision}: '
-                       f'{"ok" if run.get("ok") else "FAILED"}; loss '
-                       f'{(run.get("losses") or ["-"])[-1]}; step '
-                       f'{run.get("step_ms_median") or 0:.1f} ms; deploy rel err '
-                       f'{(run.get("deploy") or {}).get("rel_err", float("nan")):.1e}')
-            if device.type == 'cuda':
-                torch.cuda.empty_cache()
-
-
-# ------------------------------------------------------------------------------------- gemms
-def bench_gemm(shape: dict, dtype: torch.dtype = torch.float16, warmup: int = 10,
-               repeats: int = 50, device='cuda', seed: int = 0) -> dict:
-    """Dense cuBLAS vs 2:4 semi-structured GEMM ``(M x K) @ (N x K)^T`` of one shape (CUDA).
-
-    The weight is a magnitude 2:4 ``N x K`` matrix, the activation random ``M x K`` (the
-    im2col matrix of a k x k conv has this shape; its values do not change the time). The
-    sparse GEMM is ``GemmLayer`` (``F.linear`` with the compressed weight, padded to the
-    kernel's minimum shapes). Backends: cuSPARSELt with PyTorch's default algorithm, with the
-    algorithm ``torch._cslt_sparse_mm_search`` picks, and CUTLASS (PyTorch builds its CUTLASS
-    2:4 kernels for sm8x only; elsewhere it refuses, and that is recorded, not a failure).
-    Numerics: each sparse output vs the dense fp16 output and vs an fp32 product of the same
-    operands, under the benchmark's tolerance.
-    """
-    m, n, k = shape['M'], shape['N'], shape['K']
-    gen = torch.Generator(device=device).manual_seed(seed)
-    weight = torch.randn(n, k, generator=gen, device=device)
-    weight = (weight * nm_mask(weight, 2, 4)).to(dtype)
-    a = torch.randn(m, k, generator=gen, device=device, dtype=dtype)
-    linear = nn.Linear(k, n, bias=False, device=device, dtype=dtype)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-    flop = 2.0 * m * n * k
-    row = dict(shape, dtype=str(dtype).replace('torch.', ''), gflop=flop / 1e9,
-               tolerance=tolerance_text(dtype))
-    with torch.no_grad():
-        ref32 = a.float() @ weight.float().t()
-        dense = cuda_time(lambda: F.linear(a, weight), warmup, repeats)
-        y_dense = F.linear(a, weight)
-    row.update(dense_ms=dense['median_ms'], dense_iqr_ms=dense['iqr_ms'],
-               dense_tflops=flop / dense['median_ms'] / 1e9,
-               dense_vs_fp32=compare(y_dense, ref32, dtype))
-
-    def sparse_row(layer: GemmLayer) -> dict:
+    resnet = torchvision.models.resnet50()
+    modules = {}
+    for name in GEMM_LAYERS:
+        module = resnet.get_submodule(name)
         with torch.no_grad():
-            cols, lead = layer.gemm_input(a)
-            kernel = cuda_time(lambda: layer.gemm(cols), warmup, repeats)
-            whole = cuda_time(lambda: layer(a), warmup, repeats)
-            y = layer(a)
-        return dict(ok=True, gemm_ms=kernel['median_ms'], gemm_iqr_ms=kernel['iqr_ms'],
-                    padded_ms=whole['median_ms'], tflops=flop / kernel['median_ms'] / 1e9,
-                    gemm_speedup=dense['median_ms'] / kernel['median_ms'],
-                    padded_speedup=dense['median_ms'] / whole['median_ms'],
-                    padded_shape=list(cols.shape), vs_dense=compare(y, y_dense, dtype),
-                    vs_fp32=compare(y, ref32, dtype))
-
-    for backend in ('cusparselt', 'cutlass'):
-        try:
-            row[backend] = sparse_row(GemmLayer.from_module(linear, sparse=True, backend=backend))
-        except Exception as exc:
-            row[backend] = dict(ok=False, error=_error_text(exc))
-    row['cusparselt_searched'] = _searched_cusparselt(linear, a, sparse_row)
-    return row
+            module.weight.mul_(nm_mask(module.weight, 2, 4))
+        modules[name] = module.to(device, dtype).to(memory_format=torch.channels_last)
+    return modules
 
 
-def _searched_cusparselt(linear: nn.Linear, a: torch.Tensor,
-                         sparse_row: Callable[[GemmLayer], dict]) -> dict:
-    """cuSPARSELt with the algorithm ``torch._cslt_sparse_mm_search`` finds for this shape
-    (PyTorch uses algorithm 0 unless told). A private API: any failure is a note."""
-    try:
-        from torch.sparse import to_sparse_semi_structured
-        base = GemmLayer.from_module(linear, sparse=True, backend='cusparselt')
-        cols, _ = base.gemm_input(a)
-        found = torch._cslt_sparse_mm_search(base.weight2d.packed, cols.t(),
-                                             transpose_result=True)
-        alg_id = int(found[0] if isinstance(found, (tuple, list)) else found)
-        rows, cols_k = base.weight2d.shape  # padded like the default-algorithm weight
-        weight = linear.weight.detach()
-        w2d = F.pad(weight, (0, cols_k - weight.shape[1], 0, rows - weight.shape[0])).contiguous()
-        with forced_backend('cusparselt'):
-            sparse = to_sparse_semi_structured(w2d, alg_id=alg_id)
-        layer = GemmLayer(sparse, None, base.out_features, base.in_features, None,
-                          base.dense_row_mult)
-        return dict(sparse_row(layer), alg_id=alg_id)
-    except Exception as exc:
-        return dict(ok=False, error=_error_text(exc))
-
-
-def gemm_problems(row: dict) -> List[str]:
-    """Failures of one GEMM row: no working sparse backend, or a wrong sparse result."""
-    what = f'{row["name"]} batch {row["batch"]} ({row["M"]}x{row["N"]}x{row["K"]})'
-    problems = []
-    if not row.get('dense_vs_fp32', {}).get('ok'):
-        problems.append(f'{what}: dense cuBLAS result off the fp32 product')
-    working = [b for b in ('cusparselt', 'cutlass') if (row.get(b) or {}).get('ok')]
-    if not working:
-        problems.append(f'{what}: no 2:4 backend ran (' + '; '.join(
-            f'{b}: {(row.get(b) or {}).get("error")}' for b in ('cusparselt', 'cutlass')) + ')')
-    for backend in ('cusparselt', 'cutlass', 'cusparselt_searched'):
-        result = row.get(backend) or {}
-        if result.get('ok') and not (result['vs_dense']['ok'] and result['vs_fp32']['ok']):
-            problems.append(f'{what}: {backend} result outside the tolerance (rel err vs dense '
-                            f'{result["vs_dense"]["rel_err"]:.2e}, vs fp32 '
-                            f'{result["vs_fp32"]["rel_err"]:.2e})')
-    return problems
-
-
-def cutlass_expected_unavailable(capability: Tuple[int, int]) -> bool:
-    """PyTorch's CUTLASS 2:4 kernels run on sm8x only."""
-    return capability[0] != 8
-
-
-# --------------------------------------------------------------------------------- benchmark
-@torch.no_grad()
-def benchmark_model(model: nn.Module, runners: Dict[str, Callable[[], object]],
-                    shape_scope: str, scope_prefixes: Sequence[str], dtype: torch.dtype,
-                    backend: str, warmup: int, repeats: int, meta: dict,
-                    log: Callable[[str], None] = print) -> dict:
-    """What ``tools/benchmark_sparse.py`` does on CUDA, for any model already on the GPU in
-    ``dtype``: 2:4 validity, input shapes from one ``runners[shape_scope]`` call, per-layer dense
-    vs sparse timing and numerics, per-layer dispatch, end to end per runner. Returns the
-    tool's JSON report (:func:`build_report`)."""
-    checks = check_layers(model, scope_prefixes, 2, 4)
-    names = [c.name for c in checks if c.valid and c.in_scope]
-    shapes = capture_input_shapes(model, names, runners[shape_scope])
-    layers, sparse_modules = [], {}
-    for name in names:
-        module = model.get_submodule(name)
-        check = next(c for c in checks if c.name == name)
-        row = dict(name=name, kind=check.kind, weight_shape=list(check.weight_shape),
-                   valid=True, calls=layer_calls(module, shapes[name]), dispatch=None,
-                   note=None)
-        if not shapes[name]:
-            row['note'] = 'not called in this forward'
-        else:
-            res, sparse = bench_layer_cuda(module, shapes[name], dtype, backend, warmup, repeats)
-            row.update(res)
-            row.update(speedups(row))
-            if row.get('numerics'):
-                row['numerics']['reference'] = 'dense cuDNN/cuBLAS on GPU, same dtype'
-            if sparse is not None:
-                sparse_modules[name] = sparse
-        layers.append(row)
-    log(f'    {len(layers)} layers timed; {len(sparse_modules)} with a working sparse kernel')
-    decisions = dispatch_decisions(layers)
-    for row in layers:
-        row['dispatch'] = decisions[row['name']] if row['name'] in sparse_modules else 'dense'
-    end_to_end = bench_end_to_end(model, runners, sparse_modules, decisions, warmup, repeats)
-    for scope, run in runners.items():
-        end_to_end[scope]['numerics_all_sparse'] = compare_outputs(model, run, sparse_modules,
-                                                                   dtype)
-    return build_report(meta, [c.to_dict() for c in checks], layers, end_to_end,
-                        tolerance_text(dtype), None)
-
-
-def backbone_model(dtype: torch.dtype) -> Tuple[nn.Module, int]:
-    """The model of step d without mmdet: the 2:4 deploy SpRe R-50 + dense FPN
-    (:func:`r50_fpn_deploy`), built on the GPU, in ``dtype``, channels-last; and its number of
-    2:4 layers."""
-    model, num_sparse = r50_fpn_deploy(device='cuda')
-    return model.to(dtype=dtype).to(memory_format=torch.channels_last).eval(), num_sparse
-
-
-def benchmark_backbone(model: nn.Module, num_sparse: int, batch: int, height: int, width: int,
-                       dtype: torch.dtype, warmup: int, repeats: int, backend: str = 'auto',
-                       log: Callable[[str], None] = print) -> dict:
-    """Step d without mmdet: :func:`backbone_model`'s backbone and backbone+neck at one batch
-    size, on CUDA."""
-    torch.backends.cudnn.benchmark = True
-    x = detection_input(batch, height, width, 'cuda', dtype)
-    runners = {'backbone': lambda: model.backbone(x),
-               'backbone+neck': lambda: model.neck(model.backbone(x))}
-    meta = dict(model='2:4 deploy form of a SpRe (SR-STE) ResNet-50 (torchvision) + dense FPN '
-                      '(torchvision, 5 levels)', input_size=[height, width],
-                padded_size=list(padded_size(height, width)), batch_size=batch,
-                dtype=str(dtype).replace('torch.', ''), backend=resolve_backend(backend),
-                scope='backbone',
-                warmup=warmup, repeats=repeats, cudnn_benchmark=True,
-                num_sparse_training_layers=num_sparse)
-    return benchmark_model(model, runners, 'backbone', ['backbone'], dtype, backend, warmup,
-                           repeats, meta, log)
-
-
-def make_detector_deploy(folder: str, repo: Path = REPO_ROOT) -> Dict[str, str]:
-    """Build the R-50 Mask R-CNN SpRe 2:4 model of :data:`DETECTOR_CONFIG` (random weights: no
-    download; timings do not depend on values), finish its masks and export its deploy model
-    into ``folder`` with :func:`spre_mmdet.deploy.export_deploy`."""
+def make_detector_deploy(folder: str) -> Dict[str, str]:
+    """The deploy model of :data:`DETECTOR_CONFIG` (random weights, masks finished)."""
     from mmengine.config import Config
 
     from spre_mmdet.deploy import build_model, export_deploy
-    cfg = Config.fromfile(str(repo / DETECTOR_CONFIG))
+    cfg = Config.fromfile(str(REPO_ROOT / DETECTOR_CONFIG))
     cfg.model.backbone.init_cfg = None  # torchvision:// would need the network
     model = build_model(cfg)
     model.init_weights()
@@ -753,292 +397,271 @@ def make_detector_deploy(folder: str, repo: Path = REPO_ROOT) -> Dict[str, str]:
     return export_deploy(model, cfg, folder)
 
 
-def benchmark_detector(deploy: Dict[str, str], batch: int, out_dir: str, warmup: int,
-                       repeats: int, timeout_s: float, repo: Path = REPO_ROOT) -> dict:
-    """Step d with mmdet: ``tools/benchmark_sparse.py --scope detector`` on the deploy model at
-    800x1333 fp16 in a subprocess; its JSON report, plus the command and its output's end."""
-    cmd = [sys.executable, str(repo / BENCHMARK_TOOL), deploy['deploy_config.py'],
-           deploy['deploy.pth'], '--input-size', *map(str, INPUT_SIZE), '--dtype', 'fp16',
-           '--batch-size', str(batch), '--scope', 'detector', '--device', 'cuda', '--warmup',
-           str(warmup), '--repeats', str(repeats), '--out-dir', out_dir]
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(p for p in (str(repo), env.get('PYTHONPATH')) if p)
-    proc = subprocess.run(cmd, cwd=str(repo), env=env, capture_output=True, text=True,
-                          timeout=max(timeout_s, 10))
-    path = osp.join(out_dir, 'benchmark_sparse.json')
-    if proc.returncode != 0 or not osp.exists(path):
-        raise RuntimeError(f'{BENCHMARK_TOOL} exited with status {proc.returncode}: '
-                           f'{(proc.stdout + proc.stderr)[-1500:]}')
-    with open(path) as f:
-        result = json.load(f)
-    result['command'] = ' '.join(osp.relpath(c, repo) if c.startswith(str(repo)) else c
-                                 for c in cmd[1:])
-    return result
+def detector_argv(deploy: Dict[str, str], batch: int, warmup: int, repeats: int,
+                  out_dir: str) -> List[str]:
+    """``tools/benchmark_sparse.py``'s arguments for the detector scope at 800x1333 fp16."""
+    return [deploy['deploy_config.py'], deploy['deploy.pth'], '--input-size',
+            *map(str, INPUT_SIZE), '--dtype', 'fp16', '--batch-size', str(batch), '--scope',
+            'detector', '--device', 'cuda', '--warmup', str(warmup), '--repeats', str(repeats),
+            '--out-dir', out_dir]
 
 
-def benchmark_problems(result: dict, batch: int, expected_layers: Optional[int]) -> List[str]:
-    """Failures of one benchmark report: layers without a sparse kernel or with wrong numerics,
-    end-to-end rows without a time, too few 2:4 layers."""
-    what = f'batch {batch}'
-    problems = []
-    layers = result.get('layers') or []
-    if expected_layers is not None and len(layers) != expected_layers:
-        problems.append(f'{what}: {len(layers)} 2:4 layers benchmarked, expected '
-                        f'{expected_layers}')
-    for layer in layers:
-        if layer.get('sparse_ms') is None:
-            problems.append(f'{what}: {layer["name"]}: no sparse timing ({layer.get("note")})')
-        elif not (layer.get('numerics') or {}).get('ok'):
-            problems.append(f'{what}: {layer["name"]}: sparse output outside the tolerance '
-                            f'({layer.get("numerics")})')
-    for scope, row in (result.get('end_to_end') or {}).items():
-        for variant in ('dense', 'dispatch', 'all_sparse'):
-            if row.get(f'{variant}_ms') is None:
-                problems.append(f'{what}: {scope} {variant}: no time ({row.get("note")})')
-        num = row.get('numerics_all_sparse')
-        if num and num.get('ok') is False:
-            problems.append(f'{what}: {scope}: all-sparse output outside the tolerance '
-                            f'(rel err {num.get("rel_err")})')
-    if not result.get('timings_available', True):
-        problems.append(f'{what}: no timings: {result.get("timing_unavailable_reason")}')
+def backbone_neck_benchmark(model: nn.Module, batch: int, warmup: int, repeats: int,
+                            dtype=torch.float16) -> dict:
+    """What ``tools/benchmark_sparse.py`` reports, for a model with ``backbone`` and ``neck``
+    and no mmdet (:func:`r50_fpn_deploy`): per-layer 2:4 timings of the backbone, end to end
+    for backbone and backbone+neck (dense, per-layer dispatch, all-sparse)."""
+    x = detection_input(batch, *INPUT_SIZE, 'cuda', dtype)
+    runners = {'backbone': lambda: model.backbone(x),
+               'backbone+neck': lambda: model.neck(model.backbone(x))}
+    checks = check_layers(model, ['backbone'], 2, 4)
+    names = [c.name for c in checks if c.valid and c.in_scope]
+    shapes = capture_input_shapes(model, names, runners['backbone'])
+    layers, kernels = [], {}
+    for name in names:
+        module = model.get_submodule(name)
+        res, kernel = bench_layer_cuda(module, shapes[name], dtype, 'auto', warmup, repeats)
+        layers.append(dict(name=name, calls=layer_calls(module, shapes[name]), **res,
+                           **speedups(res)))
+        if kernel is not None:
+            kernels[name] = kernel
+    decisions = dispatch_decisions(layers)
+    for row in layers:
+        row['dispatch'] = decisions[row['name']] if row['name'] in kernels else 'dense'
+    end_to_end = bench_end_to_end(model, runners, kernels, decisions, warmup, repeats)
+    for name, run in runners.items():
+        end_to_end[name]['numerics_all_sparse'] = compare_outputs(model, run, kernels, dtype)
+    meta = dict(model='2:4 deploy SpRe R-50 + dense FPN (torchvision)', batch_size=batch,
+                input_size=list(INPUT_SIZE), dtype=str(dtype), warmup=warmup, repeats=repeats)
+    return build_report(meta, [c.to_dict() for c in checks], layers, end_to_end,
+                        tolerance_text(dtype), None)
+
+
+def benchmark_problems(report: dict) -> List[str]:
+    problems = [f'{row["name"]}: no 2:4 timing ({row.get("note")})'
+                for row in report.get('layers') or [] if row.get('sparse_ms') is None]
+    problems += [f'{row["name"]}: 2:4 output outside the tolerance ({row.get("numerics")})'
+                 for row in report.get('layers') or []
+                 if row.get('sparse_ms') is not None and not (row.get('numerics') or {}).get('ok')]
+    for name, row in (report.get('end_to_end') or {}).items():
+        problems += [f'{name} {v}: no time ({row.get("note")})'
+                     for v in ('dense', 'dispatch', 'all_sparse') if row.get(f'{v}_ms') is None]
     return problems
 
 
-# ----------------------------------------------------------------------------------- anchors
-def anchor_flags(gemms: Sequence[dict], benchmarks: Sequence[dict]) -> dict:
-    """Compare every speedup with the published anchors; flags, never failures.
+def junit_counts(path: str) -> dict:
+    outcomes = {}
+    for case in ET.parse(path).getroot().iter('testcase'):
+        tags = [child.tag for child in case if child.tag in ('failure', 'error', 'skipped')]
+        name = f'{case.get("classname")}::{case.get("name")}'
+        outcomes[name] = {'failure': 'failed'}.get(tags[0], tags[0]) if tags else 'passed'
+    counts = {k: sum(v == k for v in outcomes.values())
+              for k in ('passed', 'failed', 'error', 'skipped')}
+    return dict(total=len(outcomes), **counts,
+                not_passed=[f'{n}: {o}' for n, o in outcomes.items() if o != 'passed'])
 
-    * ``above_ceiling`` (violation): a speedup over 2x, which half the multiply-adds cannot
-      give: suspect the timing or the dense baseline.
-    * ``dispatch_slower_than_dense`` (violation): per-layer dispatch end to end slower than
-      dense by more than the noise (the larger IQR, and at least 1%).
-    * ``outside_gemm_range`` / ``outside_e2e_range`` (information): a batch-8 GEMM outside
-      1.1-1.4x, or a dispatch end-to-end speedup outside 1.1-1.3x.
-    """
-    flags = []
 
-    def flag(kind, what, value, expected):
-        flags.append(dict(kind=kind, what=what, value=value, expected=expected,
-                          violation=kind in VIOLATIONS))
-
-    for row in gemms:
-        what = f'GEMM {row.get("name")} batch {row.get("batch")}'
-        for backend in ('cusparselt', 'cusparselt_searched', 'cutlass'):
-            result = row.get(backend) or {}
-            speedup = result.get('gemm_speedup') if result.get('ok') else None
-            if speedup is None:
-                continue
-            if speedup > CEILING:
-                flag('above_ceiling', f'{what} {backend}', speedup, f'<= {CEILING}')
-            elif row.get('batch', 0) >= 8 and not GEMM_RANGE[0] <= speedup <= GEMM_RANGE[1]:
-                flag('outside_gemm_range', f'{what} {backend}', speedup,
-                     f'{GEMM_RANGE[0]}-{GEMM_RANGE[1]} (measured elsewhere)')
-    for bench in benchmarks:
-        result = bench.get('result') or {}
-        label = f'{bench.get("scope")} batch {bench.get("batch")}'
-        for layer in result.get('layers') or []:
-            for key in ('speedup', 'gemm_speedup'):
-                if (layer.get(key) or 0) > CEILING:
-                    flag('above_ceiling', f'{label} {layer["name"]} {key}', layer[key],
-                         f'<= {CEILING}')
-        for scope, row in (result.get('end_to_end') or {}).items():
-            dense, dispatch = row.get('dense_ms'), row.get('dispatch_ms')
-            if dense and dispatch:
-                noise = max(row.get('dense_iqr_ms') or 0.0, row.get('dispatch_iqr_ms') or 0.0,
-                            0.01 * dense)
-                if dispatch > dense + noise:
-                    flag('dispatch_slower_than_dense', f'{label} {scope}',
-                         dict(dense_ms=dense, dispatch_ms=dispatch, noise_ms=noise),
-                         'dispatch_ms <= dense_ms + noise')
-            for variant in ('dispatch', 'all_sparse'):
-                speedup = row.get(f'{variant}_speedup')
-                if speedup and speedup > CEILING:
-                    flag('above_ceiling', f'{label} {scope} {variant}', speedup, f'<= {CEILING}')
-            speedup = row.get('dispatch_speedup')
-            if speedup and speedup <= CEILING and not E2E_RANGE[0] <= speedup <= E2E_RANGE[1]:
-                flag('outside_e2e_range', f'{label} {scope} dispatch', speedup,
-                     f'{E2E_RANGE[0]}-{E2E_RANGE[1]} (measured elsewhere)')
-    return dict(ceiling=CEILING, gemm_range_measured_elsewhere=list(GEMM_RANGE),
-                e2e_range_measured_elsewhere=list(E2E_RANGE), flags=flags,
-                violations=sum(1 for f in flags if f['violation']),
-                note='flags never fail the check; violations break a promise (2x ceiling, '
-                     'dispatch never slower than dense) and need a look')
+def cuda_test_files() -> List[str]:
+    tests = sorted((REPO_ROOT / 'tests').rglob('test_*.py'))
+    return [str(p.relative_to(REPO_ROOT)) for p in tests
+            if 'pytest.mark.cuda' in p.read_text(encoding='utf-8')]
 
 
 # ------------------------------------------------------------------------------------- steps
-def step_environment(report: CheckReport, record: dict) -> None:
-    """Step a: what ran where; decides the benchmark's scope (and says so loudly)."""
-    env = environment_record()
-    ok, reason, versions = detector_support()
-    env.update(detector_support=ok, detector_support_reason=reason,
-               **{f'{k}_imported': v for k, v in versions.items()})
-    report.data['environment'] = env
-    record.update(device=env['device_name'], capability=env['capability'])
-    report.data['scope'] = 'detector' if ok else 'backbone'
-    if not ok:
-        report.data['scope_reason'] = (
-            f'{reason}: the detector-level benchmark is replaced by the 2:4 deploy form of a '
-            'SpRe R-50 backbone + dense FPN (torchvision), timed per layer and end to end for '
-            'backbone and backbone+neck')
-        bar = '!' * 100
-        print(f'{bar}\n!! SCOPE: backbone(+neck) only. {report.data["scope_reason"]}.\n{bar}',
-              flush=True)
-    if not env['cusparselt_available']:
-        record['failures'].append('cuSPARSELt is not available in this torch build')
-    if torch.cuda.get_device_capability(0)[0] < 8:
-        record['failures'].append(f'compute capability {env["capability"]} < 8.0: no 2:4 sparse '
-                                  'tensor cores')
-    report.log(f'{env["device_name"]} sm{env["capability"]}, torch {env["torch"]} CUDA '
-               f'{env["torch_cuda"]}, cuDNN {env["cudnn"]}, cuSPARSELt '
-               f'{env["cusparselt_version"]}, driver {env.get("driver")}')
+def step_environment(ctx: dict) -> dict:
+    env = collect_environment('cuda:0')
+    cuda = env.get('cuda') or {}
+    device = (cuda.get('devices') or [{}])[0]
+    a = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
+    matmul = compare((a.cuda().half() @ a.cuda().half()).cpu(), a @ a, torch.float16)
+    problems = [] if matmul['ok'] else [f'fp16 matmul on the GPU is off the CPU one: {matmul}']
+    if not device.get('sparse_tensor_cores'):
+        problems.append(f'compute capability {device.get("capability")}: no 2:4 tensor cores')
+    if not cuda.get('cusparselt_available'):
+        problems.append('cuSPARSELt is not available in this torch build')
+    scope(ctx)
+    return dict(device=device.get('name'), capability=device.get('capability'),
+                scope=ctx['scope'], scope_reason=ctx['scope_reason'], matmul=matmul,
+                environment=env, problems=problems,
+                summary=f'{device.get("name")} sm{device.get("capability")}, torch '
+                        f'{env["torch"]["version"]}, CUDA {cuda.get("runtime")}, cuSPARSELt '
+                        f'{cuda.get("cusparselt")}; benchmark scope {ctx["scope"]}')
 
 
-def step_cuda_tests(report: CheckReport, record: dict, out_dir: str, timeout_s: float) -> None:
-    """Step b: the tests marked cuda."""
-    result = run_cuda_tests(out_dir, timeout_s)
-    record.update(result)
-    record['failures'].extend(result.get('problems') or [])
-    report.log(f'  {result.get("passed", 0)}/{result.get("total", 0)} cuda tests passed')
-
-
-def step_gemm(report: CheckReport, record: dict, warmup: int, repeats: int,
-              deadline: float) -> List[dict]:
-    """Step e: the largest R-50 GEMMs, dense vs 2:4, batch 1 and 8."""
-    capability = torch.cuda.get_device_capability(0)
-    expect_no_cutlass = cutlass_expected_unavailable(capability)
-    record.update(layers=list(GEMM_LAYERS), input_size=list(INPUT_SIZE), dtype='fp16',
-                  cutlass_expected_unavailable=expect_no_cutlass, rows=[],
-                  cache='operands are not flushed between repeats: a shape whose operands fit '
-                        'in L2 (batch 1) is timed cache-warm, dense and sparse alike, as a '
-                        'layer reading what the previous one just wrote')
-    for batch in BATCH_SIZES:
+def step_gemm(ctx: dict, warmup: int, repeats: int, batches: Sequence[int] = BATCH_SIZES
+              ) -> dict:
+    modules = gemm_modules()
+    rows = []
+    for batch in batches:
         for shape in r50_gemm_shapes(*INPUT_SIZE, batch):
-            if time.monotonic() > deadline:
-                record['failures'].append(f'{shape["name"]} batch {batch}: not run, time budget '
-                                          'spent')
-                continue
-            row = bench_gemm(shape, torch.float16, warmup, repeats)
-            record['rows'].append(row)
-            record['failures'].extend(gemm_problems(row))
-            if not expect_no_cutlass and not row['cutlass']['ok']:
-                record['failures'].append(f'{shape["name"]} batch {batch}: CUTLASS failed on '
-                                          f'sm8x: {row["cutlass"]["error"]}')
-            best = row.get('cusparselt') or {}
-            report.log(f'  GEMM {shape["name"]:<22} b{batch} {row["M"]}x{row["N"]}x{row["K"]}: '
-                       f'dense {row["dense_ms"]:.4f} ms, cuSPARSELt '
-                       f'{best.get("gemm_ms", float("nan")):.4f} ms '
-                       f'({best.get("gemm_speedup", float("nan")):.2f}x)')
-    return record['rows']
+            res, _ = bench_layer_cuda(modules[shape['name']], [tuple(shape['in_shape'])],
+                                      torch.float16, 'auto', warmup, repeats)
+            rows.append(dict(shape, **res, **speedups(res)))
+    problems = benchmark_problems(dict(layers=[dict(r, name=f'{r["name"]} b{r["batch"]}')
+                                               for r in rows]))
+    last = [r for r in rows if r['batch'] == batches[-1] and r.get('gemm_speedup')]
+    return dict(input_size=list(INPUT_SIZE), dtype='fp16', rows=rows, problems=problems,
+                summary=f'b{batches[-1]} 2:4 GEMM speedup: ' + ', '.join(
+                    f'{r["name"]} {r["gemm_speedup"]:.2f}x' for r in last))
 
 
-def step_benchmark(report: CheckReport, record: dict, warmup: int, repeats: int,
-                   deadline: float) -> List[dict]:
-    """Step d: per layer and end to end at 800x1333 fp16, batch 1 and 8, in the scope
-    :func:`step_environment` chose."""
-    scope = report.data.get('scope') or 'backbone'
-    record.update(scope=scope, input_size=list(INPUT_SIZE), dtype='fp16', runs=[])
-    with contextlib.ExitStack() as stack:
-        deploy = model = None
-        if scope == 'detector':
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix='gpu_check_'))
-            report.log(f'  exporting the deploy model of {DETECTOR_CONFIG}')
-            deploy = make_detector_deploy(osp.join(tmp, 'deploy'))
-            record['deploy_of'] = DETECTOR_CONFIG
-        for batch in BATCH_SIZES:
-            if time.monotonic() > deadline - 45:  # a batch takes about that long
-                record['failures'].append(f'batch {batch}: not run, time budget spent')
-                continue
-            report.log(f'  benchmark scope {scope}, batch {batch}')
-            if deploy is not None:
-                result = benchmark_detector(deploy, batch, osp.join(tmp, f'bench_bs{batch}'),
-                                            warmup, repeats,
-                                            timeout_s=deadline + 30 - time.monotonic())
-                expected = None  # the tool lists whatever is 2:4 in the detector
-            else:
-                if model is None:
-                    model, num_sparse = backbone_model(torch.float16)
-                result = benchmark_backbone(model, num_sparse, batch, *INPUT_SIZE, torch.float16,
-                                            warmup, repeats, log=report.log)
-                expected = R50_SPARSE_LAYERS
-            problems = benchmark_problems(result, batch, expected)
-            record['runs'].append(dict(scope=scope, batch=batch, result=result,
-                                       problems=problems))
-            record['failures'].extend(problems)
-            for name, row in (result.get('end_to_end') or {}).items():
-                report.log(f'    {name:<14} dense {row.get("dense_ms")} ms, dispatch '
-                           f'{row.get("dispatch_ms")} ms, all-sparse {row.get("all_sparse_ms")}'
-                           ' ms')
-            torch.cuda.empty_cache()
-    return record['runs']
+def step_train_amp(ctx: dict, batch: int, size: int, methods: Sequence = METHODS,
+                   device='cuda', base: Optional[nn.Module] = None, **iteration_kwargs) -> dict:
+    if base is None:
+        import torchvision
+        torch.manual_seed(0)
+        base = torchvision.models.resnet50()
+    base = base.to(device)
+    runs, problems = [], []
+    for spec in methods:
+        try:
+            run = amp_iteration(spec, base, device, batch, size, **iteration_kwargs)
+        except Exception as exc:  # noqa: BLE001  (the other methods still run)
+            run = dict(method=spec.name, problems=['crashed: ' + _error_text(exc)],
+                       traceback=traceback.format_exc()[-2000:])
+        runs.append(run)
+        problems += [f'{spec.name}: {p}' for p in run['problems']]
+    return dict(model='torchvision ResNet-50, layer1-4 2:4', batch=batch, size=size,
+                optimizer='SGD lr=1e-3 momentum=0.9 wd=1e-4 in AmpOptimWrapper (fp16, dynamic '
+                          'loss scale)', runs=runs, problems=problems,
+                summary=', '.join(f'{r["method"]} {"ok" if not r["problems"] else "PROBLEM"} '
+                                  f'({r.get("num_syncs", "?")} sync)' for r in runs))
+
+
+def step_benchmark(ctx: dict, batch: int, warmup: int, repeats: int) -> dict:
+    if scope(ctx) == 'detector':
+        from spre_mmdet.benchmark import sparse_tool
+        if 'deploy' not in ctx:
+            ctx['deploy'] = make_detector_deploy(osp.join(scratch(ctx), 'deploy'))
+        out_dir = osp.join(scratch(ctx), f'benchmark_b{batch}')
+        sparse_tool.main(detector_argv(ctx['deploy'], batch, warmup, repeats, out_dir))
+        with open(osp.join(out_dir, 'benchmark_sparse.json')) as f:
+            report = json.load(f)
+    else:
+        if 'backbone_neck' not in ctx:
+            model, _ = r50_fpn_deploy(device='cuda')
+            ctx['backbone_neck'] = model.half().to(memory_format=torch.channels_last).eval()
+        report = backbone_neck_benchmark(ctx['backbone_neck'], batch, warmup, repeats)
+    e2e = ctx[f'end_to_end_b{batch}'] = report.get('end_to_end') or {}
+    torch.cuda.empty_cache()
+    return dict(scope=ctx['scope'], scope_reason=ctx['scope_reason'], batch=batch,
+                report=report, problems=benchmark_problems(report), summary='; '.join(
+                    f'{name} dense {row.get("dense_ms") or 0:.2f} ms, dispatch '
+                    f'{row.get("dispatch_speedup") or 0:.2f}x, all-2:4 '
+                    f'{row.get("all_sparse_speedup") or 0:.2f}x' for name, row in e2e.items()))
+
+
+def step_tensorrt(ctx: dict, warmup: int, iters: int) -> dict:
+    from spre_mmdet.export import benchmark_tensorrt_module, tensorrt_skip_reason
+    reason = tensorrt_skip_reason()
+    if reason:
+        raise Unavailable(reason)
+    if scope(ctx) == 'detector':
+        from spre_mmdet.benchmark.detector import load_detector
+        if 'deploy' not in ctx:
+            ctx['deploy'] = make_detector_deploy(osp.join(scratch(ctx), 'deploy'))
+        model = load_detector(ctx['deploy']['deploy_config.py'], ctx['deploy']['deploy.pth'])
+    else:
+        model, _ = r50_fpn_deploy(device='cuda')
+    result = benchmark_tensorrt_module(model.cuda().eval(), padded_size(*INPUT_SIZE),
+                                       scratch(ctx), batch=1, warmup=warmup, iters=iters)
+    if result.get('skipped'):
+        raise Unavailable(result['skipped'])
+    row = (ctx.get('end_to_end_b1') or {}).get('backbone+neck') or {}
+    result['pytorch_b1_backbone_neck_ms'] = {v: row.get(f'{v}_ms')
+                                             for v in ('dense', 'dispatch', 'all_sparse')}
+    engines = result.get('engines') or {}
+    result['problems'] = [f'{m} engine: {e["error"]}' for m, e in engines.items()
+                          if e.get('error')]
+    sparse = engines.get('sparse') or {}
+    result['summary'] = (
+        ', '.join(f'{m} {(e.get("ms_per_image") or 0):.2f} ms/img' for m, e in engines.items())
+        + f', {len(sparse.get("sparse_tactic_layers") or [])} layers with sparse tactics; '
+        f'PyTorch b1 {result["pytorch_b1_backbone_neck_ms"]}')
+    return result
+
+
+def step_cuda_tests(ctx: dict) -> dict:
+    xml = osp.join(scratch(ctx), 'cuda_tests.xml')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO_ROOT), os.environ.get('PYTHONPATH')) if p))
+    cmd = [sys.executable, '-m', 'pytest', '-q', '-m', 'cuda', '-p', 'no:cacheprovider',
+           f'--junitxml={xml}', *cuda_test_files()]
+    proc = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, capture_output=True, text=True)
+    result = dict(command=' '.join(cmd[1:]), returncode=proc.returncode,
+                  output_tail=(proc.stdout + proc.stderr)[-3000:])
+    if not osp.exists(xml):
+        return dict(result, problems=[f'pytest wrote no JUnit XML (exit {proc.returncode})'])
+    result.update(junit_counts(xml))
+    result['problems'] = list(result['not_passed']) or (
+        [] if proc.returncode == 0 and result['total'] else
+        [f'pytest exit status {proc.returncode}, {result["total"]} tests'])
+    result['summary'] = f'{result["passed"]}/{result["total"]} passed'
+    return result
+
+
+def build_steps(args) -> List[Step]:
+    """The steps in priority order, with their limits and the smallest budget to start."""
+    p = functools.partial
+    timing = dict(warmup=args.warmup, repeats=args.repeats)
+    return [
+        Step('environment', step_environment, 60, 5),
+        Step('gemm', p(step_gemm, **timing), 60, 10),
+        Step('train_amp', p(step_train_amp, batch=args.train_batch, size=args.train_size), 90,
+             15),
+        Step('benchmark_b1', p(step_benchmark, batch=1, **timing), 90, 30),
+        Step('benchmark_b8', p(step_benchmark, batch=8, **timing), 120, 40),
+        Step('tensorrt', p(step_tensorrt, warmup=args.warmup, iters=args.trt_iters), 120, 30),
+        Step('cuda_tests', step_cuda_tests, 120, 20),
+    ]
 
 
 # -------------------------------------------------------------------------------------- main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--out', default='work_dirs/gpu_check',
-                   help='folder for gpu_check.json (and cuda_tests.xml)')
-    p.add_argument('--budget-s', type=float, default=450.0,
-                   help='start no new work after this many seconds (scripts/gpu_check.sh stops '
-                        'the run at its own limit, 480 s by default)')
-    p.add_argument('--train-steps', type=int, default=6)
+    p.add_argument('--out', default='work_dirs/gpu_check/gpu_check.json', help='the JSON')
+    p.add_argument('--budget-s', type=float, default=320.0,
+                   help='no step starts after this; each stops at its own limit within it')
+    p.add_argument('--only', nargs='+', choices=STEP_NAMES, help='run only these steps')
+    p.add_argument('--warmup', type=int, default=5, help='untimed calls per timing')
+    p.add_argument('--repeats', type=int, default=15, help='timed samples per timing')
     p.add_argument('--train-batch', type=int, default=16)
     p.add_argument('--train-size', type=int, default=224)
-    p.add_argument('--warmup', type=int, default=5, help='benchmark warm-up calls')
-    p.add_argument('--repeats', type=int, default=20, help='benchmark timed samples')
-    p.add_argument('--gemm-warmup', type=int, default=10)
-    p.add_argument('--gemm-repeats', type=int, default=50)
+    p.add_argument('--trt-iters', type=int, default=50)
     return p.parse_args(argv)
 
 
-def _on_sigterm(signum, frame):
+def cuda_available() -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # torch's warning where no driver is
+        return torch.cuda.is_available()
+
+
+def _terminate(signum, frame):
     raise Terminated()
 
 
 def main(argv=None) -> int:
-    """Run the check; exit status 0 (passed), 1 (a failure), 2 (no CUDA), 124 (stopped)."""
     args = parse_args(argv)
     if not cuda_available():
         print(NO_CUDA_MESSAGE, file=sys.stderr)
         return EXIT_NO_CUDA
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    start = time.monotonic()
-    deadline = start + args.budget_s
-
-    def until(reserve_s: float, cap_s: float) -> float:
-        """A step's deadline: at most ``cap_s`` from now, leaving ``reserve_s`` for the rest."""
-        return min(deadline - reserve_s, time.monotonic() + cap_s)
-
-    meta = dict(tool='python3 tools/analysis_tools/gpu_check.py',
-                argv=list(sys.argv[1:] if argv is None else argv),
-                date=time.strftime('%Y-%m-%d %H:%M:%S %Z'), budget_s=args.budget_s,
-                input_size=list(INPUT_SIZE), batch_sizes=list(BATCH_SIZES),
-                timing='CUDA events after warm-up; medians (and IQR) over repeats')
-    report = CheckReport(osp.join(args.out, 'gpu_check.json'), meta, start)
-    report.log(f'writing {report.path}; budget {args.budget_s:.0f}s')
-    terminated = False
-    gemms, benchmarks = [], []
+    steps = [s for s in build_steps(args) if not args.only or s.name in args.only]
+    meta = dict(tool='tools/analysis_tools/gpu_check.py', argv=list(sys.argv[1:] if argv is None
+                                                                    else argv),
+                date=time.strftime('%Y-%m-%d %H:%M:%S %Z'), input_size=list(INPUT_SIZE),
+                dtype='fp16', timing='GPU time without the host (device_time: CUDA graphs); '
+                                     'medians over repeats')
+    ctx = {}
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        with report.step('environment') as record:
-            step_environment(report, record)
-        with report.step('cuda_tests') as record:
-            step_cuda_tests(report, record, args.out, until(240, 240) - time.monotonic())
-        with report.step('gemm') as record:
-            gemms = step_gemm(report, record, args.gemm_warmup, args.gemm_repeats,
-                              until(200, 60))
-        with report.step('training') as record:
-            run_training(report, record, torch.device('cuda'), args.train_steps,
-                         args.train_batch, args.train_size, until(120, 150))
-        with report.step('benchmark') as record:
-            benchmarks = step_benchmark(report, record, args.warmup, args.repeats, deadline)
-    except Terminated:
-        terminated = True
-        report.data['failures'].append('terminated (SIGTERM, e.g. the time limit): the steps '
-                                       'after the last one recorded did not run')
-    report.data['anchors'] = anchor_flags(gemms, benchmarks)
-    code = report.finish(terminated)
-    print('\n'.join(summary_lines(report.data)), flush=True)
-    print(f'gpu_check: JSON: {report.path}', flush=True)
-    return code
+        report = run_steps(steps, args.out, args.budget_s, meta, ctx)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if 'tmp' in ctx:
+            shutil.rmtree(ctx['tmp'], ignore_errors=True)
+    print('\n'.join(summary_lines(report, args.out)), flush=True)
+    return exit_code(report)
 
 
 if __name__ == '__main__':
