@@ -145,10 +145,11 @@ class SRSTEMask(MaskLearner):
     def forward(self, weight):
         return masked_ste(weight, self.mask)
 
-    def decay_gradient_(self, weight: torch.Tensor) -> None:
+    def decay_gradient_(self, weight: torch.Tensor,
+                        grad_scale: Optional[torch.Tensor] = None) -> None:
         """Add the sparse-refined decay to ``weight.grad`` (once per optimizer step, see
         :func:`~spre_mmdet.sparsity.srste.register_srste_decay`)."""
-        add_srste_decay_(weight, self.mask, self.decay)
+        add_srste_decay_(weight, self.mask, self.decay, grad_scale)
 
     def refresh(self, weight, iteration):
         if self.needs_init or iteration % self.interval == 0:
@@ -215,10 +216,11 @@ class UnstructuredMask(MaskLearner):
             return masked_ste(weight, self.mask)
         return apply_mask(weight, self.mask)
 
-    def decay_gradient_(self, weight: torch.Tensor) -> None:
+    def decay_gradient_(self, weight: torch.Tensor,
+                        grad_scale: Optional[torch.Tensor] = None) -> None:
         """SR-STE's decay while the mask is recomputed (``interval > 0``); none when fixed."""
         if self.interval:
-            add_srste_decay_(weight, self.mask, self.decay)
+            add_srste_decay_(weight, self.mask, self.decay, grad_scale)
 
     def initialize(self, weight):
         self.mask.copy_(unstructured_mask(weight, self.density))

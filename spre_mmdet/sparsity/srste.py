@@ -13,11 +13,12 @@ gradient was produced:
 * :func:`add_srste_decay_` adds ``lambda_w * (1 - mask) * W`` to ``W.grad`` once per optimizer
   step, right before it (:func:`register_srste_decay` installs that on an optimizer). Under
   mixed precision the gradient is unscaled by then (``GradScaler.step`` unscales before calling
-  the optimizer, and skips the step and the decay on an overflow), and with gradient
+  the optimizer, and skips the step and the decay on an overflow; a fused optimizer, which
+  unscales inside its step, gets the decay scaled like its gradient), and with gradient
   accumulation it is the accumulated gradient: the decay counts once per update, as in fp32
   training without accumulation. It is added after gradient clipping.
 """
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -48,15 +49,26 @@ def masked_ste(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def add_srste_decay_(weight: torch.Tensor, mask: torch.Tensor, decay: float) -> None:
+def add_srste_decay_(weight: torch.Tensor, mask: torch.Tensor, decay: float,
+                     grad_scale: Optional[torch.Tensor] = None) -> None:
     """``weight.grad += decay * (1 - mask) * weight``, in place (nothing if ``weight`` has no
-    gradient or ``decay`` is 0). Call it once per optimizer step, on the unscaled gradient."""
+    gradient or ``decay`` is 0). Call it once per optimizer step.
+
+    Args:
+        grad_scale: the factor the gradient still carries, if any: a fused optimizer under
+            ``GradScaler`` gets scaled gradients and unscales them inside its step
+            (``optimizer.grad_scale``); the decay is then scaled alike (a tensor product: no
+            sync).
+    """
     if not decay or weight.grad is None:
         return
     pruned = mask.logical_not()
     if pruned.dtype == torch.bool:
         pruned = pruned.view(torch.uint8)  # no bool -> float temporary
-    weight.grad.addcmul_(weight, pruned, value=decay)
+    if grad_scale is None:
+        weight.grad.addcmul_(weight, pruned, value=decay)
+    else:
+        weight.grad.addcmul_(weight * pruned, grad_scale.to(weight.grad.dtype) * decay)
 
 
 def srste_decay_pairs(model: nn.Module) -> Iterable[Tuple[nn.Module, torch.Tensor]]:
@@ -85,6 +97,8 @@ def register_srste_decay(model: nn.Module, optimizer: torch.optim.Optimizer):
              if id(weight) in updated]
 
     def add_decay(optimizer, args, kwargs):
+        # set by GradScaler.step for optimizers that unscale inside their step (fused ones)
+        grad_scale = getattr(optimizer, 'grad_scale', None)
         for learner, weight in pairs:
-            learner.decay_gradient_(weight)
+            learner.decay_gradient_(weight, grad_scale)
     return optimizer.register_step_pre_hook(add_decay)
