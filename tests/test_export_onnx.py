@@ -295,17 +295,20 @@ def test_a_failed_check_leaves_nothing_behind(deploy, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- slower paths
 @pytest.mark.slow
 def test_dynamo_exporter_backbone_neck(deploy, tmp_path):
-    """The dynamo exporter (torch 2.13's default): opset 18, weights inside the one file (no
-    external .data file), parameter names kept, same checks."""
+    """The dynamo exporter (torch 2.13's default), fp32 and fp16: opset 18, weights inside the
+    one file (no external .data file), parameter names kept (the fp16 wrapper's under
+    'inner.'), same checks."""
     pytest.importorskip('onnxscript')
     report = export_onnx(deploy['config'], deploy['checkpoint'], str(tmp_path / 'out'),
-                         exporter='dynamo', log=lambda line: None)
-    graph = report['graphs']['backbone+neck']
-    assert graph['nm_ok'] == NM_LAYERS and graph['opset'] == 18
-    assert graph['onnxruntime']['ok']
-    assert all(row['initializers'] == [row['tensor']] for row in graph['layers'])
+                         exporter='dynamo', fp16=True, log=lambda line: None)
+    for key, prefix in (('backbone+neck', ''), ('backbone+neck/fp16', 'inner.')):
+        graph = report['graphs'][key]
+        assert graph['nm_ok'] == NM_LAYERS and graph['opset'] == 18
+        assert graph['onnxruntime']['ok']
+        assert all(row['initializers'] == [prefix + row['tensor']] for row in graph['layers'])
     assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == sorted(
-        ['backbone_neck.onnx', 'onnx_report.json', 'onnx_report.txt', ONNX_MARKER])
+        ['backbone_neck.onnx', 'backbone_neck_fp16.onnx', 'onnx_report.json', 'onnx_report.txt',
+         ONNX_MARKER])
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ groups survive), rename or deduplicate initializers, route a weight through ``Id
 ``Conv``/``ConvTranspose``/``Gemm``/``MatMul`` node computes with, in PyTorch's layout (output
 channels first, input channels second), and the module it belongs to, found from
 
-* the initializer's name when it is a key of the deploy state dict (the dynamo exporter keeps
-  parameter names, also for BN-folded weights), else
+* the initializer's name when it is a parameter name (the dynamo exporter keeps them, also
+  for BN-folded weights, under a wrapper module's prefix such as ``inner.``), else
 * the node's scope name (the TorchScript exporter names nodes
   ``/backbone/layer1/layer1.0/conv1/Conv``; mmdeploy's rewritten heads drop some outer scopes,
   e.g. ``/bbox_head/shared_fcs.0/Gemm``, which match by their tail).
@@ -132,8 +132,8 @@ def graph_weights(model, state_keys: Sequence[str] = ()) -> List[GraphWeight]:
             array, transposed = array.T, True  # x @ W: W is (in, out)
         elif node.op_type == 'ConvTranspose':
             array, transposed = np.swapaxes(array, 0, 1), True  # stored (in, out, *k)
-        if name.endswith('.weight') and name in keys:
-            module = name[:-len('.weight')]
+        if name.endswith('.weight') and (name in keys or not name.startswith('onnx::')):
+            module = name[:-len('.weight')]  # a parameter name (perhaps under a wrapper's)
         else:
             module = scope_module(node.name)
         weights.append(GraphWeight(node.name, node.op_type, name, module,
