@@ -17,7 +17,7 @@ Which exporter, and why (measured with torch 2.13, mmdeploy 1.3.1, onnx 1.17, on
   provided while exporting.
 
 So the whole detector is exported by mmdeploy with the TorchScript exporter, and so is the
-backbone + neck by default (one exporter for both graphs; its export is ~7x faster here);
+backbone + neck by default (one exporter for both graphs; its export is ~5x faster here);
 ``exporter='dynamo'`` exports the backbone + neck with the dynamo exporter instead.
 """
 import contextlib
