@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument('--min-std', type=float, default=12.0,
                    help='regions flatter than this grey-level std are not classes')
     p.add_argument('--max-side', type=int, default=512, help='photos scaled down to this')
+    p.add_argument('--labels', choices=['region', 'photo'], default='region',
+                   help='a class per region (default) or per photo')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--force', action='store_true', help='regenerate even if present')
     return p.parse_args(argv)
@@ -50,7 +52,8 @@ def main(argv=None):
                            '--out.')
     params = dict(num_train=args.num_train, num_val=args.num_val, size=args.size,
                   seed=args.seed, cell=args.cell, val_size=args.val_size,
-                  max_zoom=args.max_zoom, min_std=args.min_std, max_side=args.max_side)
+                  max_zoom=args.max_zoom, min_std=args.min_std, max_side=args.max_side,
+                  labels=args.labels)
     fp = fingerprint(**params)
     if previous is not None and not args.force and all(map(osp.isfile, previous)):
         with open(osp.join(args.out, 'meta.json')) as f:

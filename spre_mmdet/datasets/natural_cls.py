@@ -8,6 +8,8 @@ is at least ``min_std`` (not a flat sky or a black border) is one class, named
 ``<photo>_r<row>c<col>``. Neighbouring regions of the same texture (brick, grass, gravel, ...)
 differ only in detail, so the labels ask for fine texture and structure, not for "which
 photo": that is what makes the set hard enough for N:M sparsity to bind.
+With ``labels='photo'`` each photo is one class instead (its crops cycle through its regions,
+with the same train / validation parts).
 
 Train and validation crops come from **disjoint** parts of each region: a ``val_size x
 val_size`` square in the middle of the region is its validation part, the ring around it the
@@ -184,11 +186,12 @@ def render_crop(rng: np.random.Generator, image: np.ndarray, part: Tuple[int, in
 
 def fingerprint(num_train: int, num_val: int, size: int, seed: int, cell: int, val_size: int,
                 max_zoom: float, min_std: float, max_side: int,
-                photos: Sequence[str] = tuple(PHOTOS)) -> str:
+                photos: Sequence[str] = tuple(PHOTOS), labels: str = 'region') -> str:
     """Identifies the generator version and parameters (stored in ``meta.json``)."""
     text = json.dumps(dict(version=_GENERATOR_VERSION, photos=list(photos), num_train=num_train,
                            num_val=num_val, size=size, seed=seed, cell=cell, val_size=val_size,
-                           max_zoom=max_zoom, min_std=min_std, max_side=max_side),
+                           max_zoom=max_zoom, min_std=min_std, max_side=max_side,
+                           labels=labels),
                       sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -196,10 +199,12 @@ def fingerprint(num_train: int, num_val: int, size: int, seed: int, cell: int, v
 def generate_natural_classification(
         out: str, num_train: int = 100, num_val: int = 20, size: int = 24, seed: int = 0,
         cell: int = 128, val_size: int = 48, max_zoom: float = 1.5, min_std: float = 12.0,
-        max_side: int = 512, photos: Sequence[str] = tuple(PHOTOS),
+        max_side: int = 512, photos: Sequence[str] = tuple(PHOTOS), labels: str = 'region',
         progress: Optional[Callable[[int], None]] = None) -> dict:
     """Write the set into ``out`` (see the module doc); returns the meta data written.
 
+    ``labels``: ``'region'`` (each region is a class, the default) or ``'photo'`` (each photo is
+    a class; its crops cycle through its regions, the same disjoint parts).
     ``num_train`` / ``num_val`` are crops *per class*. ``val_size`` must hold the largest crop
     window (``size * max_zoom``), and so must the ring around it (the train part).
     """
@@ -217,28 +222,36 @@ def generate_natural_classification(
     regions = class_regions(images, cell, val_size, min_std)
     if not regions:
         raise DatasetError('no region passes min_std; lower --min-std or --cell')
+    if labels == 'region':
+        groups = [(region.name, [region]) for region in regions]
+    elif labels == 'photo':  # crop i of a photo comes from its region i % (its regions)
+        groups = [(name, [r for r in regions if r.photo == name]) for name in sorted(photos)]
+        groups = [(name, members) for name, members in groups if members]
+    else:
+        raise ValueError(f"labels must be 'region' or 'photo', got {labels!r}")
     crops = []
     for split, count in (('train', num_train), ('val', num_val)):
-        for label, region in enumerate(regions):
-            folder = osp.join(out, split, region.name)
+        for label, (class_name, members) in enumerate(groups):
+            folder = osp.join(out, split, class_name)
             os.makedirs(folder, exist_ok=True)
-            part, avoid = ((region.box, region.val_box) if split == 'train'
-                           else (region.val_box, None))
             for index in range(count):
+                region = members[index % len(members)]
+                part, avoid = ((region.box, region.val_box) if split == 'train'
+                               else (region.val_box, None))
                 rng = np.random.default_rng([seed, _SPLIT_CODE[split], label, index])
                 image, (x, y, side) = render_crop(rng, images[region.photo], part, size,
                                                   max_zoom, avoid)
                 name = f'{index:05d}.png'
                 cv2.imwrite(osp.join(folder, name), image)
-                crops.append((split, region.name, name, region.photo, x, y, side))
+                crops.append((split, class_name, name, region.name, region.photo, x, y, side))
                 if progress is not None:
                     progress(1)
     with open(osp.join(out, 'crops.csv'), 'w', newline='') as f:
         writer = csv.writer(f)
-        writer.writerow(('split', 'class', 'file', 'photo', 'x', 'y', 'side'))
+        writer.writerow(('split', 'class', 'file', 'region', 'photo', 'x', 'y', 'side'))
         writer.writerows(crops)
     fp = fingerprint(num_train, num_val, size, seed, cell, val_size, max_zoom, min_std,
-                     max_side, photos)
+                     max_side, photos, labels)
     meta = dict(
         generator=GENERATOR, fingerprint=fp, generator_version=_GENERATOR_VERSION,
         scikit_image=version, num_train=num_train, num_val=num_val, size=size, seed=seed,
@@ -247,7 +260,8 @@ def generate_natural_classification(
                            shape=list(images[name].shape),
                            classes=sum(r.photo == name for r in regions))
                 for name in photos},
-        classes=[r.name for r in regions], regions=[asdict(r) for r in regions])
+        labels=labels, classes=[name for name, _ in groups],
+        regions=[asdict(r) for r in regions])
     with open(osp.join(out, 'meta.json'), 'w') as f:
         json.dump(meta, f, indent=1)
     return meta

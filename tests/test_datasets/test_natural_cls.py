@@ -136,6 +136,26 @@ def test_tool_is_idempotent_and_safe(tmp_path, capsys):
     assert (foreign / 'keep.txt').read_text() == 'x'
 
 
+def test_photo_labels(tmp_path):
+    """labels='photo': one class per photo, balanced, its crops cycling through its regions
+    and taken from the same disjoint parts."""
+    meta = natural_cls.generate_natural_classification(str(tmp_path), **dict(SMALL, labels='photo'))
+    assert meta['classes'] == ['brick', 'coins'] and meta['labels'] == 'photo'
+    regions = {r['name']: r for r in meta['regions']}
+    with open(tmp_path / 'crops.csv') as f:
+        crops = list(csv.DictReader(f))
+    assert len(crops) == 2 * 5
+    for crop in crops:
+        assert regions[crop['region']]['photo'] == crop['photo'] == crop['class']
+        x0, y0, x1, y1 = regions[crop['region']]['val_box']
+        x, y, side = int(crop['x']), int(crop['y']), int(crop['side'])
+        inside = x0 <= x and x + side <= x1 and y0 <= y and y + side <= y1
+        apart = x + side <= x0 or x1 <= x or y + side <= y0 or y1 <= y
+        assert inside if crop['split'] == 'val' else apart
+    train = [c['region'] for c in crops if c['split'] == 'train' and c['class'] == 'brick']
+    assert len(set(train)) == 3  # 3 crops, 3 different brick regions
+
+
 def test_rejects_parts_smaller_than_a_window(tmp_path):
     with pytest.raises(ValueError):  # val square smaller than a 48-pixel window
         natural_cls.generate_natural_classification(str(tmp_path), size=32, val_size=40,
