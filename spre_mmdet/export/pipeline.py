@@ -216,7 +216,7 @@ def export_onnx(config_path: str, checkpoint_path: str, out_dir: str,
             if scope.startswith('backbone+neck'):
                 info = export_backbone_neck(model, path, shape, exporter, opset, half=half)
             else:
-                info = export_detector(cfg, checkpoint_path, path, shape, opset)
+                info = export_detector(cfg, checkpoint_path, path, shape, opset, detector=model)
             graph = dict(file=GRAPH_FILES[scope], export_s=info['export_s'],
                          outputs=info['outputs'], precision='fp16' if half else 'fp32')
             graph.update(_check_graph(path, records, state, scope, log))
