@@ -126,7 +126,8 @@ def _tactic_layers(engine, trt) -> Tuple[List[dict], List[str]]:
 
 def _build(trt, onnx_path: str, mode: str, fp16: bool, workspace_gib: float):
     logger = _Capture.make(trt)
-    trt.init_libnvinfer_plugins(logger, '')
+    if hasattr(trt, 'init_libnvinfer_plugins'):
+        trt.init_libnvinfer_plugins(logger, '')  # standard ops some parsers map to plugins
     builder = trt.Builder(logger)
     flags = 0
     if int(trt.__version__.split('.')[0]) < 10:
