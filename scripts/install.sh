@@ -35,6 +35,9 @@ MMENGINE_VERSION="0.10.7"
 MMDET_VERSION="3.3.0"
 MMPRETRAIN_VERSION="1.2.0"
 CONSTRAINTS="$ROOT/requirements/constraints.txt"
+# what the tests need beyond training: pytest + hypothesis, the natural-image set's
+# scikit-image, the ONNX export's onnx/onnxruntime/onnxscript/mmdeploy
+TEST_EXTRAS="tests,natural,onnx"
 
 log() { echo "[install] $*" >&2; }
 die() { echo "[install] ERROR: $*" >&2; exit 1; }
@@ -91,8 +94,9 @@ if '--package' in sys.argv and not problems:
         here = os.path.realpath(os.path.dirname(pkg.__file__))
         if not here.startswith(os.path.realpath(root) + os.sep):
             problems.append(f'spre_mmdet: imported from {here}, not from this checkout')
-    check('pytest')
-    check('hypothesis')
+    for test_dependency in ('pytest', 'hypothesis', 'skimage', 'onnx', 'onnxruntime',
+                            'onnxscript', 'mmdeploy'):
+        check(test_dependency)  # the test extras: tests, natural, onnx
 print('\n'.join(problems))
 PY
     )
@@ -105,9 +109,8 @@ if [ -z "$problems" ]; then
     exit 0
 fi
 if [ -z "$(stack_problems)" ]; then
-    log "pinned stack present; installing spre_mmdet (editable, no deps) and test deps"
-    pip install --no-build-isolation --no-deps -e .
-    (cd / && "$PYTHON" -c 'import pytest, hypothesis' 2>/dev/null) || pip_install pytest hypothesis
+    log "pinned stack present; installing spre_mmdet (editable) with the test extras"
+    pip_install --no-build-isolation -e "$ROOT[$TEST_EXTRAS]"
     exit 0
 fi
 
@@ -195,8 +198,8 @@ log "step 3/4: mmengine==$MMENGINE_VERSION, mmdet==$MMDET_VERSION, mmpretrain==$
 pip_install "mmengine==$MMENGINE_VERSION" "mmdet==$MMDET_VERSION" \
     "mmpretrain==$MMPRETRAIN_VERSION" pycocotools matplotlib
 
-log "step 4/4: spre_mmdet (editable) with test extras and the natural-image set's scikit-image"
-pip_install --no-build-isolation -e '.[tests,natural]'
+log "step 4/4: spre_mmdet (editable) with the test extras ($TEST_EXTRAS)"
+pip_install --no-build-isolation -e "$ROOT[$TEST_EXTRAS]"
 
 problems="$(stack_problems)"
 [ -z "$problems" ] || die "installation finished but the stack is still not right:
