@@ -184,7 +184,7 @@ install the CUDA toolkit whose major version matches torch's
 (\`$PYTHON -c 'import torch; print(torch.version.cuda)'\`) with a gcc its nvcc accepts (<= 15
 for nvcc 13.0), set CUDA_HOME to it and rerun; or put an mmcv $MMCV_VERSION wheel built with
 CUDA ops for this torch and Python on PIP_FIND_LINKS; or, for CPU runs only, rerun with
-CUDA_VISIBLE_DEVICES=\"\" (docs/gpu.md)."
+CUDA_VISIBLE_DEVICES=\"\" (and train with SPRE_MMDET_CPU=1; docs/gpu.md)."
         fi
         pip_install "$wheel"  # mmcv's dependencies, if missing
         pip_install --no-deps --force-reinstall "$wheel"  # replaces a CPU-only mmcv 2.1.0

@@ -19,8 +19,8 @@ __all__ = ['check_mmcv_ops', 'mmcv_ops_problem', 'BUILD_FIX']
 #: how to get mmcv 2.1.0 with CUDA ops (docs/gpu.md, "The mmcv build")
 BUILD_FIX = ('Fix: on this machine run `bash scripts/install.sh` (where torch sees a GPU it '
              'builds mmcv 2.1.0 with CUDA ops for the local GPU), or build the wheel with '
-             '`bash scripts/build_mmcv_cuda.sh` and `pip install` the wheel it prints; to run '
-             'on the CPU instead, set CUDA_VISIBLE_DEVICES="".')
+             '`bash scripts/build_mmcv_cuda.sh` and `pip install` the wheel it prints; to train '
+             'on the CPU instead, set SPRE_MMDET_CPU=1 CUDA_VISIBLE_DEVICES="".')
 
 
 def _needs_ops(cfg: Any) -> bool:

@@ -36,7 +36,7 @@ def test_cpu_only_mmcv_refused_on_gpu(gpu_machine):
     problem = mmcv_ops_problem()
     assert 'built without CUDA ops' in problem and "'not available'" in problem
     assert 'scripts/install.sh' in problem and 'scripts/build_mmcv_cuda.sh' in problem
-    assert 'CUDA_VISIBLE_DEVICES=""' in problem
+    assert 'SPRE_MMDET_CPU=1 CUDA_VISIBLE_DEVICES=""' in problem
     with pytest.raises(StackError, match='built without CUDA ops'):
         check_mmcv_ops()
     assert calls == []  # refused before touching the GPU
