@@ -6,7 +6,8 @@
         --size 24 --cell 128 --val-size 48 --seed 0 [--force]
 
 Classes are grid regions of the photos; val crops come from a square in the middle of each
-region, train crops from the ring around it (disjoint; see docs/natural_cls.md). Needs scikit-image (`pip install "spre-mmdet[natural]"`);
+region, train crops from the ring around it (disjoint; see docs/natural_cls.md). Needs
+scikit-image (`pip install "spre-mmdet[natural]"`);
 nothing is downloaded. Idempotent: if --out already holds the set generated with the same
 parameters, nothing is done. Regenerating (other parameters, or --force) replaces only the
 files an earlier run of this tool wrote there; a folder holding anything else is refused.
@@ -38,6 +39,9 @@ def parse_args(argv=None):
     p.add_argument('--max-side', type=int, default=512, help='photos scaled down to this')
     p.add_argument('--labels', choices=['region', 'photo'], default='region',
                    help='a class per region (default) or per photo')
+    p.add_argument('--colour', action='store_true', help='keep the colours (default: grey)')
+    p.add_argument('--jitter', type=float, default=1.0,
+                   help='scale of the per-crop contrast/brightness change (0: none)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--force', action='store_true', help='regenerate even if present')
     return p.parse_args(argv)
@@ -53,7 +57,7 @@ def main(argv=None):
     params = dict(num_train=args.num_train, num_val=args.num_val, size=args.size,
                   seed=args.seed, cell=args.cell, val_size=args.val_size,
                   max_zoom=args.max_zoom, min_std=args.min_std, max_side=args.max_side,
-                  labels=args.labels)
+                  labels=args.labels, colour=args.colour, jitter=args.jitter)
     fp = fingerprint(**params)
     if previous is not None and not args.force and all(map(osp.isfile, previous)):
         with open(osp.join(args.out, 'meta.json')) as f:

@@ -90,7 +90,7 @@ def _skimage_data():
     return skimage.__version__, data
 
 
-def load_photo(name: str, max_side: int = 512) -> np.ndarray:
+def load_photo(name: str, max_side: int = 512, colour: bool = False) -> np.ndarray:
     """Photo ``name`` of scikit-image's bundled data as grey levels (float64, 0..255), scaled
     (area averaging) so that its longer side is at most ``max_side``."""
     if name not in PHOTOS:
@@ -98,11 +98,15 @@ def load_photo(name: str, max_side: int = 512) -> np.ndarray:
     _, data = _skimage_data()
     image = np.asarray(getattr(data, name)())
     if image.ndim == 3:
-        image = image[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        image = image[..., :3].astype(np.float64)
+        if not colour:
+            image = image @ np.array([0.299, 0.587, 0.114])
+    elif colour:  # a grey photo in a colour set: three equal channels
+        image = np.repeat(image[..., None], 3, axis=2)
     image = image.astype(np.float64)
     if image.max() <= 1.0:  # boolean or float images in [0, 1]
         image = image * 255.0
-    h, w = image.shape
+    h, w = image.shape[:2]
     scale = min(1.0, max_side / max(h, w))
     if scale < 1.0:
         size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
@@ -135,6 +139,8 @@ def class_regions(photos: Dict[str, np.ndarray], cell: int, val_size: int, min_s
         raise ValueError(f'val_size must be in (0, cell={cell}), got {val_size}')
     regions = []
     for photo, image in photos.items():
+        if image.ndim == 3:  # colour: regions chosen on the grey levels, as for a grey set
+            image = image @ np.array([0.299, 0.587, 0.114])
         h, w = image.shape
         rows, cols = h // cell, w // cell
         y_off, x_off = (h - rows * cell) // 2, (w - cols * cell) // 2
@@ -158,10 +164,12 @@ def _overlaps(x: int, y: int, side: int, box: Tuple[int, int, int, int]) -> bool
 
 
 def render_crop(rng: np.random.Generator, image: np.ndarray, part: Tuple[int, int, int, int],
-                size: int, max_zoom: float, avoid: Optional[Tuple[int, int, int, int]] = None
-                ) -> Tuple[np.ndarray, Tuple[int, int, int]]:
-    """One ``size x size`` RGB uint8 crop from ``part`` of ``image``, its window not
-    overlapping ``avoid``; returns it and its window ``(x, y, side)`` in photo coordinates."""
+                size: int, max_zoom: float, avoid: Optional[Tuple[int, int, int, int]] = None,
+                jitter: float = 1.0) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+    """One ``size x size`` uint8 crop (3 channels, in ``image``'s channel order) from ``part``
+    of ``image``, its window not overlapping ``avoid``; returns it and its window
+    ``(x, y, side)`` in photo coordinates. ``jitter`` scales the contrast (x1 +- 0.4) and
+    brightness (+-30) changes (0: none)."""
     x0, y0, x1, y1 = part
     largest = min(x1 - x0, y1 - y0, int(np.floor(size * max_zoom)))
     if largest < size:
@@ -178,21 +186,26 @@ def render_crop(rng: np.random.Generator, image: np.ndarray, part: Tuple[int, in
     if side != size:
         crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
     mean = crop.mean()
-    crop = (crop - mean) * rng.uniform(0.6, 1.4) + mean + rng.uniform(-30, 30)
+    contrast, brightness = rng.uniform(0.6, 1.4), rng.uniform(-30, 30)
+    crop = (crop - mean) * (1 + (contrast - 1) * jitter) + mean + brightness * jitter
     crop = crop + rng.normal(0, rng.uniform(0, 4), crop.shape)
-    grey = np.clip(np.round(crop), 0, 255).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=2), (x, y, side)
+    crop = np.clip(np.round(crop), 0, 255).astype(np.uint8)
+    if crop.ndim == 2:
+        crop = np.repeat(crop[..., None], 3, axis=2)
+    return crop, (x, y, side)
 
 
 def fingerprint(num_train: int, num_val: int, size: int, seed: int, cell: int, val_size: int,
                 max_zoom: float, min_std: float, max_side: int,
-                photos: Sequence[str] = tuple(PHOTOS), labels: str = 'region') -> str:
+                photos: Sequence[str] = tuple(PHOTOS), labels: str = 'region',
+                colour: bool = False, jitter: float = 1.0) -> str:
     """Identifies the generator version and parameters (stored in ``meta.json``)."""
-    text = json.dumps(dict(version=_GENERATOR_VERSION, photos=list(photos), num_train=num_train,
-                           num_val=num_val, size=size, seed=seed, cell=cell, val_size=val_size,
-                           max_zoom=max_zoom, min_std=min_std, max_side=max_side,
-                           labels=labels),
-                      sort_keys=True)
+    params = dict(version=_GENERATOR_VERSION, photos=list(photos), num_train=num_train,
+                  num_val=num_val, size=size, seed=seed, cell=cell, val_size=val_size,
+                  max_zoom=max_zoom, min_std=min_std, max_side=max_side, labels=labels)
+    if colour or jitter != 1.0:  # (the defaults keep their earlier fingerprint)
+        params.update(colour=colour, jitter=jitter)
+    text = json.dumps(params, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -200,9 +213,12 @@ def generate_natural_classification(
         out: str, num_train: int = 100, num_val: int = 20, size: int = 24, seed: int = 0,
         cell: int = 128, val_size: int = 48, max_zoom: float = 1.5, min_std: float = 12.0,
         max_side: int = 512, photos: Sequence[str] = tuple(PHOTOS), labels: str = 'region',
+        colour: bool = False, jitter: float = 1.0,
         progress: Optional[Callable[[int], None]] = None) -> dict:
     """Write the set into ``out`` (see the module doc); returns the meta data written.
 
+    ``colour``: keep the photos' colours (default: grey levels); ``jitter``: scale of the
+    contrast / brightness change of each crop (default 1, 0 for none).
     ``labels``: ``'region'`` (each region is a class, the default) or ``'photo'`` (each photo is
     a class; its crops cycle through its regions, the same disjoint parts).
     ``num_train`` / ``num_val`` are crops *per class*. ``val_size`` must hold the largest crop
@@ -218,7 +234,7 @@ def generate_natural_classification(
                          f'up to {window} pixels in the middle and a ring of train windows of '
                          'that size around it')
     version, _ = _skimage_data()
-    images = {name: load_photo(name, max_side) for name in photos}
+    images = {name: load_photo(name, max_side, colour) for name in photos}
     regions = class_regions(images, cell, val_size, min_std)
     if not regions:
         raise DatasetError('no region passes min_std; lower --min-std or --cell')
@@ -240,9 +256,9 @@ def generate_natural_classification(
                                else (region.val_box, None))
                 rng = np.random.default_rng([seed, _SPLIT_CODE[split], label, index])
                 image, (x, y, side) = render_crop(rng, images[region.photo], part, size,
-                                                  max_zoom, avoid)
+                                                  max_zoom, avoid, jitter)
                 name = f'{index:05d}.png'
-                cv2.imwrite(osp.join(folder, name), image)
+                cv2.imwrite(osp.join(folder, name), image[..., ::-1])  # RGB -> BGR for OpenCV
                 crops.append((split, class_name, name, region.name, region.photo, x, y, side))
                 if progress is not None:
                     progress(1)
@@ -251,16 +267,16 @@ def generate_natural_classification(
         writer.writerow(('split', 'class', 'file', 'region', 'photo', 'x', 'y', 'side'))
         writer.writerows(crops)
     fp = fingerprint(num_train, num_val, size, seed, cell, val_size, max_zoom, min_std,
-                     max_side, photos, labels)
+                     max_side, photos, labels, colour, jitter)
     meta = dict(
         generator=GENERATOR, fingerprint=fp, generator_version=_GENERATOR_VERSION,
         scikit_image=version, num_train=num_train, num_val=num_val, size=size, seed=seed,
         cell=cell, val_size=val_size, max_zoom=max_zoom, min_std=min_std, max_side=max_side,
         photos={name: dict(license=PHOTOS[name], source=f'skimage.data.{name}()',
-                           shape=list(images[name].shape),
+                           shape=list(images[name].shape[:2]),
                            classes=sum(r.photo == name for r in regions))
                 for name in photos},
-        labels=labels, classes=[name for name, _ in groups],
+        labels=labels, colour=colour, jitter=jitter, classes=[name for name, _ in groups],
         regions=[asdict(r) for r in regions])
     with open(osp.join(out, 'meta.json'), 'w') as f:
         json.dump(meta, f, indent=1)

@@ -5,6 +5,7 @@ import json
 import os
 import os.path as osp
 
+import numpy as np
 import pytest
 
 pytest.importorskip('skimage')
@@ -154,6 +155,23 @@ def test_photo_labels(tmp_path):
         assert inside if crop['split'] == 'val' else apart
     train = [c['region'] for c in crops if c['split'] == 'train' and c['class'] == 'brick']
     assert len(set(train)) == 3  # 3 crops, 3 different brick regions
+
+
+def test_colour_and_no_jitter(tmp_path):
+    """colour=True keeps a colour photo's channels (a grey one gets three equal ones, plus
+    independent sensor noise); the grey default keeps its fingerprint."""
+    import cv2
+    meta = natural_cls.generate_natural_classification(
+        str(tmp_path), **dict(SMALL, photos=('coffee', 'brick'), colour=True, jitter=0.0))
+    assert meta['colour'] is True and meta['jitter'] == 0.0
+
+    def spread(photo):  # the largest mean difference between the blue and red channels
+        return max(np.abs(image[..., 0].astype(int) - image[..., 2]).mean() for image in (
+            cv2.imread(str(tmp_path / 'train' / name / '00000.png'))
+            for name in meta['classes'] if name.startswith(photo)))
+    assert spread('coffee') > 10 and spread('brick') < 5  # (brick: sensor noise only)
+    assert natural_cls.fingerprint(**SMALL) == natural_cls.fingerprint(
+        **SMALL, colour=False, jitter=1.0)
 
 
 def test_rejects_parts_smaller_than_a_window(tmp_path):
