@@ -53,8 +53,8 @@ def run(args, capture=False):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--epochs', type=int, default=4,
-                        help='training epochs (default 4, the demo\'s budget on 2 CPU cores; '
+    parser.add_argument('--epochs', type=int, default=3,
+                        help='training epochs (default 3, the demo\'s budget on 2 CPU cores; '
                              '0: the config\'s schedule, 6 epochs)')
     parser.add_argument('--threads', type=int, default=2,
                         help='CPU threads of every step (default 2: training numerics, and so '

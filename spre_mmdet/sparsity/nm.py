@@ -142,19 +142,28 @@ _patterns = {}
 def _pattern(what: str, m: int, k: int, value: int, size: int,
              device: torch.device) -> torch.Tensor:
     """``size`` entries of a pattern of period ``m*k`` over positions ``p`` whose group member
-    is ``j = (p // k) % m``: ``'start'``: ``m - 1 - j - n`` (int16, ``value=n``);
-    ``'pair'``: ``j + s < m`` (uint8 0/1, ``value=s``)."""
+    is ``j = (p // k) % m``: ``'start'``: ``m - 1 - j - n`` in the counters' dtype
+    (:func:`_counter_dtype`; modulo 256 in uint8, ``value=n``); ``'pair'``: ``j + s < m``
+    (uint8 0/1, ``value=s``)."""
     key = (what, m, k, value, device)
     pattern = _patterns.get(key)
     if pattern is None or pattern.numel() < size:
         member = torch.arange(m * k, device=device) // k
         if what == 'start':
-            period = (m - 1 - member - value).to(torch.int16)
+            period = m - 1 - member - value
+            period = (period % 256 if _counter_dtype(m) == torch.uint8 else period).to(
+                _counter_dtype(m))
         else:
             period = (member + value < m).to(torch.uint8)
         pattern = period.repeat(-(-max(size, 1 << 16) // (m * k)))
         _patterns[key] = pattern
     return pattern[:size]
+
+
+def _counter_dtype(m: int) -> torch.dtype:
+    """The rank counters' dtype: bytes, like the comparisons they add up (same-dtype arithmetic,
+    the fast path), while ``rank - n`` fits a signed byte (``m <= 128``); 16 bits beyond."""
+    return torch.uint8 if m <= 128 else torch.int16
 
 
 def _magnitude_keys(weights: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -183,7 +192,7 @@ def _rank_batch(weights: List[torch.Tensor], out: List[torch.Tensor], n: int, m:
     ``rank[p]`` counts the members that beat the one at ``p``: a larger ``|w|``, or an equal one
     at a lower channel index; ``m*(m-1)/2`` pairs, each deciding one loss. It starts at
     ``m - 1 - j - n`` (as if every later member won) and ends at ``rank - n``: negative exactly
-    when the member is kept.
+    when the member is kept (in uint8 counters, modulo 256: read as signed bytes).
     """
     device, k = weights[0].device, weights[0][0, 0].numel()
     sizes = [w.numel() for w in weights]
@@ -198,12 +207,13 @@ def _rank_batch(weights: List[torch.Tensor], out: List[torch.Tensor], n: int, m:
         won, pair = won.view(torch.uint8), _pattern('pair', m, k, shift, total - d, device)
         rank[d:].addcmul_(won, pair)  # member j + shift lost once more
         rank[:total - d].addcmul_(won, pair, value=-1)  # member j did not lose to it
+    signed = rank.view(torch.int8) if rank.dtype == torch.uint8 else rank
     start = 0
     for mask, size in zip(out, sizes):
         if mask.is_contiguous():
-            torch.lt(rank[start:start + size], 0, out=mask.view(-1))
+            torch.lt(signed[start:start + size], 0, out=mask.view(-1))
         else:
-            mask.copy_(rank[start:start + size].lt(0).view(mask.shape))
+            mask.copy_(signed[start:start + size].lt(0).view(mask.shape))
         start += size
 
 
