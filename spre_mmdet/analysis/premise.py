@@ -324,7 +324,8 @@ def plot_premise(all_stats: Sequence[PremiseStats], path: str, prefix: str = 'ba
                             fmt='o', markersize=3.5, capsize=2, color=colours[region],
                             label=region, linewidth=1)
             if row == 0:
-                ax.set_title(f'{stats.label} ({stats.seeds} seeds)', fontsize=10)
+                ax.set_title(f'{stats.label} ({stats.seeds} seed{"s" if stats.seeds != 1 else ""})',
+                             fontsize=10)
             if col == 0:
                 ax.set_ylabel('mean |w| / layer mean' if what == 'magnitude' else
                               f'kept / d, d = {_density_label(what)}', fontsize=9)
