@@ -13,14 +13,11 @@ parameters, nothing is done. Regenerating (other parameters, or --force) replace
 files an earlier run of this tool wrote there; a folder holding anything else is refused.
 """
 import argparse
-import json
-import os
-import os.path as osp
 
 from spre_mmdet.cli import run_tool
+from spre_mmdet.datasets.generated import prepare_output
 from spre_mmdet.datasets.natural_cls import (
-    fingerprint, generate_natural_classification, remove_generated, written_files)
-from spre_mmdet.errors import DatasetError
+    GENERATOR, fingerprint, generate_natural_classification, written_files)
 
 
 def parse_args(argv=None):
@@ -49,23 +46,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    previous = written_files(args.out)
-    if previous is None and osp.isdir(args.out) and os.listdir(args.out):
-        raise DatasetError(f'{args.out} is not empty and holds no dataset of this generator '
-                           '(no meta.json of it); nothing is overwritten. Choose a new or empty '
-                           '--out.')
     params = dict(num_train=args.num_train, num_val=args.num_val, size=args.size,
                   seed=args.seed, cell=args.cell, val_size=args.val_size,
                   max_zoom=args.max_zoom, min_std=args.min_std, max_side=args.max_side,
                   labels=args.labels, colour=args.colour, jitter=args.jitter)
     fp = fingerprint(**params)
-    if previous is not None and not args.force and all(map(osp.isfile, previous)):
-        with open(osp.join(args.out, 'meta.json')) as f:
-            if json.load(f).get('fingerprint') == fp:
-                print(f'{args.out}: already generated with these parameters, skipping '
-                      '(use --force to regenerate)')
-                return
-    remove_generated(args.out)  # only what an earlier run of this tool wrote
+    # refuses a folder holding anything else; removes only what an earlier run of this tool wrote
+    if prepare_output(args.out, GENERATOR, written_files(args.out), fp, args.force):
+        print(f'{args.out}: already generated with these parameters, skipping '
+              '(use --force to regenerate)')
+        return
     from tqdm import tqdm
     with tqdm(desc='natural classification', unit='img') as bar:
         meta = generate_natural_classification(args.out, progress=bar.update, **params)

@@ -11,13 +11,11 @@ replaces only the files an earlier run of this tool wrote there; a folder holdin
 is refused. See docs/synthetic_cls.md.
 """
 import argparse
-import os
-import os.path as osp
 
 from spre_mmdet.cli import run_tool
+from spre_mmdet.datasets.generated import prepare_output
 from spre_mmdet.datasets.synthetic_cls import (
-    fingerprint, generate_synthetic_classification, remove_generated, written_files)
-from spre_mmdet.errors import DatasetError
+    GENERATOR, fingerprint, generate_synthetic_classification, written_files)
 
 
 def parse_args(argv=None):
@@ -33,20 +31,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    previous = written_files(args.out)
-    if previous is None and osp.isdir(args.out) and os.listdir(args.out):
-        raise DatasetError(f'{args.out} is not empty and holds no dataset of this generator '
-                           '(no meta.json of it); nothing is overwritten. Choose a new or empty '
-                           '--out.')
     fp = fingerprint(args.num_train, args.num_val, args.size, args.seed)
-    if previous is not None and not args.force and all(map(osp.isfile, previous)):
-        meta_fp = osp.join(args.out, 'meta.json')
-        with open(meta_fp) as f:
-            if f'"{fp}"' in f.read():
-                print(f'{args.out}: already generated with these parameters, skipping '
-                      '(use --force to regenerate)')
-                return
-    remove_generated(args.out)  # only what an earlier run of this tool wrote
+    # refuses a folder holding anything else; removes only what an earlier run of this tool wrote
+    if prepare_output(args.out, GENERATOR, written_files(args.out), fp, args.force):
+        print(f'{args.out}: already generated with these parameters, skipping '
+              '(use --force to regenerate)')
+        return
     from tqdm import tqdm
     with tqdm(total=args.num_train + args.num_val, desc='toy classification',
               unit='img') as bar:

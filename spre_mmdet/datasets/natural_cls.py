@@ -46,10 +46,10 @@ import cv2
 import numpy as np
 
 from ..errors import DatasetError
+from .generated import generation_meta
 
 __all__ = ['PHOTOS', 'Region', 'load_photo', 'class_regions', 'render_crop',
-           'generate_natural_classification', 'fingerprint', 'written_files',
-           'remove_generated']
+           'generate_natural_classification', 'fingerprint', 'written_files']
 
 #: The photographs used, each with its licence as scikit-image's documentation (the docstring
 #: of ``skimage.data.<name>``) states it. Only images bundled in the wheel (no download) and
@@ -286,12 +286,8 @@ def generate_natural_classification(
 def written_files(out: str) -> Optional[List[str]]:
     """The files an earlier generation wrote into ``out`` (from its ``meta.json``), or ``None``
     if ``out`` holds no dataset of this generator."""
-    try:
-        with open(osp.join(out, 'meta.json')) as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or meta.get('generator') != GENERATOR:
+    meta = generation_meta(out, GENERATOR)
+    if meta is None:
         return None
     files = [osp.join(out, 'meta.json'), osp.join(out, 'crops.csv')]
     for split in ('train', 'val'):
@@ -300,15 +296,3 @@ def written_files(out: str) -> Optional[List[str]]:
                 files.append(osp.join(out, split, name, f'{index:05d}.png'))
     return files
 
-
-def remove_generated(out: str) -> None:
-    """Delete what an earlier generation wrote into ``out`` (its files, then its folders if
-    they are left empty); anything else stays."""
-    files = written_files(out) or []
-    for path in files:
-        if osp.isfile(path):
-            os.remove(path)
-    for folder in sorted({osp.dirname(p) for p in files}, key=len, reverse=True):
-        for candidate in (folder, osp.dirname(folder)):
-            if candidate != out and osp.isdir(candidate) and not os.listdir(candidate):
-                os.rmdir(candidate)

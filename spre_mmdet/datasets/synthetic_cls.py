@@ -26,9 +26,10 @@ import cv2
 import numpy as np
 
 from . import shapes
+from .generated import generation_meta
 
 __all__ = ['CLASSES', 'generate_synthetic_classification', 'render_sample', 'fingerprint',
-           'remove_generated', 'written_files']
+           'written_files']
 
 #: The classes, in label order (mmpretrain's CustomDataset sorts the folder names; these are
 #: sorted already, so label ``i`` is ``CLASSES[i]``).
@@ -175,12 +176,8 @@ def generate_synthetic_classification(out: str, num_train: int = 8000, num_val: 
 def written_files(out: str) -> Optional[List[str]]:
     """The files an earlier generation wrote into ``out`` (from its ``meta.json``), or ``None``
     if ``out`` holds no dataset of this generator."""
-    try:
-        with open(osp.join(out, 'meta.json')) as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or meta.get('generator') != GENERATOR:
+    meta = generation_meta(out, GENERATOR)
+    if meta is None:
         return None
     classes = list(meta.get('classes', CLASSES))  # the classes of that generation
     files = [osp.join(out, 'meta.json')]
@@ -189,15 +186,3 @@ def written_files(out: str) -> Optional[List[str]]:
             files.append(osp.join(out, split, classes[index % len(classes)], f'{index:06d}.png'))
     return files
 
-
-def remove_generated(out: str) -> None:
-    """Delete what an earlier generation wrote into ``out`` (its files, then its folders if
-    they are left empty); anything else stays."""
-    files = written_files(out) or []
-    for path in files:
-        if osp.isfile(path):
-            os.remove(path)
-    for folder in sorted({osp.dirname(p) for p in files}, key=len, reverse=True):
-        for candidate in (folder, osp.dirname(folder)):
-            if candidate != out and osp.isdir(candidate) and not os.listdir(candidate):
-                os.rmdir(candidate)
