@@ -6,6 +6,9 @@
     python tools/analysis_tools/sweep.py --out work_dirs/sweep_det --task det # two-stage det.
     python tools/make_natural_cls.py --out data/natural_cls
     python tools/analysis_tools/sweep.py --out work_dirs/sweep_natural --task natural
+    python tools/make_natural_cls.py --out data/natural_photo_cls --labels photo \
+        --num-train 1000 --num-val 200
+    python tools/analysis_tools/sweep.py --out work_dirs/sweep_photo --task photo
 
 Classification: {dense, unstructured, srste, spre, lbc, spre_lbc} x {2:4, 1:4, 1:8, 1:16} x
 seeds, ResNet-10 on the synthetic classification set (configs/toy/cls/). Detection: {dense,
@@ -27,9 +30,9 @@ import time
 from spre_mmdet.cli import check_dataset_paths, run_tool
 from sweep_lib import (DETECTION_METHODS, METHODS, NATURAL_METHODS, TOY_METHODS,
                        classification_grid, detection_grid, natural_grid, toy_grid)
-from sweep_lib.grid import parse_pattern
+from sweep_lib.grid import TASK_OPTIONS, parse_pattern
 from sweep_lib.report import deploy_kernels, write_report
-from sweep_lib.run import finished, repo_root, run_grid
+from sweep_lib.run import finished, load_config, run_grid
 
 #: the methods whose final deploy kernels the per-kernel-position analysis compares
 ANALYSED = ('unstructured', 'srste', 'spre')
@@ -39,9 +42,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default='work_dirs/sweep', help='output folder (resumable)')
-    p.add_argument('--task', choices=['cls', 'natural', 'det', 'toy'], default='cls',
+    p.add_argument('--task', choices=['cls', 'natural', 'photo', 'det', 'toy'], default='cls',
                    help='cls: classification grid; natural: the same grid on the natural-image '
-                   'set (data/natural_cls); det: two-stage detection; toy: every '
+                   'set (data/natural_cls, a class per photo region); photo: the same with a '
+                   'class per photo (data/natural_photo_cls); det: two-stage detection; toy: '
+                   'every '
                    'method\'s toy Mask R-CNN from scratch (the demo\'s setting)')
     p.add_argument('--methods', nargs='+', default=None)
     p.add_argument('--patterns', nargs='+', default=None, help='e.g. 2:4 1:8')
@@ -54,12 +59,12 @@ def parse_args(argv=None):
 
 
 def _check_data(task):
-    from mmengine.config import Config
     configs = {'cls': [METHODS['dense']], 'natural': [NATURAL_METHODS['dense']],
+               'photo': [NATURAL_METHODS['dense']],
                'toy': [TOY_METHODS['dense']],
                'det': list(DETECTION_METHODS['dense'])}[task]
     for config in configs:
-        cfg = Config.fromfile(osp.join(repo_root(), config))
+        cfg = load_config(config, TASK_OPTIONS.get(task, []))
         check_dataset_paths(cfg, ['train_dataloader', 'val_dataloader'])
 
 
@@ -72,8 +77,10 @@ def main(argv=None):
         kwargs['patterns'] = [parse_pattern(p) for p in args.patterns]
     if args.seeds:
         kwargs['seeds'] = args.seeds
-    cells = dict(cls=classification_grid, natural=natural_grid, det=detection_grid,
-                 toy=toy_grid)[args.task](**kwargs)
+    if args.task == 'photo':
+        kwargs['labels'] = 'photo'
+    cells = dict(cls=classification_grid, natural=natural_grid, photo=natural_grid,
+                 det=detection_grid, toy=toy_grid)[args.task](**kwargs)
     started = time.time()
     if args.report_only:
         done = finished(args.out)
@@ -102,7 +109,7 @@ def main(argv=None):
                            progress=progress)
         bar.close()
     analysis = {}
-    if args.task in ('cls', 'natural'):
+    if args.task in ('cls', 'natural', 'photo'):
         for record in records:
             if record['method'] in ANALYSED and record['seed'] == min(r['seed'] for r in records) \
                     and not record.get('error'):

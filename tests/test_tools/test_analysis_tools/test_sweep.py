@@ -30,6 +30,23 @@ def test_grid_has_dense_once_per_seed_and_every_method_pattern_seed():
         (c.method, c.pattern, c.seed) for c in cells]
     assert {c.task for c in natural} == {'natural'} and not {c.name for c in natural} & {
         c.name for c in cells}
+    assert all(c.task_options() == [] for c in natural)
+
+
+def test_photo_task_runs_the_natural_configs_on_the_photo_labels(tmp_path):
+    """Task 'photo': the natural grid with the photo-labelled folder and 14 classes, in the
+    trained config and in each seed's shared initial weights."""
+    photo = natural_grid(methods=['dense', 'srste'], patterns=[(1, 8)], seeds=[0],
+                         labels='photo')
+    assert [c.name for c in photo] == ['photo_dense_dense_s0', 'photo_srste_1x8_s0']
+    cfg = sweep_run.load_config(sweep_run.NATURAL_METHODS['srste'], photo[1].task_options())
+    assert cfg.model.head.num_classes == cfg.data_preprocessor.num_classes == 14
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert cfg[loader].dataset.data_root == 'data/natural_photo_cls/'
+    init = torch.load(sweep_run.initial_weights(photo[1], str(tmp_path)), weights_only=True)
+    assert init['state_dict']['head.fc.weight'].shape[0] == 14
+    with pytest.raises(ValueError, match='labels'):
+        natural_grid(labels='texture')
 
 
 def test_every_method_config_exists(repo_root):

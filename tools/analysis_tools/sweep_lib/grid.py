@@ -43,6 +43,19 @@ TOY_METHODS: Dict[str, str] = {
 
 DEFAULT_PATTERNS = ((2, 4), (1, 4), (1, 8), (1, 16))
 
+#: the natural-image set labelled by source photo (``make_natural_cls.py --labels photo --out
+#: data/natural_photo_cls``: 14 classes): the natural configs with this folder and class count
+PHOTO_DATA = 'data/natural_photo_cls/'
+PHOTO_CLASSES = 14
+
+#: options a task adds to its configs (data folder, classes)
+TASK_OPTIONS: Dict[str, List[str]] = {
+    'photo': [*(f'{loader}.dataset.data_root={PHOTO_DATA}'
+                for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')),
+              f'model.head.num_classes={PHOTO_CLASSES}',
+              f'data_preprocessor.num_classes={PHOTO_CLASSES}'],
+}
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -67,6 +80,9 @@ class Cell:
         if self.n is None:
             return []
         return [f'model.backbone.sparsity.n={self.n}', f'model.backbone.sparsity.m={self.m}']
+
+    def task_options(self) -> List[str]:
+        return list(TASK_OPTIONS.get(self.task, []))
 
     def asdict(self) -> dict:
         return dict(asdict(self), pattern=self.pattern, name=self.name)
@@ -94,12 +110,15 @@ def classification_grid(methods: Sequence[str] = tuple(METHODS),
 
 def natural_grid(methods: Sequence[str] = tuple(NATURAL_METHODS),
                  patterns: Sequence[Tuple[int, int]] = DEFAULT_PATTERNS,
-                 seeds: Sequence[int] = (0, 1, 2)) -> List[Cell]:
-    """The classification grid on the natural-image set (task ``'natural'``)."""
+                 seeds: Sequence[int] = (0, 1, 2), labels: str = 'region') -> List[Cell]:
+    """The classification grid on the natural-image set: task ``'natural'`` (a class per
+    photo region) or, with ``labels='photo'``, task ``'photo'`` (a class per photo)."""
     unknown = sorted(set(methods) - set(NATURAL_METHODS))
     if unknown:
         raise ValueError(f'Unknown methods {unknown}; choose from {sorted(NATURAL_METHODS)}.')
-    return _cells('natural', methods, patterns, seeds)
+    if labels not in ('region', 'photo'):
+        raise ValueError(f"labels must be 'region' or 'photo', got {labels!r}")
+    return _cells('natural' if labels == 'region' else 'photo', methods, patterns, seeds)
 
 
 def detection_grid(methods: Sequence[str] = tuple(DETECTION_METHODS),

@@ -218,7 +218,7 @@ def _in_points(records: Sequence[dict]) -> List[dict]:
 
 def write_report(records: Sequence[dict], out: str, analysis: Optional[dict] = None) -> str:
     """``summary.md`` (+ plots and ``kernel_positions.json``) from the cells' records."""
-    cls = [r for r in records if r['task'] in ('cls', 'natural') and not r.get('error')]
+    cls = [r for r in records if r['task'] in ('cls', 'natural', 'photo') and not r.get('error')]
     det = [r for r in records if r['task'] == 'det' and not r.get('error')]
     toy = [r for r in records if r['task'] == 'toy' and not r.get('error')]
     failed = [r for r in records if r.get('error')]

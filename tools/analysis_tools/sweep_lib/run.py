@@ -2,6 +2,7 @@
 
 The configs and ``tools/train.py`` are the checkout's (this folder is part of it); the runs
 import the installed ``spre_mmdet``."""
+import argparse
 import json
 import os
 import os.path as osp
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
@@ -26,17 +27,30 @@ def repo_root() -> str:
     return osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
-def write_initial_weights(config: str, seed: int, path: str) -> str:
+def load_config(config: str, options: Sequence[str] = ()):
+    """The checkout's ``config`` with ``options`` (``key=value`` strings) merged in, parsed as
+    ``tools/train.py`` parses ``--cfg-options``."""
+    from mmengine.config import Config, DictAction
+    cfg = Config.fromfile(osp.join(repo_root(), config))
+    if options:
+        parser = argparse.ArgumentParser()
+        parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+        cfg.merge_from_dict(parser.parse_args(['--cfg-options', *options]).cfg_options)
+    return cfg
+
+
+def write_initial_weights(config: str, seed: int, path: str,
+                          options: Sequence[str] = ()) -> str:
     """The dense initial weights of ``config``'s model for ``seed``, saved once and loaded by
     every method of that seed (``load_from``): the same start for all of them. SpRe's extra
-    branch and LBC's scores, which a dense model has not, start from their own init."""
+    branch and LBC's scores, which a dense model has not, start from their own init.
+    ``options`` are ``--cfg-options`` style ``key=value`` changes (e.g. the class count)."""
     if osp.isfile(path):
         return path
-    from mmengine.config import Config
     from mmengine.runner import set_random_seed
     from spre_mmdet.deploy import build_model
     set_random_seed(seed)
-    model = build_model(Config.fromfile(osp.join(repo_root(), config)))
+    model = build_model(load_config(config, options))
     model.init_weights()
     os.makedirs(osp.dirname(path), exist_ok=True)
     torch.save({'state_dict': model.state_dict(), 'meta': dict(seed=seed, config=config)},
@@ -146,9 +160,10 @@ def initial_weights(cell: Cell, out: str) -> Optional[str]:
     if cell.task == 'cls':
         return write_initial_weights(METHODS['dense'], cell.seed,
                                      osp.join(out, 'init', f'cls_seed{cell.seed}.pth'))
-    if cell.task == 'natural':
+    if cell.task in ('natural', 'photo'):
         return write_initial_weights(NATURAL_METHODS['dense'], cell.seed,
-                                     osp.join(out, 'init', f'natural_seed{cell.seed}.pth'))
+                                     osp.join(out, 'init', f'{cell.task}_seed{cell.seed}.pth'),
+                                     cell.task_options())
     return write_initial_weights(DETECTION_METHODS['dense'][0], cell.seed,
                                  osp.join(out, 'init', f'det_cls_seed{cell.seed}.pth'))
 
@@ -157,9 +172,10 @@ def run_cell(cell: Cell, out: str, threads: int = 1) -> dict:
     """Train (and for detection, pretrain then fine-tune) one cell; returns its record."""
     work = osp.join(out, 'runs', cell.name)
     record = cell.asdict()
-    seed_options = [f'randomness.seed={cell.seed}', *cell.sparsity_options()]
+    seed_options = [f'randomness.seed={cell.seed}', *cell.sparsity_options(),
+                    *cell.task_options()]
     init = initial_weights(cell, out)
-    if cell.task in ('cls', 'natural'):
+    if cell.task in ('cls', 'natural', 'photo'):
         configs = METHODS if cell.task == 'cls' else NATURAL_METHODS
         record.update(_train(configs[cell.method], work,
                              [*seed_options, f'load_from={init}'], threads))
