@@ -51,6 +51,7 @@ CONFIGS = {
         'srste': 'configs/mask_rcnn_r50_srste_2x4.py',
         'spre': 'configs/mask_rcnn_r50_spre_2x4.py',
         'lbc': 'configs/mask_rcnn_r50_lbc_2x4.py',
+        'spre_lbc': 'configs/mask_rcnn_r50_spre_lbc_2x4.py',
         'ip_srste': 'configs/mask_rcnn_r50_ip_srste_2x4.py',
     },
     'r18': {
@@ -58,6 +59,7 @@ CONFIGS = {
         'srste': 'configs/toy/mask_rcnn_r18_srste_2x4_toy.py',
         'spre': 'configs/toy/mask_rcnn_r18_spre_2x4_toy.py',
         'lbc': 'configs/toy/mask_rcnn_r18_lbc_2x4_toy.py',
+        'spre_lbc': 'configs/toy/mask_rcnn_r18_spre_lbc_2x4_toy.py',
         'ip_srste': 'configs/toy/mask_rcnn_r18_ip_srste_2x4_toy.py',
     },
 }
@@ -87,6 +89,7 @@ def model_config(arch, variant, interval=None, equal_head_work=False):
     if 'sparsity' in backbone:
         learner = backbone.sparsity.learner
         if learner.get('type') in ('lbc', 'LBCMask'):
+            learner.pop('span', None)
             learner.t_i, learner.t_f = 0, 1000  # mid-removal during the timed steps
         elif interval is not None and 'interval' in learner:
             learner.interval = interval
@@ -298,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=__doc__.splitlines()[0])
     parser.add_argument('--arch', choices=list(CONFIGS), default='r50')
     parser.add_argument('--variants', nargs='+', default=['dense', 'srste', 'spre', 'lbc',
-                                                         'ip_srste'])
+                                                         'spre_lbc', 'ip_srste'])
     parser.add_argument('--img-size', type=int, default=512)
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--rounds', type=_count(1), default=5, help='timed steps per variant')
