@@ -17,7 +17,7 @@ import argparse
 from spre_mmdet.cli import run_tool
 from spre_mmdet.datasets.generated import prepare_output
 from spre_mmdet.datasets.natural_cls import (
-    GENERATOR, fingerprint, generate_natural_classification, written_files)
+    fingerprint, generate_natural_classification, previous_generation)
 
 
 def parse_args(argv=None):
@@ -52,7 +52,7 @@ def main(argv=None):
                   labels=args.labels, colour=args.colour, jitter=args.jitter)
     fp = fingerprint(**params)
     # refuses a folder holding anything else; removes only what an earlier run of this tool wrote
-    if prepare_output(args.out, GENERATOR, written_files(args.out), fp, args.force):
+    if prepare_output(args.out, previous_generation(args.out), fp, args.force):
         print(f'{args.out}: already generated with these parameters, skipping '
               '(use --force to regenerate)')
         return

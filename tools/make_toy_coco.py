@@ -5,18 +5,17 @@
     python tools/make_toy_coco.py --out data/toy_coco --num-train 400 --num-val 80 \
         --size 128 --seed 0 [--force]
 
-Idempotent: if ``--out`` already holds a dataset generated with the same parameters (checked
-through the fingerprint stored in the annotation files and the image counts), nothing is done.
-Use ``--force`` to regenerate anyway.
+Idempotent: if ``--out`` already holds the set generated with the same parameters (the
+fingerprint stored in its annotation files, and every image they list), nothing is done.
+Regenerating (other parameters, or --force) replaces only the files an earlier run of this tool
+wrote there; a folder holding anything else is refused.
 """
 import argparse
-import json
-import os.path as osp
-import shutil
-import sys
 
+from spre_mmdet.cli import run_tool
+from spre_mmdet.datasets.generated import prepare_output
 from spre_mmdet.datasets.synthetic_coco import (
-    dataset_fingerprint, generate_synthetic_coco)
+    dataset_fingerprint, generate_synthetic_coco, previous_generation)
 
 
 def parse_args(argv=None):
@@ -31,21 +30,6 @@ def parse_args(argv=None):
     p.add_argument('--max-objects', type=int, default=5)
     p.add_argument('--force', action='store_true', help='regenerate even if present')
     return p.parse_args(argv)
-
-
-def _existing_matches(out, fp, num_train, num_val):
-    try:
-        for split, n in (('train', num_train), ('val', num_val)):
-            with open(osp.join(out, 'annotations', f'instances_{split}.json')) as f:
-                d = json.load(f)
-            if d.get('info', {}).get('fingerprint') != fp or len(d['images']) != n:
-                return False
-            for img in d['images']:
-                if not osp.isfile(osp.join(out, split, img['file_name'])):
-                    return False
-    except (OSError, ValueError, KeyError):
-        return False
-    return True
 
 
 def _progress_bar(total):
@@ -71,13 +55,11 @@ def main(argv=None):
     size_range = (0.12, 0.42)
     fp = dataset_fingerprint(args.num_train, args.num_val, size, args.seed, num_objects,
                              size_range)
-    if not args.force and _existing_matches(args.out, fp, args.num_train, args.num_val):
+    # refuses a folder holding anything else; removes only what an earlier run of this tool wrote
+    if prepare_output(args.out, previous_generation(args.out), fp, args.force):
         print(f'{args.out}: already generated with these parameters, skipping '
               '(use --force to regenerate)')
         return 0
-    for sub in ('train', 'val', 'annotations'):
-        if osp.isdir(osp.join(args.out, sub)):
-            shutil.rmtree(osp.join(args.out, sub))
     update, close = _progress_bar(args.num_train + args.num_val)
     try:
         paths = generate_synthetic_coco(
@@ -92,4 +74,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_tool(main)

@@ -1,18 +1,26 @@
 """What a dataset generator wrote into a folder, and replacing it without touching anything else.
 
-A generator marks its folder with a ``meta.json`` that names it (``generator``) and the
-``fingerprint`` of its parameters. From that file each generator lists the files it wrote
-(its ``written_files``); the functions here decide, from that list, whether a folder can be
-reused as it is, must be regenerated, or must be refused.
+Each generator reads back what an earlier run of it wrote into a folder (its
+``previous_generation``: the fingerprint of that run's parameters and the files it wrote, from
+a file it marks as its own: the classification sets' ``meta.json``, the toy COCO set's
+annotation files). :func:`prepare_output` decides from that whether the folder is reused as
+it is, regenerated (removing only those files) or refused.
 """
 import json
 import os
 import os.path as osp
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 from ..errors import DatasetError
 
-__all__ = ['generation_meta', 'remove_files', 'prepare_output']
+__all__ = ['Generation', 'generation_meta', 'remove_files', 'prepare_output']
+
+
+class Generation(NamedTuple):
+    """What an earlier generation left in a folder."""
+
+    fingerprint: Optional[str]  #: its parameters' fingerprint (``None``: unknown / mixed)
+    files: List[str]  #: every file it wrote
 
 
 def generation_meta(out: str, generator: str) -> Optional[dict]:
@@ -39,15 +47,14 @@ def remove_files(out: str, files: Sequence[str]) -> None:
                 os.rmdir(candidate)
 
 
-def prepare_output(out: str, generator: str, files: Optional[List[str]], fingerprint: str,
+def prepare_output(out: str, previous: Optional[Generation], fingerprint: str,
                    force: bool = False) -> bool:
     """Make ``out`` ready for a generation with ``fingerprint``.
 
     Args:
         out: The output folder.
-        generator: The ``generator`` name the generator writes into ``meta.json``.
-        files: What an earlier generation wrote into ``out`` (the generator's
-            ``written_files(out)``), ``None`` if ``out`` holds no generation of it.
+        previous: What an earlier generation of the same generator left in ``out`` (its
+            ``previous_generation(out)``), ``None`` if it holds none.
         fingerprint: The fingerprint of the parameters about to be generated.
         force: Regenerate even if ``out`` already holds this generation.
 
@@ -56,17 +63,16 @@ def prepare_output(out: str, generator: str, files: Optional[List[str]], fingerp
         once what an earlier generation wrote is removed (generate now).
 
     Raises:
-        DatasetError: ``out`` is not empty and holds no generation of ``generator``: nothing is
-            removed.
+        DatasetError: ``out`` is not empty and holds no generation of this generator: nothing
+            is removed.
     """
-    if files is None:
+    if previous is None:
         if osp.isdir(out) and os.listdir(out):
-            raise DatasetError(f'{out} is not empty and holds no dataset of this generator '
-                               '(no meta.json of it); nothing is overwritten. Choose a new or '
-                               'empty --out.')
+            raise DatasetError(f'{out} is not empty and holds no dataset of this generator; '
+                               'nothing is overwritten. Choose a new or empty --out.')
         return False
-    meta = generation_meta(out, generator) or {}
-    if not force and meta.get('fingerprint') == fingerprint and all(map(osp.isfile, files)):
+    if not force and previous.fingerprint == fingerprint and all(map(osp.isfile,
+                                                                      previous.files)):
         return True
-    remove_files(out, files)
+    remove_files(out, previous.files)
     return False

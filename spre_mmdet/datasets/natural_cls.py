@@ -46,10 +46,10 @@ import cv2
 import numpy as np
 
 from ..errors import DatasetError
-from .generated import generation_meta
+from .generated import Generation, generation_meta
 
 __all__ = ['PHOTOS', 'Region', 'load_photo', 'class_regions', 'render_crop',
-           'generate_natural_classification', 'fingerprint', 'written_files']
+           'generate_natural_classification', 'fingerprint', 'previous_generation']
 
 #: The photographs used, each with its licence as scikit-image's documentation (the docstring
 #: of ``skimage.data.<name>``) states it. Only images bundled in the wheel (no download) and
@@ -283,9 +283,9 @@ def generate_natural_classification(
     return meta
 
 
-def written_files(out: str) -> Optional[List[str]]:
-    """The files an earlier generation wrote into ``out`` (from its ``meta.json``), or ``None``
-    if ``out`` holds no dataset of this generator."""
+def previous_generation(out: str) -> Optional[Generation]:
+    """What an earlier generation wrote into ``out`` (from its ``meta.json``), or ``None`` if
+    ``out`` holds no dataset of this generator."""
     meta = generation_meta(out, GENERATOR)
     if meta is None:
         return None
@@ -294,5 +294,5 @@ def written_files(out: str) -> Optional[List[str]]:
         for name in meta.get('classes', []):
             for index in range(int(meta.get(f'num_{split}', 0))):
                 files.append(osp.join(out, split, name, f'{index:05d}.png'))
-    return files
+    return Generation(meta.get('fingerprint'), files)
 

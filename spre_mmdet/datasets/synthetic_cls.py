@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 
 from . import shapes
-from .generated import generation_meta
+from .generated import Generation, generation_meta
 
 __all__ = ['CLASSES', 'generate_synthetic_classification', 'render_sample', 'fingerprint',
-           'written_files']
+           'previous_generation']
 
 #: The classes, in label order (mmpretrain's CustomDataset sorts the folder names; these are
 #: sorted already, so label ``i`` is ``CLASSES[i]``).
@@ -173,9 +173,9 @@ def generate_synthetic_classification(out: str, num_train: int = 8000, num_val: 
     return fp
 
 
-def written_files(out: str) -> Optional[List[str]]:
-    """The files an earlier generation wrote into ``out`` (from its ``meta.json``), or ``None``
-    if ``out`` holds no dataset of this generator."""
+def previous_generation(out: str) -> Optional[Generation]:
+    """What an earlier generation wrote into ``out`` (from its ``meta.json``), or ``None`` if
+    ``out`` holds no dataset of this generator."""
     meta = generation_meta(out, GENERATOR)
     if meta is None:
         return None
@@ -184,5 +184,5 @@ def written_files(out: str) -> Optional[List[str]]:
     for split in ('train', 'val'):
         for index in range(int(meta.get(f'num_{split}', 0))):
             files.append(osp.join(out, split, classes[index % len(classes)], f'{index:06d}.png'))
-    return files
+    return Generation(meta.get('fingerprint'), files)
 

@@ -27,8 +27,10 @@ import cv2
 import numpy as np
 
 from . import shapes
+from .generated import Generation
 
-__all__ = ['CLASSES', 'generate_synthetic_coco', 'render_image', 'dataset_fingerprint']
+__all__ = ['CLASSES', 'generate_synthetic_coco', 'render_image', 'dataset_fingerprint',
+           'previous_generation']
 
 #: Category names; category ids are ``index + 1``.
 CLASSES: Tuple[str, ...] = ('circle', 'square', 'triangle', 'ellipse', 'star', 'cross')
@@ -45,6 +47,9 @@ _MIN_VISIBLE = 0.6        # an occluded object keeps at least this fraction of i
 _MIN_POLY_IOU = 0.97      # traced polygon vs. visible mask (hi-res) -- rejects holes/slivers
 
 _GENERATOR_VERSION = 1    # bump when the rendering changes (part of the fingerprint)
+#: ``info.description`` of the annotation files: marks a folder's files as this generator's
+DESCRIPTION = 'spre-mmdet synthetic toy COCO (shapes)'
+SPLITS = ('train', 'val')
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +297,7 @@ def _write_split(out_dir: str, split: str, num: int, image_size, seed: int, num_
         if progress is not None:
             progress()
     coco = dict(
-        info=dict(description='spre-mmdet synthetic toy COCO (shapes)', version='1.0',
+        info=dict(description=DESCRIPTION, version='1.0',
                   fingerprint=fingerprint),
         licenses=[],
         images=images,
@@ -341,3 +346,28 @@ def generate_synthetic_coco(out_dir: str,
                            size_range, fp, 10_000_000, progress)
     return dict(root=out_dir, train_img_dir=osp.join(out_dir, 'train'),
                 val_img_dir=osp.join(out_dir, 'val'), train_ann=train_ann, val_ann=val_ann)
+
+
+def previous_generation(out_dir: str) -> Optional[Generation]:
+    """What an earlier generation wrote into ``out_dir``: its annotation files (those whose
+    ``info.description`` is this generator's) and the images they list, with the fingerprint
+    both splits share (``None`` if a split is missing or they differ). ``None`` if no
+    annotation file of this generator is there."""
+    fingerprints, files = [], []
+    for split in SPLITS:
+        path = osp.join(out_dir, 'annotations', f'instances_{split}.json')
+        try:
+            with open(path) as f:
+                coco = json.load(f)
+            info = coco['info']
+            if info.get('description') != DESCRIPTION:
+                continue
+            names = [image['file_name'] for image in coco['images']]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        fingerprints.append(info.get('fingerprint'))
+        files += [path, *(osp.join(out_dir, split, name) for name in names)]
+    if not files:
+        return None
+    same = len(fingerprints) == len(SPLITS) and len(set(fingerprints)) == 1
+    return Generation(fingerprints[0] if same else None, files)

@@ -57,8 +57,9 @@ def test_layout_and_meta(small):
     assert [r['name'] for r in stored['regions']] == classes
     assert stored['fingerprint'] == natural_cls.fingerprint(
         **{k: v for k, v in SMALL.items()})
-    assert sorted(natural_cls.written_files(out)) == sorted(
-        osp.join(out, p) for p in _digest(out))
+    previous = natural_cls.previous_generation(out)
+    assert previous.fingerprint == stored['fingerprint']
+    assert sorted(previous.files) == sorted(osp.join(out, p) for p in _digest(out))
     with open(osp.join(out, 'crops.csv')) as f:
         assert len(list(csv.DictReader(f))) == len(classes) * 5
 
