@@ -12,7 +12,7 @@ def test_parser_defaults_and_flags():
     parser = train_cost.build_parser()
     args = parser.parse_args([])
     assert (args.arch, args.img_size, args.batch, args.rounds, args.warmup) == ('r50', 512, 2, 5, 2)
-    assert args.variants == ['dense', 'srste', 'spre', 'lbc', 'ip_srste']
+    assert args.variants == ['dense', 'srste', 'spre', 'lbc', 'spre_lbc', 'ip_srste']
     assert not args.equal_head_work and not args.no_memory and args.interval is None
     args = parser.parse_args(['--arch', 'r18', '--variants', 'dense', 'spre', '--interval', '3',
                               '--equal-head-work', '--no-memory'])
