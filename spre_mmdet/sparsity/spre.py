@@ -54,7 +54,8 @@ def spatial_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """
     out_c, in_c = weight.shape[:2]
     total = out_c * in_c
-    kept = unstructured_mask(weight, n / m).reshape(total, -1).sum(dim=0)
+    # int32 sums (fewer than 2**31 rows), widened before the products below
+    kept = unstructured_mask(weight, n / m).reshape(total, -1).sum(dim=0, dtype=torch.int32).long()
     # pruned / total < (m - n) / m, in integers (float32 would misjudge the equality case)
     spatial = (total - kept) * m < (m - n) * total
     return spatial.to(weight.dtype).reshape(weight.shape[2:])

@@ -232,6 +232,36 @@ def test_unstructured_mask_ties_and_invalid_density():
             unstructured_mask(torch.ones(4), density)
 
 
+@pytest.mark.parametrize('kind', ['normal', 'ties', 'one_bucket', 'tiny_and_special'])
+@pytest.mark.parametrize('density', [1 / 16, 1 / 8, 0.5, 0.9, 1.0])
+def test_unstructured_mask_is_the_stable_sort_selection(kind, density):
+    """The mask is exactly the first round(density * numel) entries of a stable sort by |w|
+    descending (NaN above inf = the largest float, ties by lowest flat index), also for values
+    that differ only in their low bits, heavy ties, subnormals, zeros and NaN/inf."""
+    gen = torch.Generator().manual_seed(7)
+    if kind == 'normal':
+        weight = torch.randn(64, 16, 3, 3, generator=gen)
+    elif kind == 'ties':
+        weight = torch.randint(-3, 4, (64, 16, 3, 3), generator=gen).float()
+    elif kind == 'one_bucket':  # every |w| shares its high 16 bits: the low half decides
+        weight = 1.0 + torch.randint(0, 64, (64, 16, 3, 3), generator=gen).float() * 2 ** -20
+        weight = weight * torch.where(torch.rand(weight.shape, generator=gen) < 0.5, -1.0, 1.0)
+    else:
+        weight = torch.randn(64, 16, 3, 3, generator=gen) * 1e-40  # subnormal
+        special = torch.rand(weight.shape, generator=gen)
+        weight[special < 0.05] = float('nan')
+        weight[(special >= 0.05) & (special < 0.1)] = float('-inf')
+        weight[(special >= 0.1) & (special < 0.3)] = 0.0
+        weight[(special >= 0.3) & (special < 0.35)] = torch.finfo(torch.float32).max
+    flat = weight.abs().reshape(-1).nan_to_num(nan=float('inf'), posinf=torch.finfo(
+        torch.float32).max)
+    flat[weight.reshape(-1).isnan()] = float('inf')  # NaN ranks above every number
+    order = torch.sort(flat, descending=True, stable=True).indices
+    expected = torch.zeros(flat.numel(), dtype=torch.bool)
+    expected[order[:reference_unstructured_keep_count(flat.numel(), density)]] = True
+    assert torch.equal(unstructured_mask(weight, density).reshape(-1), expected)
+
+
 def test_nan_weights_still_give_exactly_n():
     """A NaN counts as the largest |w| (lower index first among NaNs); groups keep exactly N."""
     nan = float('nan')
