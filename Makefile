@@ -11,11 +11,15 @@ install:
 demo: install
 	$(PYTHON) tools/demo.py
 
+# pytest-xdist runs the test files in parallel, one worker per core, each worker's torch on one
+# thread (tests/conftest.py); the end-to-end tests run their tools on one thread too.
+PYTEST_PARALLEL ?= -n auto --dist loadfile
+
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q $(PYTEST_PARALLEL)
 
 # Development loop: everything except the tests marked slow (training through the tools,
 # distributed runs, subprocess CLI checks). `make test` (and CI) still runs them all.
 test-fast: install
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 

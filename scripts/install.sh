@@ -35,7 +35,7 @@ MMENGINE_VERSION="0.10.7"
 MMDET_VERSION="3.3.0"
 MMPRETRAIN_VERSION="1.2.0"
 CONSTRAINTS="$ROOT/requirements/constraints.txt"
-# what the tests need beyond training: pytest + hypothesis, the natural-image set's
+# what the tests need beyond training: pytest (+ xdist) + hypothesis, the natural-image set's
 # scikit-image, the ONNX export's onnx/onnxruntime/onnxscript/mmdeploy
 TEST_EXTRAS="tests,natural,onnx"
 
@@ -94,7 +94,7 @@ if '--package' in sys.argv and not problems:
         here = os.path.realpath(os.path.dirname(pkg.__file__))
         if not here.startswith(os.path.realpath(root) + os.sep):
             problems.append(f'spre_mmdet: imported from {here}, not from this checkout')
-    for test_dependency in ('pytest', 'hypothesis', 'skimage', 'onnx', 'onnxruntime',
+    for test_dependency in ('pytest', 'xdist', 'hypothesis', 'skimage', 'onnx', 'onnxruntime',
                             'onnxscript', 'mmdeploy'):
         check(test_dependency)  # the test extras: tests, natural, onnx
 print('\n'.join(problems))

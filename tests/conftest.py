@@ -3,6 +3,9 @@
 * ``spre_mmdet`` is imported first so its compat fixes are active in every test.
 * Tests marked ``cuda`` are skipped when no CUDA GPU is available.
 * ``SPRE_MMDET_CPU=1``: CPU training is asked for (also by the tools the tests launch).
+* Under pytest-xdist (``make test`` runs ``-n auto``) each worker runs torch on one thread
+  (``OMP_NUM_THREADS=1`` unless set): the workers share the cores instead of oversubscribing
+  them.
 * Fixtures: ``repo_root`` (checkout root), ``free_port`` (an unused TCP port on localhost),
   ``toy_runner_case`` (mmengine's RunnerTestCase set up/torn down around a test).
 """
@@ -14,6 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if 'PYTEST_XDIST_WORKER' in os.environ:  # before torch is imported
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
