@@ -41,9 +41,11 @@ def remove_files(out: str, files: Sequence[str]) -> None:
     for path in files:
         if osp.isfile(path):
             os.remove(path)
-    for folder in sorted({osp.dirname(p) for p in files}, key=len, reverse=True):
+    out = osp.normpath(out)
+    for folder in sorted({osp.normpath(osp.dirname(p)) for p in files}, key=len, reverse=True):
         for candidate in (folder, osp.dirname(folder)):
-            if candidate != out and osp.isdir(candidate) and not os.listdir(candidate):
+            if candidate.startswith(out + os.sep) and osp.isdir(candidate) and \
+                    not os.listdir(candidate):
                 os.rmdir(candidate)
 
 
