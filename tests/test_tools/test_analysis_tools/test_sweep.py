@@ -141,6 +141,25 @@ def test_kernel_positions_of_a_known_kernel():
     assert result['relative_weight'][1][1] == pytest.approx(3.0 / mean)
 
 
+def test_deploy_kernels_of_a_photo_cell(tmp_path):
+    """The per-position analysis builds the cell's own model (the natural config with the photo
+    task's 14 classes and the cell's N:M) and loads its checkpoint; every 3x3 kernel is 1:8."""
+    from sweep_lib.report import deploy_kernels
+    from spre_mmdet.deploy import build_model
+    cell = natural_grid(methods=['srste'], patterns=[(1, 8)], seeds=[0], labels='photo')[0]
+    cfg = sweep_run.load_config(sweep_run.NATURAL_METHODS['srste'],
+                                [*cell.task_options(), *cell.sparsity_options()])
+    from spre_mmdet.sparsity import refresh_masks
+    model = build_model(cfg)
+    refresh_masks(model, 0)  # what training leaves in the checkpoint: 1:8 masks
+    checkpoint = tmp_path / 'epoch_12.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, checkpoint)
+    (tmp_path / 'last_checkpoint').write_text(str(checkpoint))
+    result = deploy_kernels(dict(cell.asdict(), work_dir=str(tmp_path)))
+    assert result['layers'] > 0
+    assert sum(map(sum, result['pruned'])) == pytest.approx(9 * 7 / 8)
+
+
 def test_run_grid_resumes_and_records_failures(tmp_path, monkeypatch):
     """Finished cells are not run again; a failing cell is recorded and the others go on;
     a failed cell is retried on the next call."""

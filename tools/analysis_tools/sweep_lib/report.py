@@ -129,13 +129,14 @@ def kernel_positions(deploy_model: torch.nn.Module, prefix: str = 'backbone.laye
 
 def deploy_kernels(record: dict) -> dict:
     """:func:`kernel_positions` of a finished classification cell's final checkpoint."""
-    from mmengine.config import Config
     from spre_mmdet.checkpoint import load_checkpoint_checked
     from spre_mmdet.deploy import build_model
     from spre_mmdet.sparsity import reparameterize
 
-    from .run import repo_root
-    cfg = Config.fromfile(osp.join(repo_root(), METHODS[record['method']]))
+    from .grid import NATURAL_METHODS, TASK_OPTIONS
+    from .run import load_config
+    configs = METHODS if record['task'] == 'cls' else NATURAL_METHODS
+    cfg = load_config(configs[record['method']], TASK_OPTIONS.get(record['task'], []))
     cfg.model.backbone.sparsity.update(n=record['n'], m=record['m'])
     model = build_model(cfg)
     with open(osp.join(record['work_dir'], 'last_checkpoint')) as f:
