@@ -20,8 +20,9 @@ tools/train.py on a shipped config with the seed's shared initial weights; finis
 kept in OUT/results.jsonl, so an interrupted sweep continues where it stopped (a detection cell
 whose stage 1 finished resumes at stage 2). Writes OUT/summary.md (mean ± std [95% interval]
 per cell, paired differences), OUT/accuracy_vs_sparsity.png and, for classification, the
-per-kernel-position analysis of the final deploy kernels (OUT/kernel_positions.{png,json}). The grid, the runs,
-the statistics and the report are the package ``sweep_lib`` next to this script.
+per-kernel-position analysis of the final deploy kernels (OUT/kernel_positions.{png,json}) and
+where SpRe's S lands with its branch ratio (OUT/spre_structure.json). The grid, the runs, the
+statistics and the report are the package ``sweep_lib`` next to this script.
 """
 import argparse
 import os.path as osp
@@ -31,7 +32,7 @@ from spre_mmdet.cli import check_dataset_paths, run_tool
 from sweep_lib import (DETECTION_METHODS, METHODS, NATURAL_METHODS, TOY_METHODS,
                        classification_grid, detection_grid, natural_grid, toy_grid)
 from sweep_lib.grid import TASK_OPTIONS, parse_pattern
-from sweep_lib.report import deploy_kernels, write_report
+from sweep_lib.report import deploy_kernels, spre_structure, write_report
 from sweep_lib.run import finished, load_config, run_grid
 
 #: the methods whose final deploy kernels the per-kernel-position analysis compares
@@ -115,7 +116,9 @@ def main(argv=None):
                     and not record.get('error'):
                 analysis.setdefault(record['method'], {})[record['pattern']] = \
                     deploy_kernels(record)
-    path = write_report(records, args.out, analysis)
+    structure = spre_structure(records) \
+        if args.task in ('cls', 'natural', 'photo') else None
+    path = write_report(records, args.out, analysis, structure)
     print(open(path).read())
     print(f'Sweep done in {(time.time() - started) / 60:.1f} min; report: {path}')
 

@@ -160,6 +160,59 @@ def test_deploy_kernels_of_a_photo_cell(tmp_path):
     assert sum(map(sum, result['pruned'])) == pytest.approx(9 * 7 / 8)
 
 
+def _spre_cell(work_dir, spatial, branch_ratio, flips, seed):
+    """A finished SpRe cell on disk: its checkpoint's S buffers and mmengine's scalars."""
+    work_dir.mkdir()
+    state = {f'backbone.layer{i}.conv.spatial': torch.tensor(s, dtype=torch.float32)
+             for i, s in enumerate(spatial)}
+    state['backbone.layer0.conv.weight'] = torch.zeros(4, 4, 3, 3)
+    torch.save({'state_dict': state, 'meta': {}}, work_dir / 'epoch_12.pth')
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_12.pth'))
+    (work_dir / 'run' / 'vis_data').mkdir(parents=True)
+    with open(work_dir / 'run' / 'vis_data' / 'scalars.json', 'w') as f:
+        f.write(json.dumps({'loss': 1.0, 'spre/branch_ratio': 9.0, 'spre/spatial_changes': 0,
+                            'step': 1}) + '\n')  # an earlier value: the last one counts
+        f.write(json.dumps({'loss': 1.0, 'spre/branch_ratio': branch_ratio,
+                            'spre/spatial_changes': flips, 'step': 2}) + '\n')
+    return dict(task='photo', method='spre', pattern='1:8', n=1, m=8, seed=seed,
+                name=f'spre_{seed}', work_dir=str(work_dir), top1=80.0)
+
+
+def test_spre_structure_reports_where_s_lands_and_the_branch_ratio(tmp_path):
+    """Per pattern over seeds: the share of layers whose S holds each position, its centre /
+    cross / corner means with Student-t intervals, and the last logged branch ratio."""
+    from sweep_lib.report import spre_structure, spatial_share
+    centre = [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
+    cross = [[0, 1, 0], [1, 0, 1], [0, 1, 0]]
+    corners = [[1, 0, 1], [0, 0, 0], [1, 0, 1]]
+    records = [_spre_cell(tmp_path / 'a', [centre, cross], 0.5, 10, 0),
+               _spre_cell(tmp_path / 'b', [centre, corners], 0.7, 30, 1),
+               dict(task='photo', method='srste', pattern='1:8', seed=0, name='x',
+                    work_dir=str(tmp_path / 'absent'))]
+    share = spatial_share({'a.spatial': torch.tensor(centre, dtype=torch.float32),
+                           'b.spatial': torch.tensor(cross, dtype=torch.float32)})
+    assert share == [[0, 0.5, 0], [0.5, 0.5, 0.5], [0, 0.5, 0]]
+    result = spre_structure(records)
+    assert list(result) == ['1:8']
+    entry = result['1:8']
+    assert entry['seeds'] == 2
+    assert entry['centre']['mean'] == pytest.approx(0.5)  # one layer of two, in both seeds
+    assert entry['centre']['ci_low'] == pytest.approx(0.5)
+    assert entry['share'][1][1] == pytest.approx(0.5)
+    assert entry['share'][0][0] == entry['share'][0][1] == pytest.approx(0.25)
+    assert entry['cross']['mean'] == pytest.approx(0.25)
+    assert entry['corners']['mean'] == pytest.approx(0.25)
+    half = scipy_stats.t.ppf(0.975, 1) * math.sqrt(0.02) / math.sqrt(2)
+    assert entry['branch_ratio']['mean'] == pytest.approx(0.6)
+    assert entry['branch_ratio']['ci_low'] == pytest.approx(0.6 - half)
+    assert entry['spatial_changes']['mean'] == pytest.approx(20)
+    with open(write_report(records[:2], str(tmp_path), structure=result)) as f:
+        text = f.read()
+    assert ('| 1:8 | 2 | 0.50 [0.50, 0.50] | 0.25 [-2.93, 3.43] | 0.25 [-2.93, 3.43] | '
+            f'0.60 [{0.6 - half:.2f}, {0.6 + half:.2f}] |') in text
+    assert json.loads((tmp_path / 'spre_structure.json').read_text())['1:8']['seeds'] == 2
+
+
 def test_run_grid_resumes_and_records_failures(tmp_path, monkeypatch):
     """Finished cells are not run again; a failing cell is recorded and the others go on;
     a failed cell is retried on the next call."""

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from .grid import METHODS
-from .stats import paired_difference, summarize
+from .stats import mean_interval, paired_difference, summarize
 
 #: (a, b) pairs whose paired difference the report lists, the first being the question asked
 COMPARISONS = (('spre', 'srste'), ('spre_lbc', 'lbc'), ('lbc', 'srste'), ('srste', 'dense'),
-               ('unstructured', 'srste'))
+               ('unstructured', 'srste'), ('spre', 'unstructured'))
 METHOD_ORDER = ('dense', 'unstructured', 'asp', 'srste', 'spre', 'lbc', 'spre_lbc', 'ip_srste')
 
 
@@ -144,6 +144,74 @@ def deploy_kernels(record: dict) -> dict:
     return kernel_positions(reparameterize(model.eval()))
 
 
+#: 3x3 positions by their distance from the centre (rows i, columns j)
+REGIONS = {'centre': [(1, 1)], 'cross': [(0, 1), (1, 0), (1, 2), (2, 1)],
+           'corners': [(0, 0), (0, 2), (2, 0), (2, 2)]}
+
+
+def spatial_share(state_dict: Dict[str, torch.Tensor]) -> List[List[float]]:
+    """Per 3x3 position, the share of a SpRe model's layers whose spatial mask ``S`` (the
+    ``<conv>.spatial`` buffers of a checkpoint) holds that position."""
+    masks = [v.float().reshape(3, 3) for k, v in state_dict.items()
+             if k.endswith('.spatial') and v.numel() == 9]
+    if not masks:
+        raise ValueError('The state dict has no 3x3 SpRe spatial masks (<conv>.spatial).')
+    return torch.stack(masks).mean(0).tolist()
+
+
+def spre_structure(records: Sequence[dict]) -> Dict[str, dict]:
+    """Where SpRe's ``S`` lands and how strong its branch is at the end of training, per
+    pattern over the finished SpRe cells' seeds: the 3x3 share of layers whose ``S`` holds each
+    position (mean over seeds), the centre / cross / corner shares and the final logged
+    ``branch_ratio`` (``||K_rep|| / ||K_main||`` averaged over layers) and ``spatial_changes``
+    (entries of ``S`` flipped per layer over the run), each with its 95% interval over seeds."""
+    from spre_mmdet.checkpoint import state_dict_of
+
+    from .run import last_metrics
+    by_pattern: Dict[str, List[dict]] = {}
+    for record in records:
+        if record['method'] != 'spre' or record.get('error'):
+            continue
+        with open(osp.join(record['work_dir'], 'last_checkpoint')) as f:
+            checkpoint = f.read().strip()
+        share = np.array(spatial_share(state_dict_of(
+            torch.load(checkpoint, map_location='cpu', weights_only=False), checkpoint)))
+        entry = {region: float(np.mean([share[p] for p in positions]))
+                 for region, positions in REGIONS.items()}
+        logged = last_metrics(record['work_dir'], 'spre/branch_ratio')
+        entry.update(share=share, branch_ratio=logged['spre/branch_ratio'],
+                     spatial_changes=logged['spre/spatial_changes'])
+        by_pattern.setdefault(record['pattern'], []).append(entry)
+    result = {}
+    for pattern, entries in by_pattern.items():
+        summary = dict(seeds=len(entries),
+                       share=np.mean([e['share'] for e in entries], 0).round(4).tolist())
+        for key in (*REGIONS, 'branch_ratio', 'spatial_changes'):
+            mean, _, low, high = mean_interval([e[key] for e in entries])
+            summary[key] = dict(mean=mean, ci_low=low, ci_high=high)
+        result[pattern] = summary
+    return result
+
+
+def spre_structure_table(structure: Dict[str, dict]) -> str:
+    """Markdown of :func:`spre_structure`."""
+    def fmt(value):
+        if value['ci_low'] is None:
+            return f'{value["mean"]:.2f}'
+        return f'{value["mean"]:.2f} [{value["ci_low"]:.2f}, {value["ci_high"]:.2f}]'
+
+    lines = ['| pattern | seeds | S holds: centre | cross | corners | branch ratio | '
+             'S flips per layer | S share per position (rows) |',
+             '|---|---|---|---|---|---|---|---|']
+    for pattern in sorted(structure, key=_density, reverse=True):
+        entry = structure[pattern]
+        grid = ' / '.join(' '.join(f'{v:.2f}' for v in row) for row in entry['share'])
+        lines.append(f'| {pattern} | {entry["seeds"]} | ' + ' | '.join(
+            fmt(entry[k]) for k in (*REGIONS, 'branch_ratio', 'spatial_changes'))
+            + f' | {grid} |')
+    return '\n'.join(lines)
+
+
 def plot_kernel_positions(analysis: Dict[str, Dict[str, dict]], path: str) -> str:
     """Heat maps: rows = methods, columns = patterns; each cell the 3x3 pruned fraction, with
     the relative weight printed in brackets."""
@@ -217,8 +285,11 @@ def _in_points(records: Sequence[dict]) -> List[dict]:
             for r in records]
 
 
-def write_report(records: Sequence[dict], out: str, analysis: Optional[dict] = None) -> str:
-    """``summary.md`` (+ plots and ``kernel_positions.json``) from the cells' records."""
+def write_report(records: Sequence[dict], out: str, analysis: Optional[dict] = None,
+                 structure: Optional[dict] = None) -> str:
+    """``summary.md`` (+ plots, ``kernel_positions.json`` from ``analysis`` and
+    ``spre_structure.json`` from ``structure``, :func:`spre_structure`) from the cells'
+    records."""
     cls = [r for r in records if r['task'] in ('cls', 'natural', 'photo') and not r.get('error')]
     det = [r for r in records if r['task'] == 'det' and not r.get('error')]
     toy = [r for r in records if r['task'] == 'toy' and not r.get('error')]
@@ -247,6 +318,15 @@ def write_report(records: Sequence[dict], out: str, analysis: Optional[dict] = N
                   'cores)', '', cost_table(toy), '']
     if cls:
         parts += ['## Training cost of the classification runs', '', cost_table(cls), '']
+    if structure:
+        with open(osp.join(out, 'spre_structure.json'), 'w') as f:
+            json.dump(structure, f, indent=1)
+        parts += ['## SpRe at the end of training: where S lands, and the branch ratio', '',
+                  'Share of the 3x3 layers whose S holds a position (centre, mean of the 4 '
+                  'cross and of the 4 corner positions), mean [95% interval] over seeds; '
+                  'branch ratio = ||K_rep|| / ||K_main||, mean over layers; S flips = entries '
+                  'of S changed per layer over the run.', '',
+                  spre_structure_table(structure), '']
     if analysis:
         with open(osp.join(out, 'kernel_positions.json'), 'w') as f:
             json.dump(analysis, f, indent=1)
