@@ -4,6 +4,7 @@
     python tools/make_toy_coco.py --out data/toy_coco
     python tools/make_toy_coco.py --out data/toy_coco --num-train 400 --num-val 80 \
         --size 128 --seed 0 [--force]
+    python tools/make_toy_coco.py --out data/toy_coco_photos --backgrounds photos  # needs [natural]
 
 Idempotent: if ``--out`` already holds the set generated with the same parameters (the
 fingerprint stored in its annotation files, and every image they list), nothing is done.
@@ -15,7 +16,7 @@ import argparse
 from spre_mmdet.cli import run_tool
 from spre_mmdet.datasets.generated import prepare_output
 from spre_mmdet.datasets.synthetic_coco import (
-    dataset_fingerprint, generate_synthetic_coco, previous_generation)
+    BACKGROUNDS, dataset_fingerprint, generate_synthetic_coco, previous_generation)
 
 
 def parse_args(argv=None):
@@ -28,6 +29,10 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--min-objects', type=int, default=2)
     p.add_argument('--max-objects', type=int, default=5)
+    p.add_argument('--backgrounds', choices=BACKGROUNDS, default='synthetic',
+                   help='synthetic backgrounds, or crops of the photographs scikit-image ships '
+                        '(train and val from disjoint parts of each; pip install '
+                        '"spre-mmdet[natural]")')
     p.add_argument('--force', action='store_true', help='regenerate even if present')
     return p.parse_args(argv)
 
@@ -54,7 +59,7 @@ def main(argv=None):
     num_objects = (args.min_objects, args.max_objects)
     size_range = (0.12, 0.42)
     fp = dataset_fingerprint(args.num_train, args.num_val, size, args.seed, num_objects,
-                             size_range)
+                             size_range, args.backgrounds)
     # refuses a folder holding anything else; removes only what an earlier run of this tool wrote
     if prepare_output(args.out, previous_generation(args.out), fp, args.force):
         print(f'{args.out}: already generated with these parameters, skipping '
@@ -65,7 +70,7 @@ def main(argv=None):
         paths = generate_synthetic_coco(
             args.out, num_train=args.num_train, num_val=args.num_val, image_size=size,
             seed=args.seed, num_objects=num_objects, size_range=size_range,
-            progress=update)
+            progress=update, backgrounds=args.backgrounds)
     finally:
         close()
     for k, v in paths.items():

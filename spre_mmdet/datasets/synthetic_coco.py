@@ -11,6 +11,12 @@ anti-aliased edges and sub-pixel accurate polygons. The per-pixel instance map a
 majority vote of the super-sampled label map; it is what :func:`render_image` returns as the
 ground truth the annotations are checked against.
 
+Backgrounds are synthetic (a colour, an illumination gradient, blotches and strokes) or, with
+``backgrounds='photos'``, crops of the photographs scikit-image ships (the natural-image sets'
+:data:`~spre_mmdet.datasets.natural_cls.PHOTOS`, in colour): training images take their
+background from the first three quarters of each photo along its longer side, validation
+images from the last quarter, so no validation background pixel is seen in training.
+
 Same arguments -> byte-identical output (PNG images, JSON annotations). Each image is drawn
 from its own RNG seeded by ``(seed, split, index)``, so ``num_train`` does not change the
 content of the val split and vice versa.
@@ -29,8 +35,8 @@ import numpy as np
 from . import shapes
 from .generated import Generation
 
-__all__ = ['CLASSES', 'generate_synthetic_coco', 'render_image', 'dataset_fingerprint',
-           'previous_generation']
+__all__ = ['CLASSES', 'BACKGROUNDS', 'generate_synthetic_coco', 'render_image',
+           'dataset_fingerprint', 'photo_parts', 'photo_background', 'previous_generation']
 
 #: Category names; category ids are ``index + 1``.
 CLASSES: Tuple[str, ...] = ('circle', 'square', 'triangle', 'ellipse', 'star', 'cross')
@@ -50,6 +56,10 @@ _GENERATOR_VERSION = 1    # bump when the rendering changes (part of the fingerp
 #: ``info.description`` of the annotation files: marks a folder's files as this generator's
 DESCRIPTION = 'spre-mmdet synthetic toy COCO (shapes)'
 SPLITS = ('train', 'val')
+#: what the objects are drawn on: generated backgrounds, or crops of scikit-image's photographs
+BACKGROUNDS = ('synthetic', 'photos')
+#: the share of each photo, along its longer side, that validation backgrounds come from
+PHOTO_VAL_SHARE = 0.25
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,6 +124,49 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img
 
 
+def photo_parts(split: str, max_side: int = 512
+                ) -> Dict[str, Tuple[np.ndarray, Tuple[int, int, int, int]]]:
+    """The background source of ``split``: per photograph, its part for that split (BGR
+    float32, 0..255) and the part's box ``(x0, y0, x1, y1)`` in the photo scaled to
+    ``max_side``. ``'train'`` is the first ``1 - PHOTO_VAL_SHARE`` of the photo along its
+    longer side, ``'val'`` the rest: the two parts never overlap."""
+    from .natural_cls import PHOTOS, load_photo
+    if split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    parts = {}
+    for name in PHOTOS:
+        photo = load_photo(name, max_side=max_side, colour=True)[..., ::-1].astype(np.float32)
+        h, w = photo.shape[:2]
+        long = max(h, w)
+        cut = int(round(long * (1 - PHOTO_VAL_SHARE)))
+        start, stop = (0, cut) if split == 'train' else (cut, long)
+        box = (start, 0, stop, h) if w >= h else (0, start, w, stop)
+        parts[name] = (np.ascontiguousarray(photo[box[1]:box[3], box[0]:box[2]]), box)
+    return parts
+
+
+def photo_background(parts: Sequence[np.ndarray]
+                     ) -> Callable[[np.random.Generator, int, int], np.ndarray]:
+    """A background drawer for :func:`render_image`: a window of a random one of ``parts``
+    (BGR float32 images), of the image's aspect ratio and 50-100% of the largest such window
+    that fits, at a random position, mirrored at random, resized to the image."""
+    parts = list(parts)
+
+    def draw(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+        part = parts[int(rng.integers(len(parts)))]
+        ph, pw = part.shape[:2]
+        scale = rng.uniform(0.5, 1.0) * min(ph / h, pw / w)
+        wh, ww = max(1, min(ph, int(round(h * scale)))), max(1, min(pw, int(round(w * scale))))
+        y0, x0 = int(rng.integers(ph - wh + 1)), int(rng.integers(pw - ww + 1))
+        window = part[y0:y0 + wh, x0:x0 + ww]
+        if rng.random() < 0.5:
+            window = window[:, ::-1]
+        interpolation = cv2.INTER_AREA if wh > h else cv2.INTER_LINEAR
+        return cv2.resize(np.ascontiguousarray(window), (w, h), interpolation=interpolation)
+
+    return draw
+
+
 def _object_colour(rng: np.random.Generator, name: str) -> np.ndarray:
     if rng.random() < _RANDOM_COLOUR_P:
         hue = rng.uniform(0, 360)
@@ -154,8 +207,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def render_image(rng: np.random.Generator, height: int, width: int,
                  num_objects: Tuple[int, int] = (2, 5),
                  size_range: Tuple[float, float] = (0.12, 0.42),
-                 max_tries: int = 60):
-    """Render one image.
+                 max_tries: int = 60,
+                 background: Optional[Callable[[np.random.Generator, int, int],
+                                               np.ndarray]] = None):
+    """Render one image, on ``background(rng, height, width)`` (a BGR float32 image; default:
+    a synthetic one; :func:`photo_background` draws photo crops).
 
     Returns ``(img_bgr uint8 (H, W, 3), instance_map int32 (H, W), objects)`` where
     ``instance_map`` holds ``k + 1`` on the visible pixels of ``objects[k]`` (0 = background)
@@ -217,7 +273,7 @@ def render_image(rng: np.random.Generator, height: int, width: int,
                          shade=rng.uniform(-35, 35, size=2)))
 
     # ---- paint (hi-res), then area-downsample
-    bg = _background(rng, height, width)
+    bg = (background or _background)(rng, height, width)
     img_hr = cv2.resize(bg, (ww, hh), interpolation=cv2.INTER_LINEAR)
     yy, xx = np.mgrid[0:hh, 0:ww].astype(np.float32) / (S * short)
     for k, o in enumerate(objs, 1):
@@ -253,26 +309,47 @@ def _image_seed(seed: int, split: str, index: int) -> int:
 
 
 def dataset_fingerprint(num_train: int, num_val: int, image_size: Tuple[int, int], seed: int,
-                        num_objects: Tuple[int, int], size_range: Tuple[float, float]) -> str:
-    """String identifying the generation parameters (stored in the json ``info``)."""
+                        num_objects: Tuple[int, int], size_range: Tuple[float, float],
+                        backgrounds: str = 'synthetic') -> str:
+    """String identifying the generation parameters (stored in the json ``info``); with photo
+    backgrounds it includes the scikit-image version (the photographs come from it)."""
+    _check_backgrounds(backgrounds)
     d = dict(version=_GENERATOR_VERSION, num_train=num_train, num_val=num_val,
              image_size=list(image_size), seed=seed, num_objects=list(num_objects),
              size_range=[float(s) for s in size_range])
+    if backgrounds != 'synthetic':
+        from .natural_cls import _skimage_data
+        d.update(backgrounds=backgrounds, photo_val_share=PHOTO_VAL_SHARE,
+                 skimage=_skimage_data()[0])
     return json.dumps(d, sort_keys=True)
+
+
+def _check_backgrounds(backgrounds: str) -> None:
+    if backgrounds not in BACKGROUNDS:
+        raise ValueError(f'backgrounds must be one of {BACKGROUNDS}, got {backgrounds!r}')
 
 
 def _write_split(out_dir: str, split: str, num: int, image_size, seed: int, num_objects,
                  size_range, fingerprint: str, id_offset: int,
-                 progress: Optional[Callable[[], None]]) -> str:
+                 progress: Optional[Callable[[], None]], backgrounds: str) -> str:
     h, w = image_size
     img_dir = osp.join(out_dir, split)
     os.makedirs(img_dir, exist_ok=True)
     images, annotations = [], []
+    info = dict(description=DESCRIPTION, version='1.0', fingerprint=fingerprint)
+    licenses, background = [], None
+    if backgrounds == 'photos':
+        from .natural_cls import PHOTOS
+        parts = photo_parts(split)
+        background = photo_background([part for part, _ in parts.values()])
+        info['background_parts'] = {name: list(box) for name, (_, box) in parts.items()}
+        licenses = [dict(id=i + 1, name=f'{name}: {PHOTOS[name]}', url='')
+                    for i, name in enumerate(parts)]
     ann_id = id_offset * 100 + 1
     for i in range(num):
         rng = np.random.default_rng(_image_seed(seed, split, i))
         img, inst, objs = render_image(rng, h, w, num_objects=num_objects,
-                                       size_range=size_range)
+                                       size_range=size_range, background=background)
         img_id = id_offset + i + 1
         fname = f'{split}_{i:06d}.png'
         ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, 6])
@@ -297,9 +374,8 @@ def _write_split(out_dir: str, split: str, num: int, image_size, seed: int, num_
         if progress is not None:
             progress()
     coco = dict(
-        info=dict(description=DESCRIPTION, version='1.0',
-                  fingerprint=fingerprint),
-        licenses=[],
+        info=info,
+        licenses=licenses,
         images=images,
         annotations=annotations,
         categories=[dict(id=i + 1, name=c, supercategory='shape')
@@ -318,7 +394,8 @@ def generate_synthetic_coco(out_dir: str,
                             seed: int = 0,
                             num_objects: Tuple[int, int] = (2, 5),
                             size_range: Tuple[float, float] = (0.12, 0.42),
-                            progress: Optional[Callable[[], None]] = None) -> Dict[str, str]:
+                            progress: Optional[Callable[[], None]] = None,
+                            backgrounds: str = 'synthetic') -> Dict[str, str]:
     """Write a synthetic COCO instance-segmentation dataset to ``out_dir``.
 
     Layout: ``train/*.png``, ``val/*.png``, ``annotations/instances_{train,val}.json``.
@@ -331,19 +408,23 @@ def generate_synthetic_coco(out_dir: str,
         num_objects: inclusive ``(min, max)`` objects per image (fewer if placement fails).
         size_range: object extent as a fraction of the short image side.
         progress: optional callable invoked once per written image.
+        backgrounds: ``'synthetic'`` or ``'photos'`` (crops of scikit-image's photographs,
+            train and validation from disjoint parts of each; needs scikit-image). The
+            annotation files' ``licenses`` then name each photo's licence and ``info``
+            the part of each photo the split's backgrounds come from.
 
     Returns:
         dict with ``root``, ``train_img_dir``, ``val_img_dir``, ``train_ann``, ``val_ann``.
     """
     image_size = (int(image_size[0]), int(image_size[1]))
     fp = dataset_fingerprint(num_train, num_val, image_size, seed, tuple(num_objects),
-                             tuple(size_range))
+                             tuple(size_range), backgrounds)
     os.makedirs(out_dir, exist_ok=True)
     # disjoint image ids: train 1..num_train, val 10_000_001.. (annotation ids likewise)
     train_ann = _write_split(out_dir, 'train', num_train, image_size, seed, num_objects,
-                             size_range, fp, 0, progress)
+                             size_range, fp, 0, progress, backgrounds)
     val_ann = _write_split(out_dir, 'val', num_val, image_size, seed, num_objects,
-                           size_range, fp, 10_000_000, progress)
+                           size_range, fp, 10_000_000, progress, backgrounds)
     return dict(root=out_dir, train_img_dir=osp.join(out_dir, 'train'),
                 val_img_dir=osp.join(out_dir, 'val'), train_ann=train_ann, val_ann=val_ann)
 

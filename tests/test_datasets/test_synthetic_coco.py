@@ -162,3 +162,71 @@ def test_splits_disjoint(datasets):
     t0 = cv2.imread(osp.join(a['train_img_dir'], tr['images'][0]['file_name']))
     v0 = cv2.imread(osp.join(a['val_img_dir'], va['images'][0]['file_name']))
     assert not np.array_equal(t0, v0)
+
+
+# ------------------------------------------------------------------ photo backgrounds
+PHOTO_SIZE = (64, 80)
+
+
+@pytest.fixture(scope='module')
+def photo_set(tmp_path_factory):
+    pytest.importorskip('skimage')
+    root = tmp_path_factory.mktemp('photos')
+    return generate_synthetic_coco(str(root), seed=0, num_train=4, num_val=3,
+                                   image_size=PHOTO_SIZE, backgrounds='photos')
+
+
+def test_photo_parts_are_disjoint_and_cover_each_photo():
+    """Per photograph, the train part is the first 3/4 along the longer side and the val part
+    the rest: the boxes do not overlap and together are the whole photo."""
+    pytest.importorskip('skimage')
+    from spre_mmdet.datasets.natural_cls import PHOTOS
+    from spre_mmdet.datasets.synthetic_coco import photo_parts
+    train, val = photo_parts('train'), photo_parts('val')
+    assert set(train) == set(val) == set(PHOTOS)
+    for name in PHOTOS:
+        (a, (ax0, ay0, ax1, ay1)), (b, (bx0, by0, bx1, by1)) = train[name], val[name]
+        assert a.shape[:2] == (ay1 - ay0, ax1 - ax0) and b.shape[:2] == (by1 - by0, bx1 - bx0)
+        overlap_x, overlap_y = min(ax1, bx1) - max(ax0, bx0), min(ay1, by1) - max(ay0, by0)
+        assert overlap_x <= 0 or overlap_y <= 0, name
+        area = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0)
+        assert area == max(ax1, bx1) * max(ay1, by1), name  # together: the whole photo
+        long = max(ax1, bx1, ay1, by1)
+        val_side = (bx1 - bx0) if bx1 - bx0 < ax1 else (by1 - by0)
+        assert val_side == pytest.approx(long / 4, abs=1), name
+
+
+def test_photo_backgrounds_come_from_their_split_and_masks_match(photo_set):
+    """Each written image is exactly the render on a crop of its own split's photo parts (and
+    not of the other split's), its polygons match the drawn objects, and the annotation files
+    name every photo's licence."""
+    from spre_mmdet.datasets.natural_cls import PHOTOS
+    from spre_mmdet.datasets.synthetic_coco import photo_background, photo_parts
+    for split in ('train', 'val'):
+        other = 'val' if split == 'train' else 'train'
+        own = photo_background([part for part, _ in photo_parts(split).values()])
+        foreign = photo_background([part for part, _ in photo_parts(other).values()])
+        coco = _load(photo_set[f'{split}_ann'])
+        raw = json.load(open(photo_set[f'{split}_ann']))
+        assert sorted(lic['name'].split(':')[0] for lic in raw['licenses']) == sorted(PHOTOS)
+        assert json.loads(raw['info']['fingerprint'])['backgrounds'] == 'photos'
+        for i, img in enumerate(sorted(coco.imgs.values(), key=lambda x: x['id'])):
+            written = cv2.imread(osp.join(photo_set[f'{split}_img_dir'], img['file_name']))
+            drawn, inst, objs = render_image(np.random.default_rng(_image_seed(0, split, i)),
+                                             *PHOTO_SIZE, background=own)
+            assert np.array_equal(drawn, written)
+            elsewhere, _, _ = render_image(np.random.default_rng(_image_seed(0, split, i)),
+                                           *PHOTO_SIZE, background=foreign)
+            assert not np.array_equal(elsewhere, written)
+            anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=img['id'])),
+                          key=lambda x: x['id'])
+            assert len(anns) == len(objs)
+            for k, ann in enumerate(anns, 1):
+                m, gt = coco.annToMask(ann).astype(bool), inst == k
+                assert (m & gt).sum() / (m | gt).sum() > 0.9
+
+
+def test_unknown_backgrounds_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="backgrounds must be one of"):
+        generate_synthetic_coco(str(tmp_path), num_train=1, num_val=1, backgrounds='noise')
+    assert not any(tmp_path.iterdir())  # refused before anything is written
