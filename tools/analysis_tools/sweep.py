@@ -9,6 +9,11 @@
     python tools/make_natural_cls.py --out data/natural_photo_cls --labels photo \
         --num-train 1000 --num-val 200
     python tools/analysis_tools/sweep.py --out work_dirs/sweep_photo --task photo
+    python tools/make_natural_cls.py --out data/natural_photo_cls64 --labels photo --colour \
+        --size 64 --cell 192 --val-size 64 --max-zoom 1 --num-train 600 --num-val 80
+    python tools/make_toy_coco.py --out data/toy_coco_photos --backgrounds photos
+    python tools/analysis_tools/sweep.py --out work_dirs/sweep_det_photo --task det_photo \
+        --methods srste spre --patterns 2:4 1:8 --seeds 0 1 2
 
 Classification: {dense, unstructured, srste, spre, lbc, spre_lbc} x {2:4, 1:4, 1:8, 1:16} x
 seeds, ResNet-10 on the synthetic classification set (configs/toy/cls/). Detection: {dense,
@@ -31,7 +36,7 @@ import time
 from spre_mmdet.cli import check_dataset_paths, run_tool
 from sweep_lib import (DETECTION_METHODS, METHODS, NATURAL_METHODS, TOY_METHODS,
                        classification_grid, detection_grid, natural_grid, toy_grid)
-from sweep_lib.grid import TASK_OPTIONS, parse_pattern
+from sweep_lib.grid import STAGE_OPTIONS, TASK_OPTIONS, parse_pattern
 from sweep_lib.report import deploy_kernels, spre_structure, write_report
 from sweep_lib.run import finished, load_config, run_grid
 
@@ -43,12 +48,15 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default='work_dirs/sweep', help='output folder (resumable)')
-    p.add_argument('--task', choices=['cls', 'natural', 'photo', 'det', 'toy'], default='cls',
+    p.add_argument('--task', choices=['cls', 'natural', 'photo', 'det', 'det_photo', 'toy'],
+                   default='cls',
                    help='cls: classification grid; natural: the same grid on the natural-image '
                    'set (data/natural_cls, a class per photo region); photo: the same with a '
-                   'class per photo (data/natural_photo_cls); det: two-stage detection; toy: '
-                   'every '
-                   'method\'s toy Mask R-CNN from scratch (the demo\'s setting)')
+                   'class per photo (data/natural_photo_cls); det: two-stage detection; '
+                   'det_photo: the same from the natural-image stage 1 '
+                   '(data/natural_photo_cls64) to shapes on photo backgrounds '
+                   '(data/toy_coco_photos); toy: every method\'s toy Mask R-CNN from scratch '
+                   '(the demo\'s setting)')
     p.add_argument('--methods', nargs='+', default=None)
     p.add_argument('--patterns', nargs='+', default=None, help='e.g. 2:4 1:8')
     p.add_argument('--seeds', nargs='+', type=int, default=None)
@@ -60,13 +68,14 @@ def parse_args(argv=None):
 
 
 def _check_data(task):
-    configs = {'cls': [METHODS['dense']], 'natural': [NATURAL_METHODS['dense']],
-               'photo': [NATURAL_METHODS['dense']],
-               'toy': [TOY_METHODS['dense']],
-               'det': list(DETECTION_METHODS['dense'])}[task]
-    for config in configs:
-        cfg = load_config(config, TASK_OPTIONS.get(task, []))
-        check_dataset_paths(cfg, ['train_dataloader', 'val_dataloader'])
+    if task in STAGE_OPTIONS:
+        configs = list(zip(DETECTION_METHODS['dense'], STAGE_OPTIONS[task]))
+    else:
+        config = {'cls': METHODS, 'natural': NATURAL_METHODS, 'photo': NATURAL_METHODS,
+                  'toy': TOY_METHODS}[task]['dense']
+        configs = [(config, TASK_OPTIONS.get(task, []))]
+    for config, options in configs:
+        check_dataset_paths(load_config(config, options), ['train_dataloader', 'val_dataloader'])
 
 
 def main(argv=None):
@@ -80,8 +89,10 @@ def main(argv=None):
         kwargs['seeds'] = args.seeds
     if args.task == 'photo':
         kwargs['labels'] = 'photo'
+    if args.task in STAGE_OPTIONS:
+        kwargs['task'] = args.task
     cells = dict(cls=classification_grid, natural=natural_grid, photo=natural_grid,
-                 det=detection_grid, toy=toy_grid)[args.task](**kwargs)
+                 det=detection_grid, det_photo=detection_grid, toy=toy_grid)[args.task](**kwargs)
     started = time.time()
     if args.report_only:
         done = finished(args.out)

@@ -49,6 +49,30 @@ def test_photo_task_runs_the_natural_configs_on_the_photo_labels(tmp_path):
         natural_grid(labels='texture')
 
 
+def test_det_photo_task_runs_both_stages_on_the_natural_sets(tmp_path):
+    """Task 'det_photo': stage 1 pretrains on the 64-pixel photo-labelled set (13 classes, in
+    the config and in the seed's shared initial weights), stage 2 trains and evaluates on the
+    shapes drawn on photos; the synthetic 'det' task keeps its folders."""
+    from sweep_lib.grid import DETECTION_METHODS
+    cells = detection_grid(methods=['srste'], patterns=[(1, 8)], seeds=[0], task='det_photo')
+    assert [c.name for c in cells] == ['det_photo_srste_1x8_s0']
+    stage1, stage2 = DETECTION_METHODS['srste']
+    cfg = sweep_run.load_config(stage1, cells[0].stage_options(1))
+    assert cfg.model.head.num_classes == cfg.data_preprocessor.num_classes == 13
+    assert cfg.train_dataloader.dataset.data_root == 'data/natural_photo_cls64/'
+    cfg = sweep_run.load_config(stage2, cells[0].stage_options(2))
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert cfg[loader].dataset.data_root == 'data/toy_coco_photos/'
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        assert cfg[evaluator].ann_file == 'data/toy_coco_photos/annotations/instances_val.json'
+    init = torch.load(sweep_run.initial_weights(cells[0], str(tmp_path)), weights_only=True)
+    assert init['state_dict']['head.fc.weight'].shape[0] == 13
+    synthetic = detection_grid(methods=['srste'], patterns=[(1, 8)], seeds=[0])[0]
+    assert synthetic.stage_options(1) == synthetic.stage_options(2) == []
+    with pytest.raises(ValueError, match='task must be one of'):
+        detection_grid(task='photo')
+
+
 def test_every_method_config_exists(repo_root):
     """Each method of the grid runs a shipped config of the checkout the tool is part of."""
     from sweep_lib.grid import DETECTION_METHODS, NATURAL_METHODS, TOY_METHODS

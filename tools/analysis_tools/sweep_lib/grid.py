@@ -57,6 +57,32 @@ TASK_OPTIONS: Dict[str, List[str]] = {
 }
 
 
+#: detection on natural backgrounds (task ``'det_photo'``): stage 1 pretrains on the natural-
+#: image set labelled by photo, in colour at 64 pixels (``make_natural_cls.py --out
+#: data/natural_photo_cls64 --labels photo --colour --size 64 --cell 192 --val-size 64
+#: --max-zoom 1 --num-train 600 --num-val 80``: 13 classes, the text photo has no 192-pixel
+#: region), stage 2 fine-tunes on the toy COCO shapes drawn on the photos
+#: (``make_toy_coco.py --out data/toy_coco_photos --backgrounds photos``)
+PHOTO64_DATA = 'data/natural_photo_cls64/'
+PHOTO64_CLASSES = 13
+COCO_PHOTOS_DATA = 'data/toy_coco_photos/'
+
+#: detection task -> (options of stage 1, options of stage 2)
+STAGE_OPTIONS: Dict[str, Tuple[List[str], List[str]]] = {
+    'det': ([], []),
+    'det_photo': (
+        [*(f'{loader}.dataset.data_root={PHOTO64_DATA}'
+           for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')),
+         f'model.head.num_classes={PHOTO64_CLASSES}',
+         f'data_preprocessor.num_classes={PHOTO64_CLASSES}'],
+        [*(f'{loader}.dataset.data_root={COCO_PHOTOS_DATA}'
+           for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')),
+         *(f'{evaluator}.ann_file={COCO_PHOTOS_DATA}annotations/instances_val.json'
+           for evaluator in ('val_evaluator', 'test_evaluator'))]),
+}
+DETECTION_TASKS = tuple(STAGE_OPTIONS)
+
+
 @dataclass(frozen=True)
 class Cell:
     """One run of the grid. ``n``/``m`` are ``None`` for dense (which has no pattern)."""
@@ -83,6 +109,10 @@ class Cell:
 
     def task_options(self) -> List[str]:
         return list(TASK_OPTIONS.get(self.task, []))
+
+    def stage_options(self, stage: int) -> List[str]:
+        """A detection cell's options of stage 1 (pretraining) or 2 (detection)."""
+        return list(STAGE_OPTIONS[self.task][stage - 1])
 
     def asdict(self) -> dict:
         return dict(asdict(self), pattern=self.pattern, name=self.name)
@@ -123,13 +153,16 @@ def natural_grid(methods: Sequence[str] = tuple(NATURAL_METHODS),
 
 def detection_grid(methods: Sequence[str] = tuple(DETECTION_METHODS),
                    patterns: Sequence[Tuple[int, int]] = ((2, 4), (1, 8)),
-                   seeds: Sequence[int] = (0, 1)) -> List[Cell]:
-    """The detection cells (two-stage pipeline)."""
+                   seeds: Sequence[int] = (0, 1), task: str = 'det') -> List[Cell]:
+    """The detection cells (two-stage pipeline): task ``'det'`` on the synthetic sets,
+    ``'det_photo'`` on the natural-image ones (:data:`STAGE_OPTIONS`)."""
     unknown = sorted(set(methods) - set(DETECTION_METHODS))
     if unknown:
         raise ValueError(f'Unknown detection methods {unknown}; choose from '
                          f'{sorted(DETECTION_METHODS)}.')
-    return _cells('det', methods, patterns, seeds)
+    if task not in DETECTION_TASKS:
+        raise ValueError(f'task must be one of {DETECTION_TASKS}, got {task!r}')
+    return _cells(task, methods, patterns, seeds)
 
 
 def toy_grid(methods: Sequence[str] = tuple(TOY_METHODS),

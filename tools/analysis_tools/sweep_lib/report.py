@@ -291,7 +291,7 @@ def write_report(records: Sequence[dict], out: str, analysis: Optional[dict] = N
     ``spre_structure.json`` from ``structure``, :func:`spre_structure`) from the cells'
     records."""
     cls = [r for r in records if r['task'] in ('cls', 'natural', 'photo') and not r.get('error')]
-    det = [r for r in records if r['task'] == 'det' and not r.get('error')]
+    det = [r for r in records if r['task'] in ('det', 'det_photo') and not r.get('error')]
     toy = [r for r in records if r['task'] == 'toy' and not r.get('error')]
     failed = [r for r in records if r.get('error')]
     parts = ['# Sweep summary', '']

@@ -164,8 +164,10 @@ def initial_weights(cell: Cell, out: str) -> Optional[str]:
         return write_initial_weights(NATURAL_METHODS['dense'], cell.seed,
                                      osp.join(out, 'init', f'{cell.task}_seed{cell.seed}.pth'),
                                      cell.task_options())
+    name = 'det_cls' if cell.task == 'det' else f'{cell.task}_cls'
     return write_initial_weights(DETECTION_METHODS['dense'][0], cell.seed,
-                                 osp.join(out, 'init', f'det_cls_seed{cell.seed}.pth'))
+                                 osp.join(out, 'init', f'{name}_seed{cell.seed}.pth'),
+                                 cell.stage_options(1))
 
 
 def run_cell(cell: Cell, out: str, threads: int = 1) -> dict:
@@ -191,13 +193,13 @@ def run_cell(cell: Cell, out: str, threads: int = 1) -> dict:
     else:
         stage1, stage2 = DETECTION_METHODS[cell.method]
         first = _train(stage1, osp.join(work, 'stage1_cls'),
-                       [*seed_options, f'load_from={init}'], threads)
+                       [*seed_options, *cell.stage_options(1), f'load_from={init}'], threads)
         record['cls_top1'] = last_metrics(osp.join(work, 'stage1_cls'),
                                           'accuracy/top1')['accuracy/top1']
         backbone = _checkpoint(osp.join(work, 'stage1_cls'))
         second = _train(stage2, osp.join(work, 'stage2_det'),
-                        [*seed_options, f'model.backbone.init_cfg.checkpoint={backbone}'],
-                        threads)
+                        [*seed_options, *cell.stage_options(2),
+                         f'model.backbone.init_cfg.checkpoint={backbone}'], threads)
         metrics = last_metrics(osp.join(work, 'stage2_det'), 'coco/bbox_mAP')
         record.update(bbox_mAP=metrics['coco/bbox_mAP'], segm_mAP=metrics['coco/segm_mAP'],
                       wall_s=first['wall_s'] + second['wall_s'],
