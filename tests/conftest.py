@@ -2,7 +2,6 @@
 
 * ``spre_mmdet`` is imported first so its compat fixes are active in every test.
 * Tests marked ``cuda`` are skipped when no CUDA GPU is available.
-* The files holding ``slow`` tests run first (balances ``make test``'s parallel workers).
 * ``SPRE_MMDET_CPU=1``: CPU training is asked for (also by the tools the tests launch).
 * Under pytest-xdist (``make test`` runs ``-n auto``) each worker runs torch on one thread
   (``OMP_NUM_THREADS=1`` unless set): the workers share the cores instead of oversubscribing
@@ -31,11 +30,6 @@ os.environ.setdefault('SPRE_MMDET_CPU', '1')
 
 
 def pytest_collection_modifyitems(config, items):
-    # Files holding slow tests run first (a stable sort keeps each file's tests together and in
-    # order): pytest-xdist's --dist loadfile hands out whole files in this order, so the long
-    # ones do not start last and leave one worker running alone at the end.
-    slow_files = {item.path for item in items if 'slow' in item.keywords}
-    items.sort(key=lambda item: item.path not in slow_files)
     import torch
     if torch.cuda.is_available():
         return
