@@ -17,6 +17,16 @@ from spre_mmdet.hooks import epoch_seed
 from spre_mmdet.hooks.epoch_seed_hook import EpochSeededCompose
 
 
+def _release_workers(dataloader):
+    """Stops a finished run's persistent workers now. Left to the cyclic garbage collector (the
+    runner lives in reference cycles), the worker queues' finalizers run before the iterator's
+    ``__del__`` can signal the workers, and each worker's join then waits out its 5 s timeout
+    in whichever later test triggers the collection."""
+    iterator = getattr(dataloader, '_iterator', None)
+    if iterator is not None:
+        iterator._shutdown_workers()
+
+
 class DrawAtEpochStart(Hook):
     """Records one draw of each generator at the start of every epoch."""
 
@@ -112,6 +122,7 @@ class TestEpochSeedHook(RunnerTestCase):
         runner = self.build_runner(cfg)
         runner.register_hook(recorder)
         runner.train()
+        _release_workers(runner.train_dataloader)
         return recorder.batches, runner.model.state_dict()
 
     def _assert_same_from_epoch_1(self, full, resumed):
