@@ -4,7 +4,7 @@
 # region; docs/natural_cls.md). Generate it first:
 #   python tools/make_natural_cls.py --out data/natural_cls     (138 classes, 100 / 20 per class)
 # The budget (12 epochs of 432 iterations at batch 32) comes from the dense learning curve
-# (docs/results.md, section 7, "Natural images"); every method gets the same.
+# (docs/results.md, section 2, "Natural images"); every method gets the same.
 _base_ = './toy_cls_resnet10.py'
 data_root = 'data/natural_cls/'
 synthetic_data = 'python tools/make_natural_cls.py --out data/natural_cls'

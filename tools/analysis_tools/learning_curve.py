@@ -7,8 +7,8 @@ Reads each work dir's ``vis_data/scalars.json`` (the newest run in it): the vali
 logged after each epoch (train with ``train_cfg.val_interval=1``) and the mean training loss
 of each epoch. Prints a markdown table (one column per run, their mean, and the mean's gain
 over the epoch before: where it stays small the curve has plateaued) and writes the plot. The
-budget a method comparison should use is read off this curve (docs/results.md, "Premise on
-natural images").
+budget a method comparison should use is read off this curve (docs/results.md, section 2,
+"Natural images").
 """
 import argparse
 import json
