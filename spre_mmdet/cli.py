@@ -15,12 +15,18 @@ _COCO_KEYS = ('images', 'annotations', 'categories')
 
 def run_tool(main: Callable[[], Any]) -> None:
     """Run a tool's ``main``; print a :class:`~spre_mmdet.errors.SpreMMDetError` as one
-    ``ERROR: ...`` message (no traceback) and exit with status 1."""
+    ``ERROR: ...`` message (no traceback) and exit with status 1. A process group the tool
+    initialized is destroyed before exit, however it ends: left to interpreter shutdown, its
+    threads can outlive the process state and abort a finished run (exit -6, seen with gloo)."""
     try:
         main()
     except SpreMMDetError as e:
         print(f'ERROR: {e}', file=sys.stderr)
         sys.exit(1)
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def load_tool_config(args) -> Any:

@@ -9,7 +9,6 @@ import warnings
 from copy import deepcopy
 
 import spre_mmdet  # noqa: F401  (must come first: applies spre_mmdet.compat)
-import torch
 from spre_mmdet.checkpoint import load_state_checked, state_dict_of
 from spre_mmdet.cli import check_dataset_paths, load_tool_config, run_tool
 from spre_mmdet.device import check_training_device
@@ -161,10 +160,6 @@ def main():
 
     # start testing
     runner.test()
-    # Tear the process group down before exit: left to interpreter shutdown, its threads can
-    # outlive the process state and abort a finished run (exit -6, seen with gloo).
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == '__main__':

@@ -6,7 +6,6 @@ import argparse
 import os
 
 import spre_mmdet  # noqa: F401  (must come first: applies spre_mmdet.compat)
-import torch
 from spre_mmdet.cli import check_dataset_paths, load_tool_config, run_tool
 from spre_mmdet.device import check_training_device
 from spre_mmdet.mmcv_ops import check_mmcv_ops
@@ -122,10 +121,6 @@ def main():
 
     # start training
     runner.train()
-    # Tear the process group down before exit: left to interpreter shutdown, its threads can
-    # outlive the process state and abort a finished run (exit -6, seen with gloo).
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == '__main__':
