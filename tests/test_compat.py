@@ -4,8 +4,6 @@ import copy
 import gc
 import os
 import os.path as osp
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -17,6 +15,7 @@ from spre_mmdet import cli, compat
 from spre_mmdet.checkpoint import safe_load
 from spre_mmdet.errors import (DatasetError, DatasetNotFoundError, TorchvisionUnavailableError,
                                UnsafeCheckpointError)
+from tool_process import run_tool_process
 
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import (CheckpointLoader, _load_checkpoint,
@@ -271,11 +270,10 @@ def _write_tool_cfg(tmp_path, **extra):
 
 
 def _run_tool(args, env, cwd):
-    return subprocess.run([sys.executable] + [str(a) for a in args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return run_tool_process(args, env, cwd=cwd, timeout=300)
 
 
-@pytest.mark.slow  # runs the tools in subprocesses
+@pytest.mark.slow  # runs the tools in processes of their own
 def test_tools_report_user_errors_without_traceback(hostile_ckpts, tmp_path, repo_root,
                                                     subprocess_env):
     marker, boom, _ = hostile_ckpts

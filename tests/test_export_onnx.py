@@ -29,6 +29,7 @@ from spre_mmdet.export.graph import check_graph_nm, graph_weights, scope_module 
 from spre_mmdet.export.runtime import FEATURE_RTOL, FP16_RTOL  # noqa: E402
 from spre_mmdet.export.tensorrt import sparsity_log  # noqa: E402
 from spre_mmdet.sparsity import SparseLayerRecord, nm_mask  # noqa: E402
+from tool_process import run_tool_process  # noqa: E402
 
 SPRE_TOY = 'configs/toy/mask_rcnn_r18_spre_2x4_toy.py'
 NM_LAYERS = 19  # R-18: 16 block convs + 3 downsample convs, all 2:4 (conv1 has 3 channels)
@@ -318,20 +319,17 @@ def test_whole_detector_through_the_tool_same_map_in_onnxruntime(deploy, tmp_pat
     set: both graphs 2:4, the detector's bbox/segm mAP in ONNX Runtime equal to PyTorch's (score
     threshold 0, so the untrained model detects); a training checkpoint: one ERROR line, exit 1,
     nothing written."""
-    import subprocess
     pytest.importorskip('mmdeploy')
     from spre_mmdet.datasets.synthetic_coco import generate_synthetic_coco
     data = tmp_path / 'toy_coco'
     generate_synthetic_coco(str(data), num_train=1, num_val=4, seed=5)
     tool = str(repo_root / 'tools' / 'deployment' / 'export_onnx.py')
     out = tmp_path / 'onnx'
-    result = subprocess.run(
-        [sys.executable, tool, deploy['config'], deploy['checkpoint'], '--out', str(out),
-         '--scope', 'backbone+neck', 'detector', '--eval', '--cfg-options',
-         f'test_dataloader.dataset.data_root={data}/',
+    result = run_tool_process(
+        [tool, deploy['config'], deploy['checkpoint'], '--out', out, '--scope', 'backbone+neck',
+         'detector', '--eval', '--cfg-options', f'test_dataloader.dataset.data_root={data}/',
          f'test_evaluator.ann_file={data}/annotations/instances_val.json',
-         'model.test_cfg.rcnn.score_thr=0.0'],
-        cwd=str(tmp_path), env=subprocess_env, capture_output=True, text=True, timeout=900)
+         'model.test_cfg.rcnn.score_thr=0.0'], subprocess_env, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / 'onnx_report.json').read_text())
     detector = report['graphs']['detector']
@@ -343,9 +341,8 @@ def test_whole_detector_through_the_tool_same_map_in_onnxruntime(deploy, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ['onnx', 'toy_coco']
     training = tmp_path / 'training.pth'
     torch.save({'state_dict': deploy['model'].state_dict()}, training)
-    result = subprocess.run(
-        [sys.executable, tool, deploy['config'], str(training), '--out', str(tmp_path / 'x')],
-        cwd=str(tmp_path), env=subprocess_env, capture_output=True, text=True, timeout=600)
+    result = run_tool_process([tool, deploy['config'], training, '--out', tmp_path / 'x'],
+                              subprocess_env, cwd=tmp_path, timeout=600)
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(
         'ERROR: ') and 'training-time' in result.stderr and 'Traceback' not in result.stderr
     assert not (tmp_path / 'x').exists()

@@ -1,9 +1,8 @@
 """The command line tools/analyze_sparsity.py (PNG plots, S as JSON, CSV, errors)."""
 import csv
 import json
+import os
 import os.path as osp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,17 +10,18 @@ import torch
 
 from spre_mmdet.analysis import find_kxk_convs, synthetic_state_dict
 from spre_mmdet.sparsity import spatial_mask
+from tool_process import run_tool_process
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 TOOL = osp.join(ROOT, 'tools', 'analyze_sparsity.py')
 
 
 def _run(*args, cwd):
-    return subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True,
-                          text=True, cwd=str(cwd), timeout=300)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'))
+    return run_tool_process([TOOL, *args], env, cwd=cwd, timeout=300)
 
 
-@pytest.mark.slow  # runs the tool in a subprocess
+@pytest.mark.slow  # runs the tool in a process of its own
 def test_cli_writes_pngs_json_csv(tmp_path):
     """The CLI on a tiny mmengine-style checkpoint writes PNGs, S as JSON, and a CSV."""
     state = synthetic_state_dict(num_layers=3)
@@ -46,7 +46,7 @@ def test_cli_writes_pngs_json_csv(tmp_path):
     assert str(out / 'overview.png') in printed
 
 
-@pytest.mark.slow  # runs the tool in a subprocess
+@pytest.mark.slow  # runs the tool in a process of its own
 def test_cli_errors_clearly(tmp_path):
     """Bad prefix, missing file and invalid N:M give one-line errors, not tracebacks."""
     ckpt = tmp_path / 'tiny.pth'

@@ -1,6 +1,5 @@
 import json
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +7,7 @@ import torch
 from torch import nn
 
 from spre_mmdet.sparsity.nm import check_nm_tensor, nm_mask
+from tool_process import run_tool_process
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = """
@@ -38,16 +38,16 @@ def deploy_model(tmp_path_factory):
     return config, checkpoint
 
 
-@pytest.mark.slow  # runs the tool in a subprocess
+@pytest.mark.slow  # runs the tool in a process of its own
 def test_cli_cpu_reports_validity_numerics_and_null_timings(deploy_model, tmp_path):
     """On CPU the CLI exits 0, says it needs an Ampere+ GPU, and writes JSON with null timings."""
     config, checkpoint = deploy_model
     out = tmp_path / 'out'
-    proc = subprocess.run(
-        [sys.executable, str(REPO / 'tools' / 'benchmark_sparse.py'), str(config), str(checkpoint),
-         '--input-size', '64', '64', '--scope', 'detector', '--device', 'cpu', '--out-dir',
-         str(out), '--tensorrt'],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'))
+    proc = run_tool_process(
+        [REPO / 'tools' / 'benchmark_sparse.py', config, checkpoint, '--input-size', '64', '64',
+         '--scope', 'detector', '--device', 'cpu', '--out-dir', out, '--tensorrt'],
+        env, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'needs an NVIDIA Ampere or newer GPU' in proc.stdout
     assert 'TensorRT' in proc.stdout

@@ -8,8 +8,6 @@ one fused conv, so sums are ordered differently; measured differences are about 
 output magnitude).
 """
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from spre_mmdet.checkpoint.reference import _read, usage_snippets
 from spre_mmdet.errors import CheckpointError
 from spre_mmdet.models import SparseResNet
 from spre_mmdet.sparsity import check_nm_tensor, nm_mask
+from tool_process import run_tool_process
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / 'tools' / 'import_reference.py'
@@ -441,14 +440,12 @@ def test_import_refuses_bad_input_and_writes_nothing(spre18, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('.')) == []
 
 
-@pytest.mark.slow  # runs the tool in a subprocess
+@pytest.mark.slow  # runs the tool in a process of its own
 def test_tool_prints_one_error_line_without_traceback(tmp_path, subprocess_env):
     """From the command line a refusal is `ERROR: ...` on stderr and exit status 1."""
     torch.save({'encoder.weight': torch.zeros(2)}, tmp_path / 'unknown.pth')
-    result = subprocess.run(
-        [sys.executable, str(TOOL), str(tmp_path / 'unknown.pth'), '--out',
-         str(tmp_path / 'out.pth')], capture_output=True, text=True, env=subprocess_env,
-        cwd=str(tmp_path), timeout=300)
+    result = run_tool_process([TOOL, tmp_path / 'unknown.pth', '--out', tmp_path / 'out.pth'],
+                              subprocess_env, cwd=tmp_path, timeout=300)
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith('ERROR: Unknown checkpoint layout')
     assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr

@@ -1,14 +1,14 @@
-"""Helpers shared by the end-to-end tests: run the user tools in a subprocess, read results."""
+"""Helpers shared by the end-to-end tests: run the user tools in a process of their own
+(:mod:`tool_process`), read results."""
 import ast
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from spre_mmdet.datasets.synthetic_coco import generate_synthetic_coco
+from tool_process import run_tool_process
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -55,8 +55,8 @@ def tool_env():
 
 
 def run(args, env, cwd=REPO, timeout=900):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    """``python *args`` in ``cwd`` with ``env`` (:func:`tool_process.run_tool_process`)."""
+    return run_tool_process(args, env, cwd=cwd, timeout=timeout)
 
 
 def check(result):
