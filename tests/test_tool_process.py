@@ -1,0 +1,71 @@
+"""tests/tool_process.py, which the tests run the tools with, behaves as ``python script ARGS``:
+the same argv, sys.path, working folder, environment, output and exit status as a fresh
+interpreter, and a clean traceback-free exit for a SystemExit message."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tool_process import run_tool_process
+
+pytestmark = pytest.mark.slow  # starts the fork server (imports torch, mmengine, mmdet once)
+
+SCRIPT = textwrap.dedent('''
+    import json, os, sys
+    import helper_module_on_pythonpath
+    print(json.dumps(dict(name=__name__, argv=sys.argv, cwd=os.getcwd(), path=sys.path[:3],
+                          marker=os.environ.get('TOOL_PROCESS_MARKER'),
+                          helper=helper_module_on_pythonpath.__file__)))
+    print('to stderr', file=sys.stderr)
+    if sys.argv[1] == 'message':
+        sys.exit('a message')
+    if sys.argv[1] == 'raise':
+        raise ValueError('boom')
+    sys.exit(int(sys.argv[1]))
+''')
+
+
+@pytest.fixture
+def case(tmp_path):
+    (tmp_path / 'bin').mkdir()
+    (tmp_path / 'lib').mkdir()
+    (tmp_path / 'work').mkdir()
+    (tmp_path / 'bin' / 'tool.py').write_text(SCRIPT)
+    (tmp_path / 'lib' / 'helper_module_on_pythonpath.py').write_text('')
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / 'lib'), OMP_NUM_THREADS='1',
+               TOOL_PROCESS_MARKER='set for this run only')
+    return tmp_path, env
+
+
+@pytest.mark.parametrize('how', ['0', '3', 'message', 'raise'])
+def test_same_as_a_fresh_interpreter(case, how):
+    tmp_path, env = case
+    script = tmp_path / 'bin' / 'tool.py'
+    fresh = subprocess.run([sys.executable, str(script), how, 'x y'], cwd=tmp_path / 'work',
+                           env=env, capture_output=True, text=True, timeout=120)
+    forked = run_tool_process([script, how, 'x y'], env, cwd=tmp_path / 'work')
+    assert forked.returncode == fresh.returncode == {'0': 0, '3': 3}.get(how, 1)
+    assert forked.stdout == fresh.stdout and '"marker": "set for this run only"' in fresh.stdout
+    if how == 'raise':  # both print the traceback; the forked one has a header line first
+        assert fresh.stderr.strip().endswith('ValueError: boom')
+        assert forked.stderr.strip().endswith('ValueError: boom')
+    else:
+        assert forked.stderr == fresh.stderr
+    assert os.environ.get('TOOL_PROCESS_MARKER') is None
+
+
+def test_relative_script_and_missing_thread_count(case):
+    tmp_path, env = case
+    forked = run_tool_process(['bin/tool.py', '0'], env, cwd=tmp_path)
+    assert forked.returncode == 0 and f'"cwd": "{tmp_path}"' in forked.stdout
+    with pytest.raises(ValueError, match='OMP_NUM_THREADS'):
+        run_tool_process(['bin/tool.py', '0'], {'PATH': os.environ['PATH']}, cwd=tmp_path)
+
+
+def test_timeout_kills_the_run(case):
+    tmp_path, env = case
+    (tmp_path / 'bin' / 'sleep.py').write_text('import time\ntime.sleep(60)\n')
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_tool_process([tmp_path / 'bin' / 'sleep.py'], env, timeout=2)
