@@ -1,6 +1,7 @@
 """tests/tool_process.py, which the tests run the tools with, behaves as ``python script ARGS``:
 the same argv, sys.path, working folder, environment, output and exit status as a fresh
-interpreter, and a clean traceback-free exit for a SystemExit message."""
+interpreter, and a clean traceback-free exit for a SystemExit message. (Where torch sees a
+GPU, run_tool_process starts a fresh interpreter itself, and this compares two of them.)"""
 import os
 import subprocess
 import sys
