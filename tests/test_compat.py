@@ -269,10 +269,6 @@ def _write_tool_cfg(tmp_path, **extra):
     return path
 
 
-def _run_tool(args, env, cwd):
-    return run_tool_process(args, env, cwd=cwd, timeout=300)
-
-
 @pytest.mark.slow  # runs the tools in processes of their own
 def test_tools_report_user_errors_without_traceback(hostile_ckpts, tmp_path, repo_root,
                                                     subprocess_env):
@@ -281,7 +277,7 @@ def test_tools_report_user_errors_without_traceback(hostile_ckpts, tmp_path, rep
     env['PYTHONPATH'] = os.pathsep.join([str(tmp_path), env['PYTHONPATH']])
     cfg = _write_tool_cfg(tmp_path)
     # tools/test.py with a hostile CKPT
-    res = _run_tool([repo_root / 'tools' / 'test.py', cfg, boom, '--work-dir',
+    res = run_tool_process([repo_root / 'tools' / 'test.py', cfg, boom, '--work-dir',
                      tmp_path / 'wd_test'], env, tmp_path)
     assert res.returncode == 1, res.stdout + res.stderr
     assert 'Refusing to load checkpoint' in res.stderr
@@ -291,7 +287,7 @@ def test_tools_report_user_errors_without_traceback(hostile_ckpts, tmp_path, rep
     cfg = _write_tool_cfg(tmp_path, train_dataloader=dict(
         dataset=dict(type='CocoDataset', data_root=str(tmp_path / 'no_such_coco') + '/',
                      ann_file='annotations/instances_train.json')))
-    res = _run_tool([repo_root / 'tools' / 'train.py', cfg, '--work-dir', tmp_path / 'wd'],
+    res = run_tool_process([repo_root / 'tools' / 'train.py', cfg, '--work-dir', tmp_path / 'wd'],
                     env, tmp_path)
     assert res.returncode == 1, res.stdout + res.stderr
     assert 'no_such_coco' in res.stderr and 'python tools/make_toy_coco.py' in res.stderr

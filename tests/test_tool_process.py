@@ -67,6 +67,27 @@ def test_relative_script_and_missing_thread_count(case):
 
 def test_timeout_kills_the_run(case):
     tmp_path, env = case
-    (tmp_path / 'bin' / 'sleep.py').write_text('import time\ntime.sleep(60)\n')
+    pid_file = tmp_path / 'pid'
+    (tmp_path / 'bin' / 'sleep.py').write_text(
+        f'import os, time\nopen({str(pid_file)!r}, "w").write(str(os.getpid()))\ntime.sleep(60)\n')
     with pytest.raises(subprocess.TimeoutExpired):
-        run_tool_process([tmp_path / 'bin' / 'sleep.py'], env, timeout=2)
+        run_tool_process([tmp_path / 'bin' / 'sleep.py'], env, timeout=5)
+    with pytest.raises(ProcessLookupError):  # gone, not left running
+        os.kill(int(pid_file.read_text()), 0)
+
+
+def test_stock_tool_refuses_a_process_with_spre_mmdet_imported(case, repo_root):
+    """tools/test_stock_mmdet.py guarantees stock mmdet by blocking spre_mmdet imports, which
+    cannot work where spre_mmdet is already imported (as in a forked run): it refuses there,
+    so the tests must run it fresh (e2e_tools.run_stock)."""
+    tmp_path, env = case
+    tool = repo_root / 'tools' / 'test_stock_mmdet.py'
+    config = repo_root / 'configs' / 'mask_rcnn_r18_dense_toy.py'
+    code = ('import runpy, sys; import spre_mmdet; '
+            f'sys.argv = [{str(tool)!r}, {str(config)!r}, "x.pth"]; '
+            f'runpy.run_path({str(tool)!r}, run_name="__main__")')
+    result = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert 'spre_mmdet is already imported' in result.stderr
+    assert 'fresh interpreter' in result.stderr and 'Traceback' not in result.stderr

@@ -24,11 +24,14 @@ import sys
 import tempfile
 from typing import Dict, List, Optional, Sequence
 
-#: imported once by the fork server: what every tool imports before doing anything
-PRELOAD = ['torch', 'torchvision', 'mmengine.runner', 'mmcv.ops', 'mmdet.apis', 'mmdet.models',
+#: imported once by the fork server: only what every tool of this project imports itself at
+#: start (through ``spre_mmdet``), so that a preloaded module never registers something a
+#: config forgot to import. A script that must not see these (tools/test_stock_mmdet.py) runs
+#: with ``fresh=True``.
+PRELOAD = ['torch', 'torchvision', 'mmengine.runner', 'mmcv.ops', 'mmdet.models',
            'mmdet.datasets', 'mmdet.evaluation', 'mmpretrain.models', 'pycocotools.coco',
            'spre_mmdet', 'spre_mmdet.models', 'spre_mmdet.hooks', 'spre_mmdet.deploy',
-           'spre_mmdet.checkpoint', 'spre_mmdet.datasets', 'spre_mmdet.classification']
+           'spre_mmdet.checkpoint']
 
 _state: Dict[str, object] = {}
 
@@ -80,16 +83,18 @@ def _run_script(script: str, args: Sequence[str], env: Dict[str, str], cwd: str,
 
 
 def run_tool_process(command: Sequence[object], env: Dict[str, str], cwd: Optional[object] = None,
-                     timeout: float = 900) -> subprocess.CompletedProcess:
+                     timeout: float = 900, fresh: bool = False) -> subprocess.CompletedProcess:
     """Run ``python *command`` (``command[0]`` a script, relative to ``cwd`` or absolute) with
     ``env`` (which must set ``OMP_NUM_THREADS``) in ``cwd``; return its exit status and
-    output as :func:`subprocess.run` with ``capture_output=True, text=True`` would."""
+    output as :func:`subprocess.run` with ``capture_output=True, text=True`` would.
+    ``fresh=True``: always a fresh interpreter (for a script that must not find
+    :data:`PRELOAD` imported)."""
     command = [str(c) for c in command]
     cwd = str(cwd or os.getcwd())
     if 'OMP_NUM_THREADS' not in env:
         raise ValueError('run_tool_process: set OMP_NUM_THREADS in env (a forked run cannot '
                          'take the default thread count of a fresh interpreter).')
-    if not _forking():
+    if fresh or not _forking():
         return subprocess.run([sys.executable, *command], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix='tool_process_') as folder:

@@ -23,6 +23,10 @@ def main():
     parser.add_argument('checkpoint')
     parser.add_argument('--work-dir', default='work_dirs/stock_mmdet_test')
     args = parser.parse_args()
+    loaded = sorted(name for name in sys.modules if name.split('.')[0] == 'spre_mmdet')
+    if loaded:  # already imported: the hook below could not keep it out
+        sys.exit(f'ERROR: spre_mmdet is already imported in this process ({loaded[0]}), so the '
+                 'evaluation would not be stock mmdet; run this tool in a fresh interpreter.')
     sys.meta_path.insert(0, _NoSpreMmdet())
     from mmengine.config import Config
     from mmengine.runner import Runner

@@ -1,7 +1,6 @@
 """The command line tools/analyze_sparsity.py (PNG plots, S as JSON, CSV, errors)."""
 import csv
 import json
-import os
 import os.path as osp
 
 import numpy as np
@@ -16,19 +15,18 @@ ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 TOOL = osp.join(ROOT, 'tools', 'analyze_sparsity.py')
 
 
-def _run(*args, cwd):
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'))
+def _run(*args, cwd, env):
     return run_tool_process([TOOL, *args], env, cwd=cwd, timeout=300)
 
 
 @pytest.mark.slow  # runs the tool in a process of its own
-def test_cli_writes_pngs_json_csv(tmp_path):
+def test_cli_writes_pngs_json_csv(tmp_path, subprocess_env):
     """The CLI on a tiny mmengine-style checkpoint writes PNGs, S as JSON, and a CSV."""
     state = synthetic_state_dict(num_layers=3)
     ckpt = tmp_path / 'tiny.pth'
     torch.save({'meta': {'epoch': 1}, 'state_dict': state}, ckpt)
     out = tmp_path / 'out'
-    proc = _run(ckpt, '--out-dir', out, '--no-progress', cwd=tmp_path)
+    proc = _run(ckpt, '--out-dir', out, '--no-progress', cwd=tmp_path, env=subprocess_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ('overview.png', 'layers.png'):
         assert (out / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
@@ -47,16 +45,16 @@ def test_cli_writes_pngs_json_csv(tmp_path):
 
 
 @pytest.mark.slow  # runs the tool in a process of its own
-def test_cli_errors_clearly(tmp_path):
+def test_cli_errors_clearly(tmp_path, subprocess_env):
     """Bad prefix, missing file and invalid N:M give one-line errors, not tracebacks."""
     ckpt = tmp_path / 'tiny.pth'
     torch.save(synthetic_state_dict(num_layers=1), ckpt)
-    proc = _run(ckpt, '--prefix', 'neck.', cwd=tmp_path)
+    proc = _run(ckpt, '--prefix', 'neck.', cwd=tmp_path, env=subprocess_env)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     assert "under prefix 'neck.'" in proc.stderr and "'backbone.'" in proc.stderr
     assert '--prefix' in proc.stderr
-    proc = _run(tmp_path / 'missing.pth', cwd=tmp_path)
+    proc = _run(tmp_path / 'missing.pth', cwd=tmp_path, env=subprocess_env)
     assert proc.returncode == 1 and 'Checkpoint not found' in proc.stderr
     assert 'Traceback' not in proc.stderr
-    proc = _run(ckpt, '--n', '4', '--m', '4', cwd=tmp_path)
+    proc = _run(ckpt, '--n', '4', '--m', '4', cwd=tmp_path, env=subprocess_env)
     assert proc.returncode == 2 and '1 <= N < M' in proc.stderr

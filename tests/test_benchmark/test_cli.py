@@ -1,5 +1,4 @@
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -39,15 +38,15 @@ def deploy_model(tmp_path_factory):
 
 
 @pytest.mark.slow  # runs the tool in a process of its own
-def test_cli_cpu_reports_validity_numerics_and_null_timings(deploy_model, tmp_path):
+def test_cli_cpu_reports_validity_numerics_and_null_timings(deploy_model, tmp_path,
+                                                           subprocess_env):
     """On CPU the CLI exits 0, says it needs an Ampere+ GPU, and writes JSON with null timings."""
     config, checkpoint = deploy_model
     out = tmp_path / 'out'
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'))
     proc = run_tool_process(
         [REPO / 'tools' / 'benchmark_sparse.py', config, checkpoint, '--input-size', '64', '64',
          '--scope', 'detector', '--device', 'cpu', '--out-dir', out, '--tensorrt'],
-        env, cwd=REPO, timeout=600)
+        subprocess_env, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'needs an NVIDIA Ampere or newer GPU' in proc.stdout
     assert 'TensorRT' in proc.stdout

@@ -59,6 +59,11 @@ def run(args, env, cwd=REPO, timeout=900):
     return run_tool_process(args, env, cwd=cwd, timeout=timeout)
 
 
+def run_stock(args, env):
+    """``python tools/test_stock_mmdet.py *args`` in a fresh interpreter (no spre_mmdet)."""
+    return run_tool_process(['tools/test_stock_mmdet.py', *args], env, cwd=REPO, fresh=True)
+
+
 def check(result):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

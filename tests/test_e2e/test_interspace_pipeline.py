@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from e2e_tools import (REPO, check, load_predictions, load_state, logged_metric, run,
-                       stock_metrics, tiny_run_config, tool_env)
+                       stock_metrics, run_stock, tiny_run_config, tool_env)
 from spre_mmdet.sparsity import check_nm_tensor
 
 pytestmark = pytest.mark.slow  # trains detectors through the tools (minutes)
@@ -82,9 +82,8 @@ def test_merged_form_via_tool_is_evaluated_by_stock_mmdet(run_dir):
                           '--interspace-form', 'merged'], run_dir['env']))
     assert 'exported in MERGED form' in exported.stdout
     assert 'spre_mmdet' not in (out / 'deploy_config.py').read_text()
-    stock = check(run(['tools/test_stock_mmdet.py', out / 'deploy_config.py',
-                       out / 'deploy.pth', '--work-dir', run_dir['root'] / 'stock_test'],
-                      run_dir['env']))
+    stock = check(run_stock([out / 'deploy_config.py', out / 'deploy.pth', '--work-dir',
+                             run_dir['root'] / 'stock_test'], run_dir['env']))
     assert MISMATCH not in stock.stdout + stock.stderr
     metrics = stock_metrics(stock.stdout)
     for key in METRICS:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from e2e_tools import (REPO, check, load_state, logged_metric, run, stock_metrics,
-                       tiny_run_config, tool_env)
+                       run_stock, tiny_run_config, tool_env)
 
 pytestmark = pytest.mark.slow  # trains detectors through the tools (minutes)
 
@@ -114,9 +114,8 @@ def test_deploy_equals_training_model(world, trained, exported):
 def test_stock_mmdet_evaluates_deploy_with_same_map(world, trained, exported):
     """Stock mmdet (spre_mmdet import blocked) loads the deploy checkpoint; its COCO bbox/segm
     mAP equals tools/test.py's on the training-time sparse checkpoint."""
-    stock = check(run(['tools/test_stock_mmdet.py', exported / 'deploy_config.py',
-                       exported / 'deploy.pth', '--work-dir', world['root'] / 'stock_test'],
-                      world['env']))
+    stock = check(run_stock([exported / 'deploy_config.py', exported / 'deploy.pth',
+                             '--work-dir', world['root'] / 'stock_test'], world['env']))
     ours = check(run(['tools/test.py', world['config'], trained['full'] / 'epoch_2.pth',
                       '--work-dir', world['root'] / 'sparse_test'], world['env']))
     stock_map = stock_metrics(stock.stdout)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from e2e_tools import (REPO, check, load_state, logged_metric, run, stock_metrics, tiny_config,
-                       tiny_run_config, tool_env)
+                       run_stock, tiny_run_config, tool_env)
 from spre_mmdet.datasets.synthetic_cls import generate_synthetic_classification
 from spre_mmdet.sparsity import check_nm_tensor
 
@@ -72,9 +72,9 @@ def test_classification_deploy_is_a_stock_2x4_resnet_with_the_same_accuracy(pipe
     assert len(convs) == 19
     for key in convs:
         assert check_nm_tensor(state[key], 2, 4).ok, key
-    stock = stock_metrics(check(run(['tools/test_stock_mmdet.py', deploy / 'deploy_config.py',
-                                     deploy / 'deploy.pth', '--work-dir',
-                                     pipeline['root'] / 'stock_cls'], pipeline['env'])).stdout)
+    stock = stock_metrics(check(run_stock([deploy / 'deploy_config.py', deploy / 'deploy.pth',
+                                           '--work-dir', pipeline['root'] / 'stock_cls'],
+                                          pipeline['env'])).stdout)
     ours = check(run(['tools/test.py', pipeline['cls_config'], pipeline['checkpoint'],
                       '--work-dir', pipeline['root'] / 'test_cls'], pipeline['env']))
     for key in ('accuracy/top1', 'accuracy/top5'):
@@ -95,9 +95,9 @@ def test_detection_starts_from_the_stage1_backbone_and_deploys_exactly_2x4(pipel
     assert len(convs) == 19
     for key in convs:
         assert check_nm_tensor(state[key], 2, 4).ok, key
-    stock = stock_metrics(check(run(['tools/test_stock_mmdet.py', deploy / 'deploy_config.py',
-                                     deploy / 'deploy.pth', '--work-dir',
-                                     pipeline['root'] / 'stock_det'], pipeline['env'])).stdout)
+    stock = stock_metrics(check(run_stock([deploy / 'deploy_config.py', deploy / 'deploy.pth',
+                                           '--work-dir', pipeline['root'] / 'stock_det'],
+                                          pipeline['env'])).stdout)
     assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= set(stock)
 
 
