@@ -25,8 +25,9 @@ tools/train.py on a shipped config with the seed's shared initial weights; finis
 kept in OUT/results.jsonl, so an interrupted sweep continues where it stopped (a detection cell
 whose stage 1 finished resumes at stage 2). Writes OUT/summary.md (mean ± std [95% interval]
 per cell, paired differences), OUT/accuracy_vs_sparsity.png and, for classification, the
-per-kernel-position analysis of the final deploy kernels (OUT/kernel_positions.{png,json}) and
-where SpRe's S lands with its branch ratio (OUT/spre_structure.json). The grid, the runs, the
+per-kernel-position analysis of the final deploy kernels (OUT/kernel_positions.{png,json});
+for classification and detection, where SpRe's S lands at the end of the last stage, with its
+branch ratio (OUT/spre_structure.json). The grid, the runs, the
 statistics and the report are the package ``sweep_lib`` next to this script.
 """
 import argparse
@@ -127,8 +128,7 @@ def main(argv=None):
                     and not record.get('error'):
                 analysis.setdefault(record['method'], {})[record['pattern']] = \
                     deploy_kernels(record)
-    structure = spre_structure(records) \
-        if args.task in ('cls', 'natural', 'photo') else None
+    structure = spre_structure(records) if args.task != 'toy' else None
     path = write_report(records, args.out, analysis, structure)
     print(open(path).read())
     print(f'Sweep done in {(time.time() - started) / 60:.1f} min; report: {path}')

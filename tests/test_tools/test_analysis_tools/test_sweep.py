@@ -237,6 +237,23 @@ def test_spre_structure_reports_where_s_lands_and_the_branch_ratio(tmp_path):
     assert json.loads((tmp_path / 'spre_structure.json').read_text())['1:8']['seeds'] == 2
 
 
+def test_spre_structure_of_a_detection_cell_is_its_stage_2(tmp_path):
+    """A two-stage cell's S and branch ratio are those of its detection stage, not of the
+    classification pretraining that ran first in the same cell."""
+    from sweep_lib.report import spre_structure
+    centre = [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
+    corners = [[1, 0, 1], [0, 0, 0], [1, 0, 1]]
+    (tmp_path / 'cell').mkdir()
+    _spre_cell(tmp_path / 'cell' / 'stage1_cls', [corners], 0.9, 50, 0)
+    _spre_cell(tmp_path / 'cell' / 'stage2_det', [centre], 0.4, 7, 0)
+    record = dict(task='det_photo', method='spre', pattern='2:4', n=2, m=4, seed=0,
+                  name='det_photo_spre_2x4_s0', work_dir=str(tmp_path / 'cell'))
+    entry = spre_structure([record])['2:4']
+    assert entry['centre']['mean'] == 1.0 and entry['corners']['mean'] == 0.0
+    assert entry['branch_ratio']['mean'] == pytest.approx(0.4)
+    assert entry['spatial_changes']['mean'] == 7
+
+
 def test_run_grid_resumes_and_records_failures(tmp_path, monkeypatch):
     """Finished cells are not run again; a failing cell is recorded and the others go on;
     a failed cell is retried on the next call."""

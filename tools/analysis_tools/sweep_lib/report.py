@@ -159,6 +159,14 @@ def spatial_share(state_dict: Dict[str, torch.Tensor]) -> List[List[float]]:
     return torch.stack(masks).mean(0).tolist()
 
 
+def final_run_dir(record: dict) -> str:
+    """The folder of a cell's last training run: its stage 2 for a two-stage detection cell,
+    the cell itself otherwise."""
+    if record['task'] in ('det', 'det_photo'):
+        return osp.join(record['work_dir'], 'stage2_det')
+    return record['work_dir']
+
+
 def spre_structure(records: Sequence[dict]) -> Dict[str, dict]:
     """Where SpRe's ``S`` lands and how strong its branch is at the end of training, per
     pattern over the finished SpRe cells' seeds: the 3x3 share of layers whose ``S`` holds each
@@ -172,13 +180,14 @@ def spre_structure(records: Sequence[dict]) -> Dict[str, dict]:
     for record in records:
         if record['method'] != 'spre' or record.get('error'):
             continue
-        with open(osp.join(record['work_dir'], 'last_checkpoint')) as f:
+        run_dir = final_run_dir(record)
+        with open(osp.join(run_dir, 'last_checkpoint')) as f:
             checkpoint = f.read().strip()
         share = np.array(spatial_share(state_dict_of(
             torch.load(checkpoint, map_location='cpu', weights_only=False), checkpoint)))
         entry = {region: float(np.mean([share[p] for p in positions]))
                  for region, positions in REGIONS.items()}
-        logged = last_metrics(record['work_dir'], 'spre/branch_ratio')
+        logged = last_metrics(run_dir, 'spre/branch_ratio')
         entry.update(share=share, branch_ratio=logged['spre/branch_ratio'],
                      spatial_changes=logged['spre/spatial_changes'])
         by_pattern.setdefault(record['pattern'], []).append(entry)
