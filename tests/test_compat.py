@@ -278,7 +278,7 @@ def test_tools_report_user_errors_without_traceback(hostile_ckpts, tmp_path, rep
     cfg = _write_tool_cfg(tmp_path)
     # tools/test.py with a hostile CKPT
     res = run_tool_process([repo_root / 'tools' / 'test.py', cfg, boom, '--work-dir',
-                     tmp_path / 'wd_test'], env, tmp_path)
+                            tmp_path / 'wd_test'], env, tmp_path)
     assert res.returncode == 1, res.stdout + res.stderr
     assert 'Refusing to load checkpoint' in res.stderr
     assert 'Traceback' not in res.stderr
@@ -287,8 +287,8 @@ def test_tools_report_user_errors_without_traceback(hostile_ckpts, tmp_path, rep
     cfg = _write_tool_cfg(tmp_path, train_dataloader=dict(
         dataset=dict(type='CocoDataset', data_root=str(tmp_path / 'no_such_coco') + '/',
                      ann_file='annotations/instances_train.json')))
-    res = run_tool_process([repo_root / 'tools' / 'train.py', cfg, '--work-dir', tmp_path / 'wd'],
-                    env, tmp_path)
+    res = run_tool_process([repo_root / 'tools' / 'train.py', cfg, '--work-dir',
+                            tmp_path / 'wd'], env, tmp_path)
     assert res.returncode == 1, res.stdout + res.stderr
     assert 'no_such_coco' in res.stderr and 'python tools/make_toy_coco.py' in res.stderr
     assert 'Traceback' not in res.stderr

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from e2e_tools import (REPO, check, load_predictions, load_state, logged_metric, run,
-                       stock_metrics, run_stock, tiny_run_config, tool_env)
+                       run_stock, stock_metrics, tiny_run_config, tool_env)
 from spre_mmdet.sparsity import check_nm_tensor
 
 pytestmark = pytest.mark.slow  # trains detectors through the tools (minutes)

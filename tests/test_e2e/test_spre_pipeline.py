@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from e2e_tools import (REPO, check, load_state, logged_metric, run, stock_metrics,
-                       run_stock, tiny_run_config, tool_env)
+from e2e_tools import (REPO, check, load_state, logged_metric, run, run_stock,
+                       stock_metrics, tiny_run_config, tool_env)
 
 pytestmark = pytest.mark.slow  # trains detectors through the tools (minutes)
 

@@ -7,8 +7,8 @@ Tiny data (40 classification images at 64x64, 8 COCO images), one epoch per stag
 import pytest
 import torch
 
-from e2e_tools import (REPO, check, load_state, logged_metric, run, stock_metrics, tiny_config,
-                       run_stock, tiny_run_config, tool_env)
+from e2e_tools import (REPO, check, load_state, logged_metric, run, run_stock, stock_metrics,
+                       tiny_config, tiny_run_config, tool_env)
 from spre_mmdet.datasets.synthetic_cls import generate_synthetic_classification
 from spre_mmdet.sparsity import check_nm_tensor
 
