@@ -67,7 +67,10 @@ PHOTO64_DATA = 'data/natural_photo_cls64/'
 PHOTO64_CLASSES = 13
 COCO_PHOTOS_DATA = 'data/toy_coco_photos/'
 
-#: detection task -> (options of stage 1, options of stage 2)
+#: the folders of a two-stage cell's runs, inside the cell's folder
+STAGE_DIRS = ('stage1_cls', 'stage2_det')
+
+#: detection task (the two-stage ones) -> (options of stage 1, options of stage 2)
 STAGE_OPTIONS: Dict[str, Tuple[List[str], List[str]]] = {
     'det': ([], []),
     'det_photo': (

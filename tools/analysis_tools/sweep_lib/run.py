@@ -16,7 +16,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from .grid import DETECTION_METHODS, METHODS, NATURAL_METHODS, TOY_METHODS, Cell
+from .grid import (DETECTION_METHODS, METHODS, NATURAL_METHODS, STAGE_DIRS, TOY_METHODS,
+                   Cell)
 
 RESULTS = 'results.jsonl'
 
@@ -192,20 +193,18 @@ def run_cell(cell: Cell, out: str, threads: int = 1) -> dict:
         record['deploy'] = deploy_summary(work)
     else:
         stage1, stage2 = DETECTION_METHODS[cell.method]
-        first = _train(stage1, osp.join(work, 'stage1_cls'),
+        work1, work2 = (osp.join(work, name) for name in STAGE_DIRS)
+        first = _train(stage1, work1,
                        [*seed_options, *cell.stage_options(1), f'load_from={init}'], threads)
-        record['cls_top1'] = last_metrics(osp.join(work, 'stage1_cls'),
-                                          'accuracy/top1')['accuracy/top1']
-        backbone = _checkpoint(osp.join(work, 'stage1_cls'))
-        second = _train(stage2, osp.join(work, 'stage2_det'),
+        record['cls_top1'] = last_metrics(work1, 'accuracy/top1')['accuracy/top1']
+        second = _train(stage2, work2,
                         [*seed_options, *cell.stage_options(2),
-                         f'model.backbone.init_cfg.checkpoint={backbone}'], threads)
-        metrics = last_metrics(osp.join(work, 'stage2_det'), 'coco/bbox_mAP')
+                         f'model.backbone.init_cfg.checkpoint={_checkpoint(work1)}'], threads)
+        metrics = last_metrics(work2, 'coco/bbox_mAP')
         record.update(bbox_mAP=metrics['coco/bbox_mAP'], segm_mAP=metrics['coco/segm_mAP'],
                       wall_s=first['wall_s'] + second['wall_s'],
                       peak_rss_mb=max(first['peak_rss_mb'], second['peak_rss_mb']),
-                      step_s=second['step_s'],
-                      deploy=deploy_summary(osp.join(work, 'stage2_det')))
+                      step_s=second['step_s'], deploy=deploy_summary(work2))
     record['work_dir'] = work
     return record
 
