@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .grid import METHODS, STAGE_DIRS, STAGE_OPTIONS
+from .grid import DETECTION_TASKS, METHODS, STAGE_DIRS
 from .stats import mean_interval, paired_difference, summarize
 
 #: (a, b) pairs whose paired difference the report lists, the first being the question asked
@@ -162,7 +162,7 @@ def spatial_share(state_dict: Dict[str, torch.Tensor]) -> List[List[float]]:
 def final_run_dir(record: dict) -> str:
     """The folder of a cell's last training run: its stage 2 for a two-stage detection cell,
     the cell itself otherwise."""
-    if record['task'] in STAGE_OPTIONS:
+    if record['task'] in DETECTION_TASKS:
         return osp.join(record['work_dir'], STAGE_DIRS[1])
     return record['work_dir']
 
@@ -300,7 +300,7 @@ def write_report(records: Sequence[dict], out: str, analysis: Optional[dict] = N
     ``spre_structure.json`` from ``structure``, :func:`spre_structure`) from the cells'
     records."""
     cls = [r for r in records if r['task'] in ('cls', 'natural', 'photo') and not r.get('error')]
-    det = [r for r in records if r['task'] in STAGE_OPTIONS and not r.get('error')]
+    det = [r for r in records if r['task'] in DETECTION_TASKS and not r.get('error')]
     toy = [r for r in records if r['task'] == 'toy' and not r.get('error')]
     failed = [r for r in records if r.get('error')]
     parts = ['# Sweep summary', '']
