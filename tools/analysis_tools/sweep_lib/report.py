@@ -134,13 +134,12 @@ def deploy_kernels(record: dict) -> dict:
     from spre_mmdet.sparsity import reparameterize
 
     from .grid import NATURAL_METHODS, TASK_OPTIONS
-    from .run import load_config
+    from .run import last_checkpoint, load_config
     configs = METHODS if record['task'] == 'cls' else NATURAL_METHODS
     cfg = load_config(configs[record['method']], TASK_OPTIONS.get(record['task'], []))
     cfg.model.backbone.sparsity.update(n=record['n'], m=record['m'])
     model = build_model(cfg)
-    with open(osp.join(record['work_dir'], 'last_checkpoint')) as f:
-        load_checkpoint_checked(model, f.read().strip())
+    load_checkpoint_checked(model, last_checkpoint(record['work_dir']))
     return kernel_positions(reparameterize(model.eval()))
 
 
@@ -175,14 +174,13 @@ def spre_structure(records: Sequence[dict]) -> Dict[str, dict]:
     (entries of ``S`` flipped per layer over the run), each with its 95% interval over seeds."""
     from spre_mmdet.checkpoint import state_dict_of
 
-    from .run import last_metrics
+    from .run import last_checkpoint, last_metrics
     by_pattern: Dict[str, List[dict]] = {}
     for record in records:
         if record['method'] != 'spre' or record.get('error'):
             continue
         run_dir = final_run_dir(record)
-        with open(osp.join(run_dir, 'last_checkpoint')) as f:
-            checkpoint = f.read().strip()
+        checkpoint = last_checkpoint(run_dir)
         share = np.array(spatial_share(state_dict_of(
             torch.load(checkpoint, map_location='cpu', weights_only=False), checkpoint)))
         entry = {region: float(np.mean([share[p] for p in positions]))

@@ -148,7 +148,8 @@ def deploy_summary(work_dir: str) -> Optional[dict]:
     return dict(checked=len(must), valid=valid, params=params)
 
 
-def _checkpoint(work_dir: str) -> str:
+def last_checkpoint(work_dir: str) -> str:
+    """The checkpoint mmengine's runner saved last in ``work_dir`` (its ``last_checkpoint``)."""
     with open(osp.join(work_dir, 'last_checkpoint')) as f:
         return f.read().strip()
 
@@ -199,7 +200,7 @@ def run_cell(cell: Cell, out: str, threads: int = 1) -> dict:
         record['cls_top1'] = last_metrics(work1, 'accuracy/top1')['accuracy/top1']
         second = _train(stage2, work2,
                         [*seed_options, *cell.stage_options(2),
-                         f'model.backbone.init_cfg.checkpoint={_checkpoint(work1)}'], threads)
+                         f'model.backbone.init_cfg.checkpoint={last_checkpoint(work1)}'], threads)
         metrics = last_metrics(work2, 'coco/bbox_mAP')
         record.update(bbox_mAP=metrics['coco/bbox_mAP'], segm_mAP=metrics['coco/segm_mAP'],
                       wall_s=first['wall_s'] + second['wall_s'],
